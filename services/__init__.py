@@ -1,0 +1,1 @@
+"""ztmesh: a Zero Trust policy decision point built as a mesh of gRPC services."""

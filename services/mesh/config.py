@@ -1,0 +1,62 @@
+"""Settings every service shares: identity, listeners, TLS files, stores and peer addresses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ztmesh.mesh.settings import one_of, port_check, positive, setting
+from ztmesh.mesh.topology import SERVICES
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Settings shared by the four services (environment `ZTMESH_<NAME>`, YAML top-level keys)."""
+
+    trust_domain: str = setting("ztmesh.local", doc="SPIFFE trust domain of the mesh")
+    namespace: str = setting("ztmesh", doc="Kubernetes namespace in the services' SPIFFE IDs")
+    host: str = setting("127.0.0.1", doc="address the gRPC, health and metrics listeners bind to")
+    port: int | None = setting(None, doc="gRPC port (default: the service's, 50051-50054)", check=port_check)
+    metrics_port: int | None = setting(
+        None, doc="Prometheus /metrics port (default 9101-9104; 0 turns it off)", check=port_check
+    )
+    health_port: int | None = setting(
+        None,
+        doc="plaintext port serving only grpc.health.v1, for kubelet probes (default 9111-9114; 0 = off)",
+        check=port_check,
+    )
+    cert_dir: Path = setting(Path("certs"), doc="folder of `ztmesh certs init` (ca.crt, <service>.crt/.key)")
+    tls_cert: Path | None = setting(None, doc="certificate file (default <cert_dir>/<service>.crt)")
+    tls_key: Path | None = setting(None, doc="private key file (default <cert_dir>/<service>.key)")
+    tls_ca: Path | None = setting(None, doc="CA bundle trusted for peers (default <cert_dir>/ca.crt)")
+    data_dir: Path = setting(Path("var"), doc="folder for embedded stores (SQLite), spools and caches")
+    database_url: str = setting("", doc="postgresql://… DSN; empty = embedded SQLite in data_dir")
+    redis_url: str = setting("", doc="redis://… URL; empty = in-process store")
+    dev_mode: bool = setting(False, doc="dev mode: relaxes plugin signing; never in production")
+    log_level: str = setting("INFO", doc="log level", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    grace_period: float = setting(10.0, doc="seconds in-flight calls get to finish on SIGTERM", check=positive)
+    max_workers: int = setting(16, doc="gRPC handler threads per server process", check=positive)
+    policy_addr: str = setting("localhost:50051", doc="host:port of the policy service")
+    plugins_addr: str = setting("localhost:50052", doc="host:port of the plugins service")
+    keys_addr: str = setting("localhost:50053", doc="host:port of the keys service")
+    audit_addr: str = setting("localhost:50054", doc="host:port of the audit service")
+
+    def peer_address(self, service: str) -> str:
+        return str(getattr(self, f"{service}_addr"))
+
+    def service_port(self, service: str) -> int:
+        return self.port if self.port is not None else SERVICES[service].port
+
+    def service_metrics_port(self, service: str) -> int:
+        return self.metrics_port if self.metrics_port is not None else SERVICES[service].metrics_port
+
+    def service_health_port(self, service: str) -> int:
+        return self.health_port if self.health_port is not None else SERVICES[service].health_port
+
+    def tls_files(self, identity: str) -> tuple[Path, Path, Path]:
+        """(certificate, key, CA bundle) paths for a service or client identity."""
+        return (
+            self.tls_cert or self.cert_dir / f"{identity}.crt",
+            self.tls_key or self.cert_dir / f"{identity}.key",
+            self.tls_ca or self.cert_dir / "ca.crt",
+        )

@@ -1,0 +1,33 @@
+"""A bare echo service on the shared server stack: the baseline benchmarks compare each service to,
+and the simplest target for tests of the plumbing. `ztmesh serve` never registers it."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
+from ztmesh.mesh.interceptors import current_caller
+from ztmesh.mesh.server import ServiceApp
+from ztmesh.mesh.spiffe import Authorizer
+
+ECHO_SERVICE = "ztmesh.echo.v1.EchoService"
+
+
+class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
+    def Echo(self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext) -> echo_pb2.EchoResponse:
+        if request.delay_ms:
+            time.sleep(min(request.delay_ms, 60_000) / 1000)
+        caller = current_caller()
+        return echo_pb2.EchoResponse(message=request.message, caller_spiffe_id=str(caller) if caller else "")
+
+
+def build_echo_app(authorizer: Authorizer, ready: bool = True) -> ServiceApp:
+    return ServiceApp(
+        name="echo",
+        register=lambda server: echo_pb2_grpc.add_EchoServiceServicer_to_server(EchoServicer(), server),
+        service_names=(ECHO_SERVICE,),
+        rules={f"/{ECHO_SERVICE}/Echo": authorizer},
+        readiness=lambda: ready,
+    )

@@ -1,0 +1,100 @@
+"""Process-level entry points: `ztmesh serve <svc>` (one service) and `ztmesh up` (all four)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ztmesh.mesh.certs import init_dev_pki
+from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import CertificateError, SettingsError
+from ztmesh.mesh.log import configure_logging
+from ztmesh.mesh.server import MeshServer, ServiceApp
+from ztmesh.mesh.settings import load_settings
+from ztmesh.mesh.topology import SERVICES, START_ORDER
+
+# Settings that name one process's own listener or files; `up` must not hand them to all four.
+_PER_PROCESS_SETTINGS = ("ZTMESH_PORT", "ZTMESH_METRICS_PORT", "ZTMESH_HEALTH_PORT", "ZTMESH_TLS_CERT", "ZTMESH_TLS_KEY")
+
+
+def load_mesh_settings() -> MeshSettings:
+    return load_settings(MeshSettings, ignore_keys=frozenset(SERVICES))
+
+
+def build_app(service: str, settings: MeshSettings) -> ServiceApp:
+    module = importlib.import_module(f"ztmesh.{service}.app")
+    app: ServiceApp = module.build_app(settings)
+    return app
+
+
+def _check_tls_files(settings: MeshSettings, service: str) -> None:
+    """Name the setting behind a missing or broken certificate file, not just the path."""
+    cert, key, ca = settings.tls_files(service)
+    for path, explicit, env in (
+        (cert, settings.tls_cert, "ZTMESH_TLS_CERT"),
+        (key, settings.tls_key, "ZTMESH_TLS_KEY"),
+        (ca, settings.tls_ca, "ZTMESH_TLS_CA"),
+    ):
+        if not path.is_file():
+            setting = env if explicit else f"ZTMESH_CERT_DIR ({env} not set)"
+            raise SettingsError(setting, f"file {path} does not exist (run `ztmesh certs init`?)")
+
+
+def serve(service: str) -> int:
+    settings = load_mesh_settings()
+    configure_logging(service, settings.log_level)
+    _check_tls_files(settings, service)
+    app = build_app(service, settings)
+    try:
+        server = MeshServer(app, settings)
+    except CertificateError as exc:
+        app.close()
+        raise SettingsError("ZTMESH_TLS_CERT/ZTMESH_TLS_KEY/ZTMESH_TLS_CA", str(exc)) from None
+    server.run_until_signalled()
+    return 0
+
+
+def up() -> int:
+    """Run the four services as child processes until SIGTERM/SIGINT; stop them all gracefully."""
+    settings = load_mesh_settings()
+    if not (settings.cert_dir / "ca.crt").exists():
+        init_dev_pki(settings.cert_dir, settings.trust_domain, settings.namespace)
+        print(f"ztmesh up: created a dev PKI in {settings.cert_dir}", flush=True)
+    env = {k: v for k, v in os.environ.items() if k not in _PER_PROCESS_SETTINGS}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    for name in START_ORDER:
+        children[name] = subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "serve", name], env=env)
+        info = SERVICES[name]
+        print(f"ztmesh up: {name} on {settings.host}:{info.port} (metrics :{info.metrics_port})", flush=True)
+    failed = ""
+    while not stop.is_set():
+        for name, child in children.items():
+            if child.poll() is not None:
+                failed = f"{name} exited with status {child.returncode}"
+                stop.set()
+        stop.wait(0.5)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.grace_period + 5
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    if failed:
+        print(f"ztmesh up: {failed}; stopped the others", file=sys.stderr)
+        return 1
+    return 0 if all(c.returncode == 0 for c in children.values()) else 1

@@ -1,0 +1,107 @@
+"""Health follows readiness, reflection lists the services, SIGTERM drains in-flight calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.support.mesh import running, settings_for
+from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
+from ztmesh.mesh.echo import ECHO_SERVICE, build_echo_app
+from ztmesh.mesh.spiffe import authorize_any
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_is_not_serving_until_dependencies_are_ready(pki, tmp_path):
+    ready = threading.Event()
+    app = build_echo_app(authorize_any())
+    app.readiness = ready.is_set
+    health_port = free_port()
+    with running(app, settings_for(pki, tmp_path, health_port=health_port), identity="policy") as srv:
+        with pki.channel("client", srv.port) as channel:
+            assert health_status(channel) == NOT_SERVING
+            assert health_status(channel, ECHO_SERVICE) == NOT_SERVING
+            ready.set()
+            wait_for(lambda: health_status(channel) == SERVING)
+            assert health_status(channel, ECHO_SERVICE) == SERVING
+        # The plaintext probe listener (for kubelet) answers health and nothing else.
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            assert health_status(plain) == SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                echo_pb2_grpc.EchoServiceStub(plain).Echo(echo_pb2.EchoRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_lists_the_service(pki, tmp_path):
+    with running(build_echo_app(authorize_any()), settings_for(pki, tmp_path), identity="policy") as srv:
+        with pki.channel("client", srv.port) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {ECHO_SERVICE, "grpc.health.v1.Health"} <= names
+
+
+def test_metrics_endpoint_counts_requests_per_method(pki, tmp_path):
+    port = free_port()
+    with running(build_echo_app(authorize_any()), settings_for(pki, tmp_path, metrics_port=port), identity="policy") as srv:
+        with pki.channel("client", srv.port) as channel:
+            for _ in range(3):
+                echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(message="m"), timeout=5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    count_line = next(line for line in body.splitlines()
+                      if line.startswith('ztmesh_grpc_requests_total{code="OK",method="Echo",service="echo"}'))
+    assert float(count_line.split()[-1]) >= 3
+    assert 'ztmesh_grpc_request_duration_seconds_bucket{le="0.005",method="Echo",service="echo"}' in body
+
+
+def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.echo_server", str(pki.directory), str(port)],
+        cwd=os.getcwd(), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        with pki.channel("client", port) as channel:
+            grpc.channel_ready_future(channel).result(timeout=15)
+            stub = echo_pb2_grpc.EchoServiceStub(channel)
+            in_flight = stub.Echo.future(echo_pb2.EchoRequest(message="slow", delay_ms=1500), timeout=15)
+            time.sleep(0.5)  # the call is now inside the handler
+            proc.send_signal(signal.SIGTERM)
+            assert in_flight.result().message == "slow"
+        assert proc.wait(timeout=15) == 0
+        logs = proc.stderr.read()
+        assert '"msg": "received SIGTERM; shutting down"' in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
