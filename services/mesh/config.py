@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ztmesh.mesh.settings import one_of, port_check, positive, setting
+from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.mesh.topology import SERVICES
 
 
@@ -32,6 +33,9 @@ class MeshSettings:
     data_dir: Path = setting(Path("var"), doc="folder for embedded stores (SQLite), spools and caches")
     database_url: str = setting("", doc="postgresql://… DSN; empty = embedded SQLite in data_dir")
     redis_url: str = setting("", doc="redis://… URL; empty = in-process store")
+    operators: tuple[str, ...] = setting(
+        ("client",), doc="service accounts allowed the admin RPCs (comma-separated), e.g. the `client` cert"
+    )
     dev_mode: bool = setting(False, doc="dev mode: relaxes plugin signing; never in production")
     log_level: str = setting("INFO", doc="log level", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     grace_period: float = setting(10.0, doc="seconds in-flight calls get to finish on SIGTERM", check=positive)
@@ -40,6 +44,9 @@ class MeshSettings:
     plugins_addr: str = setting("localhost:50052", doc="host:port of the plugins service")
     keys_addr: str = setting("localhost:50053", doc="host:port of the keys service")
     audit_addr: str = setting("localhost:50054", doc="host:port of the audit service")
+
+    def workload_id(self, service_account: str) -> SpiffeId:
+        return SpiffeId.for_workload(self.trust_domain, self.namespace, service_account)
 
     def peer_address(self, service: str) -> str:
         return str(getattr(self, f"{service}_addr"))

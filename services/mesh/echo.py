@@ -31,3 +31,25 @@ def build_echo_app(authorizer: Authorizer, ready: bool = True) -> ServiceApp:
         rules={f"/{ECHO_SERVICE}/Echo": authorizer},
         readiness=lambda: ready,
     )
+
+
+def main() -> None:
+    """`python -m ztmesh.mesh.echo`: serve the echo baseline on the real bootstrap, like `ztmesh serve`."""
+    import argparse
+
+    from ztmesh.mesh.launch import load_mesh_settings
+    from ztmesh.mesh.log import configure_logging
+    from ztmesh.mesh.server import MeshServer
+    from ztmesh.mesh.spiffe import authorize_member_of
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--identity", default="policy", help="whose certificate the server presents")
+    identity = parser.parse_args().identity
+    settings = load_mesh_settings()
+    configure_logging("echo", settings.log_level)
+    app = build_echo_app(authorize_member_of(settings.trust_domain))
+    MeshServer(app, settings, identity=identity).run_until_signalled()
+
+
+if __name__ == "__main__":
+    main()

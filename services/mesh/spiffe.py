@@ -78,3 +78,8 @@ def authorize_service_accounts(trust_domain: str, namespace: str, names: Iterabl
 
 def authorize_nobody() -> Authorizer:
     return lambda caller: False
+
+
+def authorize_either(*authorizers: Authorizer) -> Authorizer:
+    """Allowed when any of the authorizers allows."""
+    return lambda caller: any(a(caller) for a in authorizers)

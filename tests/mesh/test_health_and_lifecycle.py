@@ -87,10 +87,9 @@ def test_metrics_endpoint_counts_requests_per_method(pki, tmp_path):
 
 def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.echo_server", str(pki.directory), str(port)],
-        cwd=os.getcwd(), stderr=subprocess.PIPE, text=True,
-    )
+    env = {**os.environ, "ZTMESH_CERT_DIR": str(pki.directory), "ZTMESH_PORT": str(port),
+           "ZTMESH_METRICS_PORT": "0", "ZTMESH_HEALTH_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         with pki.channel("client", port) as channel:
             grpc.channel_ready_future(channel).result(timeout=15)

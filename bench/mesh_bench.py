@@ -1,0 +1,32 @@
+"""Baseline: the bare echo service on the shared server stack (mTLS + interceptor) at 1/16/64
+concurrent callers. Every service benchmark compares itself to this number."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from bench.harness import dev_pki, free_port, measure_grpc, server_process
+from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
+from ztmesh.mesh.tls import TlsFiles
+
+
+def echo_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[object]]:
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    request = echo_pb2.EchoRequest(message="x" * 64)
+    return lambda: stub.Echo(request, timeout=10)
+
+
+def main() -> None:
+    print("== mesh: bare echo over mTLS on the shared server stack ==")
+    with dev_pki() as certs:
+        port = free_port()
+        files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
+        with server_process(["ztmesh.mesh.echo"], certs, port):
+            for concurrency in (1, 16, 64):
+                print(measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call, concurrency).row())
+
+
+if __name__ == "__main__":
+    main()
