@@ -108,10 +108,19 @@ def dev_pki() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], cert_dir: Path, port: int, service: str = "", **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def server_process(
+    args: list[str], cert_dir: Path, port: int, service: str = "", **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python -m <args>` as a mesh server on `port` and wait until its health says SERVING."""
-    full_env = {**os.environ, "ZTMESH_CERT_DIR": str(cert_dir), "ZTMESH_PORT": str(port),
-                "ZTMESH_METRICS_PORT": "0", "ZTMESH_HEALTH_PORT": "0", "ZTMESH_LOG_LEVEL": "WARNING", **env}
+    full_env = {
+        **os.environ,
+        "ZTMESH_CERT_DIR": str(cert_dir),
+        "ZTMESH_PORT": str(port),
+        "ZTMESH_METRICS_PORT": "0",
+        "ZTMESH_HEALTH_PORT": "0",
+        "ZTMESH_LOG_LEVEL": "WARNING",
+        **env,
+    }
     proc = subprocess.Popen([sys.executable, "-m", *args], env=full_env)
     try:
         files = TlsFiles(cert_dir / "client.crt", cert_dir / "client.key", cert_dir / "ca.crt")
@@ -122,8 +131,11 @@ def server_process(args: list[str], cert_dir: Path, port: int, service: str = ""
                 if proc.poll() is not None:
                     raise RuntimeError(f"{args} exited with {proc.returncode}")
                 try:
-                    status = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=service), timeout=1).status
+                    status = (
+                        health_pb2_grpc.HealthStub(channel)
+                        .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                        .status
+                    )
                     if status == health_pb2.HealthCheckResponse.SERVING:
                         break
                 except grpc.RpcError:

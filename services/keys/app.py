@@ -26,4 +26,3 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         service_names=(SERVICE,),
         rules=rules,
     )
-

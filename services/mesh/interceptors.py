@@ -48,7 +48,8 @@ class MeshInterceptor(grpc.ServerInterceptor):
         self.rules = rules
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
@@ -59,14 +60,24 @@ class MeshInterceptor(grpc.ServerInterceptor):
         incoming_request_id = str(metadata.get("x-request-id", ""))[:128]
         authorizer = self.rules.authorizer(method)
         if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method, incoming_request_id, authorizer))
+            return handler._replace(
+                unary_unary=self._wrap_unary(handler.unary_unary, method, incoming_request_id, authorizer)
+            )
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method, incoming_request_id, authorizer))
+            return handler._replace(
+                unary_stream=self._wrap_stream(handler.unary_stream, method, incoming_request_id, authorizer)
+            )
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method, incoming_request_id, authorizer))
-        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method, incoming_request_id, authorizer))
+            return handler._replace(
+                stream_unary=self._wrap_unary(handler.stream_unary, method, incoming_request_id, authorizer)
+            )
+        return handler._replace(
+            stream_stream=self._wrap_stream(handler.stream_stream, method, incoming_request_id, authorizer)
+        )
 
-    def _admit(self, context: grpc.ServicerContext, method: str, request_id: str, authorizer: Authorizer | None) -> None:
+    def _admit(
+        self, context: grpc.ServicerContext, method: str, request_id: str, authorizer: Authorizer | None
+    ) -> None:
         request_id_var.set(request_id or uuid.uuid4().hex)
         caller = peer_spiffe_id(context)
         caller_var.set(caller)
@@ -83,12 +94,23 @@ class MeshInterceptor(grpc.ServerInterceptor):
         REQUESTS.labels(self.service, name, code.name).inc()
         LATENCY.labels(self.service, name).observe(elapsed)
         if code is not grpc.StatusCode.OK:
-            log.info("rpc %s %s", method, code.name, extra={"method": method, "code": code.name,
-                                                         "caller": str(caller_var.get()), "ms": round(elapsed * 1e3, 3)})
+            log.info(
+                "rpc %s %s",
+                method,
+                code.name,
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "caller": str(caller_var.get()),
+                    "ms": round(elapsed * 1e3, 3),
+                },
+            )
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("rpc %s OK", method, extra={"method": method, "ms": round(elapsed * 1e3, 3)})
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_id: str, authorizer: Authorizer | None) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Any], method: str, request_id: str, authorizer: Authorizer | None
+    ) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             failed: BaseException | None = None
@@ -103,7 +125,9 @@ class MeshInterceptor(grpc.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Callable[..., Iterator[Any]], method: str, request_id: str, authorizer: Authorizer | None) -> Callable[..., Iterator[Any]]:
+    def _wrap_stream(
+        self, behavior: Callable[..., Iterator[Any]], method: str, request_id: str, authorizer: Authorizer | None
+    ) -> Callable[..., Iterator[Any]]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             failed: BaseException | None = None

@@ -19,7 +19,13 @@ from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.topology import SERVICES, START_ORDER
 
 # Settings that name one process's own listener or files; `up` must not hand them to all four.
-_PER_PROCESS_SETTINGS = ("ZTMESH_PORT", "ZTMESH_METRICS_PORT", "ZTMESH_HEALTH_PORT", "ZTMESH_TLS_CERT", "ZTMESH_TLS_KEY")
+_PER_PROCESS_SETTINGS = (
+    "ZTMESH_PORT",
+    "ZTMESH_METRICS_PORT",
+    "ZTMESH_HEALTH_PORT",
+    "ZTMESH_TLS_CERT",
+    "ZTMESH_TLS_KEY",
+)
 
 
 def load_mesh_settings() -> MeshSettings:

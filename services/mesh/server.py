@@ -77,9 +77,7 @@ class MeshServer:
         s = self.settings
         self.app.register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*self.app.service_names, HEALTH_SERVICE, REFLECTION_SERVICE), self.server
-        )
+        reflection.enable_server_reflection((*self.app.service_names, HEALTH_SERVICE, REFLECTION_SERVICE), self.server)
         self._set_serving(False)
         address = f"{s.host}:{s.service_port(self.app.name)}"
         self.port = self.server.add_secure_port(address, self.tls.credentials())

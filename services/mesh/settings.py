@@ -13,7 +13,6 @@ import os
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -166,4 +165,3 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
         default = "" if f.default is dataclasses.MISSING else str(f.default)
         rows.append((env_name(f.name), default, f.metadata.get("doc", "")))
     return rows
-

@@ -53,9 +53,7 @@ class TlsFiles:
             raise CertificateError(f"{self.ca} is not a PEM CA bundle") from None
         if cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ) != key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ):
+        ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
             raise CertificateError(f"{self.key} does not match the certificate {self.cert}")
         return cert_pem, key_pem, ca_pem
 
@@ -100,9 +98,7 @@ class ReloadingServerCredentials:
             return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], ca_pem)
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(
-            self._initial, self._fetch, require_client_authentication=True
-        )
+        return grpc.dynamic_ssl_server_credentials(self._initial, self._fetch, require_client_authentication=True)
 
 
 def client_credentials(files: TlsFiles) -> grpc.ChannelCredentials:

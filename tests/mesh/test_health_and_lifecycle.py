@@ -74,21 +74,31 @@ def test_reflection_lists_the_service(pki, tmp_path):
 
 def test_metrics_endpoint_counts_requests_per_method(pki, tmp_path):
     port = free_port()
-    with running(build_echo_app(authorize_any()), settings_for(pki, tmp_path, metrics_port=port), identity="policy") as srv:
+    with running(
+        build_echo_app(authorize_any()), settings_for(pki, tmp_path, metrics_port=port), identity="policy"
+    ) as srv:
         with pki.channel("client", srv.port) as channel:
             for _ in range(3):
                 echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(message="m"), timeout=5)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    count_line = next(line for line in body.splitlines()
-                      if line.startswith('ztmesh_grpc_requests_total{code="OK",method="Echo",service="echo"}'))
+    count_line = next(
+        line
+        for line in body.splitlines()
+        if line.startswith('ztmesh_grpc_requests_total{code="OK",method="Echo",service="echo"}')
+    )
     assert float(count_line.split()[-1]) >= 3
     assert 'ztmesh_grpc_request_duration_seconds_bucket{le="0.005",method="Echo",service="echo"}' in body
 
 
 def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
     port = free_port()
-    env = {**os.environ, "ZTMESH_CERT_DIR": str(pki.directory), "ZTMESH_PORT": str(port),
-           "ZTMESH_METRICS_PORT": "0", "ZTMESH_HEALTH_PORT": "0"}
+    env = {
+        **os.environ,
+        "ZTMESH_CERT_DIR": str(pki.directory),
+        "ZTMESH_PORT": str(port),
+        "ZTMESH_METRICS_PORT": "0",
+        "ZTMESH_HEALTH_PORT": "0",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         with pki.channel("client", port) as channel:

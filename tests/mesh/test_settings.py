@@ -38,15 +38,28 @@ def test_environment_overrides_yaml(tmp_path):
         ({"ZTMESH_PORT": "fifty"}, None, "ZTMESH_PORT: expected an integer, got 'fifty'"),
         ({"ZTMESH_PORT": "70000"}, None, "ZTMESH_PORT: port 70000 is outside 0-65535"),
         ({"ZTMESH_DEV_MODE": "maybe"}, None, "ZTMESH_DEV_MODE: expected true or false, got 'maybe'"),
-        ({"ZTMESH_LOG_LEVEL": "LOUD"}, None, "ZTMESH_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR; got 'LOUD'"),
+        (
+            {"ZTMESH_LOG_LEVEL": "LOUD"},
+            None,
+            "ZTMESH_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR; got 'LOUD'",
+        ),
         ({"ZTMESH_GRACE_PERIOD": "-1"}, None, "ZTMESH_GRACE_PERIOD: must be greater than 0, got -1.0"),
         ({}, "prot: 5\n", "ztmesh.yaml: prot: unknown setting"),
         ({}, "port: [1, 2]\n", "ztmesh.yaml: port: expected an integer, got [1, 2]"),
         ({}, "port: : :\n", "ZTMESH_CONFIG: "),
         ({}, "- a list\n", "ZTMESH_CONFIG: "),
     ],
-    ids=["not-a-number", "out-of-range", "bad-bool", "bad-choice", "negative", "unknown-yaml-key",
-         "yaml-wrong-type", "yaml-syntax", "yaml-not-mapping"],
+    ids=[
+        "not-a-number",
+        "out-of-range",
+        "bad-bool",
+        "bad-choice",
+        "negative",
+        "unknown-yaml-key",
+        "yaml-wrong-type",
+        "yaml-syntax",
+        "yaml-not-mapping",
+    ],
 )
 def test_bad_settings_name_the_setting(tmp_path, env, yaml_text, expected):
     if yaml_text is not None:
@@ -60,17 +73,28 @@ def test_bad_settings_name_the_setting(tmp_path, env, yaml_text, expected):
 
 def run_ztmesh(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ZTMESH_")}
-    return subprocess.run([sys.executable, "-m", "ztmesh.cli", *args], env={**clean, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ztmesh.cli", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
         ({"ZTMESH_PORT": "http"}, "ztmesh: ZTMESH_PORT: expected an integer, got 'http'"),
-        ({"ZTMESH_CERT_DIR": "/nonexistent"},
-         "ztmesh: ZTMESH_CERT_DIR (ZTMESH_TLS_CERT not set): file /nonexistent/keys.crt does not exist"),
-        ({"ZTMESH_TLS_KEY": "/nonexistent/keys.key"}, "ztmesh: ZTMESH_TLS_KEY: file /nonexistent/keys.key does not exist"),
+        (
+            {"ZTMESH_CERT_DIR": "/nonexistent"},
+            "ztmesh: ZTMESH_CERT_DIR (ZTMESH_TLS_CERT not set): file /nonexistent/keys.crt does not exist",
+        ),
+        (
+            {"ZTMESH_TLS_KEY": "/nonexistent/keys.key"},
+            "ztmesh: ZTMESH_TLS_KEY: file /nonexistent/keys.key does not exist",
+        ),
     ],
     ids=["bad-port", "missing-cert-dir", "missing-key-file"],
 )
@@ -84,8 +108,9 @@ def test_serve_with_bad_setting_exits_with_one_line(pki, tmp_path, env, expected
 def test_serve_with_a_corrupt_certificate_exits_with_one_line(pki, tmp_path):
     bad = tmp_path / "bad.crt"
     bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    result = run_ztmesh("serve", "keys", env={"ZTMESH_CERT_DIR": str(pki.directory), "ZTMESH_TLS_CERT": str(bad)},
-                        cwd=tmp_path)
+    result = run_ztmesh(
+        "serve", "keys", env={"ZTMESH_CERT_DIR": str(pki.directory), "ZTMESH_TLS_CERT": str(bad)}, cwd=tmp_path
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{bad} is not a PEM certificate" in lines[0]

@@ -17,8 +17,14 @@ from ztmesh.mesh.topology import SERVICES
 
 def test_up_starts_all_four_services_over_mtls(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZTMESH_")}
-    proc = subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "up"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ztmesh.cli", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         pki = Pki(tmp_path / "certs")
         deadline = time.monotonic() + 60

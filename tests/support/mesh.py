@@ -28,7 +28,9 @@ class Pki:
     directory: Path
 
     def files(self, identity: str) -> TlsFiles:
-        return TlsFiles(self.directory / f"{identity}.crt", self.directory / f"{identity}.key", self.directory / "ca.crt")
+        return TlsFiles(
+            self.directory / f"{identity}.crt", self.directory / f"{identity}.key", self.directory / "ca.crt"
+        )
 
     def issue(self, identity: str, *, trust_domain: str = TRUST_DOMAIN, **kwargs: Any) -> TlsFiles:
         """Issue another workload certificate from this PKI's CA."""
