@@ -40,6 +40,9 @@ class MeshSettings:
     log_level: str = setting("INFO", doc="log level", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     grace_period: float = setting(10.0, doc="seconds in-flight calls get to finish on SIGTERM", check=positive)
     max_workers: int = setting(16, doc="gRPC handler threads per server process", check=positive)
+    processes: int = setting(
+        1, doc="server processes sharing the gRPC port (SO_REUSEPORT); use one per core for throughput", check=positive
+    )
     policy_addr: str = setting("localhost:50051", doc="host:port of the policy service")
     plugins_addr: str = setting("localhost:50052", doc="host:port of the plugins service")
     keys_addr: str = setting("localhost:50053", doc="host:port of the keys service")

@@ -55,6 +55,8 @@ def serve(service: str) -> int:
     settings = load_mesh_settings()
     configure_logging(service, settings.log_level)
     _check_tls_files(settings, service)
+    if settings.processes > 1:
+        return _serve_processes(service, settings)
     app = build_app(service, settings)
     try:
         server = MeshServer(app, settings)
@@ -72,35 +74,59 @@ def up() -> int:
         init_dev_pki(settings.cert_dir, settings.trust_domain, settings.namespace)
         print(f"ztmesh up: created a dev PKI in {settings.cert_dir}", flush=True)
     env = {k: v for k, v in os.environ.items() if k not in _PER_PROCESS_SETTINGS}
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    children = []
     for name in START_ORDER:
-        children[name] = subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "serve", name], env=env)
+        children.append(subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "serve", name], env=env))
         info = SERVICES[name]
         print(f"ztmesh up: {name} on {settings.host}:{info.port} (metrics :{info.metrics_port})", flush=True)
-    failed = ""
+    status = _supervise(children, settings.grace_period)
+    if status:
+        print("ztmesh up: a service stopped unexpectedly; stopped the others", file=sys.stderr)
+    return status
+
+
+def _serve_processes(service: str, settings: MeshSettings) -> int:
+    """Run `processes` copies of the service on one port (the kernel spreads connections across them).
+
+    Metrics from all copies are merged by prometheus_client's multiprocess mode and served by this
+    parent; the first copy alone serves the plaintext health port."""
+    import tempfile
+
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    metrics_dir = tempfile.mkdtemp(prefix=f"ztmesh-{service}-metrics-")
+    env = {**os.environ, "ZTMESH_PROCESSES": "1", "ZTMESH_METRICS_PORT": "0", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    children = []
+    for index in range(settings.processes):
+        child_env = dict(env) if index == 0 else {**env, "ZTMESH_HEALTH_PORT": "0"}
+        children.append(subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "serve", service], env=child_env))
+    metrics_port = settings.service_metrics_port(service)
+    if metrics_port:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+        start_http_server(metrics_port, addr=settings.host, registry=registry)
+    return _supervise(children, settings.grace_period)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], grace_period: float) -> int:
+    """Wait for SIGTERM/SIGINT or a child's death, then stop every child gracefully; 0 if all ended well."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    failed = False
     while not stop.is_set():
-        for name, child in children.items():
-            if child.poll() is not None:
-                failed = f"{name} exited with status {child.returncode}"
-                stop.set()
+        if any(c.poll() is not None for c in children):
+            failed = True
+            break
         stop.wait(0.5)
-    for child in children.values():
+    for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + settings.grace_period + 5
-    for child in children.values():
+    deadline = time.monotonic() + grace_period + 5
+    for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
-    if failed:
-        print(f"ztmesh up: {failed}; stopped the others", file=sys.stderr)
-        return 1
-    return 0 if all(c.returncode == 0 for c in children.values()) else 1
+            child.wait()
+    return 1 if failed or any(c.returncode != 0 for c in children) else 0
