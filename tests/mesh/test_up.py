@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.mesh import Pki
+from ztmesh.mesh.errors import CertificateError
 from ztmesh.mesh.topology import SERVICES
 
 
@@ -38,7 +39,7 @@ def test_up_starts_all_four_services_over_mtls(tmp_path):
                         )
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         break
-                except (grpc.RpcError, FileNotFoundError):
+                except (grpc.RpcError, CertificateError):  # certificates may still be being written
                     pass
                 assert time.monotonic() < deadline, f"{name} did not report SERVING"
                 time.sleep(0.2)
