@@ -16,6 +16,7 @@ from ztmesh.mesh.errors import CertificateError, SettingsError
 from ztmesh.mesh.log import configure_logging
 from ztmesh.mesh.server import MeshServer, ServiceApp
 from ztmesh.mesh.settings import load_settings
+from ztmesh.mesh.tls import TlsFiles
 from ztmesh.mesh.topology import SERVICES, START_ORDER
 
 # Settings that name one process's own listener or files; `up` must not hand them to all four.
@@ -49,6 +50,10 @@ def _check_tls_files(settings: MeshSettings, service: str) -> None:
         if not path.is_file():
             setting = env if explicit else f"ZTMESH_CERT_DIR ({env} not set)"
             raise SettingsError(setting, f"file {path} does not exist (run `ztmesh certs init`?)")
+    try:
+        TlsFiles(cert, key, ca).read()
+    except CertificateError as exc:
+        raise SettingsError("ZTMESH_TLS_CERT/ZTMESH_TLS_KEY/ZTMESH_TLS_CA", str(exc)) from None
 
 
 def serve(service: str) -> int:
@@ -60,7 +65,7 @@ def serve(service: str) -> int:
     app = build_app(service, settings)
     try:
         server = MeshServer(app, settings)
-    except CertificateError as exc:
+    except CertificateError as exc:  # replaced on disk since the check above
         app.close()
         raise SettingsError("ZTMESH_TLS_CERT/ZTMESH_TLS_KEY/ZTMESH_TLS_CA", str(exc)) from None
     server.run_until_signalled()

@@ -56,3 +56,12 @@ class PeerChannels:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+def operator_channel(service: str, identity: str = "client") -> grpc.Channel:
+    """The channel a command-line user opens to a service, with the operator certificate."""
+    from ztmesh.mesh.launch import load_mesh_settings
+
+    settings = load_mesh_settings()
+    cert, key, ca = settings.tls_files(identity)
+    return grpc.secure_channel(settings.peer_address(service), client_credentials(TlsFiles(cert, key, ca)))

@@ -1,0 +1,66 @@
+"""The shred ledger: one random secret per key version, kept outside the key database.
+
+A version's private material is wrapped under KEK + its ledger secret. Destroying the version
+erases the secret here (atomic rewrite, fsync) before its wrapped material is erased from the
+database, so a database copy taken at any earlier time can no longer be unwrapped, even with the
+KEK. The ledger is the crypto-shredding boundary: back it up with the database, keep the backups'
+retention no longer than the erasure promise, and keep it on durable storage (a PVC in Kubernetes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+
+from ztmesh.keys.errors import KeysError
+
+
+class ShredLedger:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._secrets: dict[str, bytes] = {}
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self._secrets = {k: base64.b64decode(v) for k, v in raw.items()}
+            except (ValueError, TypeError) as exc:
+                raise KeysError(f"shred ledger {path} is corrupt: {exc}") from None
+
+    @staticmethod
+    def entry(key_id: str, version: int) -> str:
+        return f"{key_id}/{version}"
+
+    def create(self, key_id: str, version: int) -> bytes:
+        secret = os.urandom(32)
+        with self._lock:
+            self._secrets[self.entry(key_id, version)] = secret
+            self._persist()
+        return secret
+
+    def get(self, key_id: str, version: int) -> bytes | None:
+        return self._secrets.get(self.entry(key_id, version))
+
+    def erase(self, key_id: str, version: int) -> None:
+        with self._lock:
+            if self._secrets.pop(self.entry(key_id, version), None) is not None:
+                self._persist()
+
+    def _persist(self) -> None:
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        data = json.dumps({k: base64.b64encode(v).decode() for k, v in self._secrets.items()}, sort_keys=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        dir_fd = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,286 @@
+"""The keys core: key lifecycle, envelope encryption, signing and per-key authorization.
+
+Every operation takes the caller's SPIFFE ID, checks it against the key's access policy, and
+emits an audit event (who, key, version, operation, outcome) before returning.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ztmesh.keys.algorithms import DEFAULT_ALGORITHM, Algorithm, CryptoProvider, Purpose
+from ztmesh.keys.envelope import Envelope, open_sealed, seal
+from ztmesh.keys.errors import (
+    EnvelopeError,
+    InvalidArgument,
+    KeyNotFound,
+    KeysError,
+    KeyVersionUnusable,
+    PermissionDenied,
+    WrongPurpose,
+)
+from ztmesh.keys.kek import Kek
+from ztmesh.keys.ledger import ShredLedger
+from ztmesh.keys.model import AccessPolicy, Key, KeyVersion, Operation, VersionState, check_key_id
+from ztmesh.keys.store import KeyStore
+from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
+
+KEK_CHECK = "kek_check_value"
+MAX_PLAINTEXT = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PublicKeyInfo:
+    key_id: str
+    version: int
+    algorithm: Algorithm
+    public_key: bytes
+
+
+class KeyManager:
+    def __init__(
+        self, store: KeyStore, provider: CryptoProvider, kek: Kek, ledger: ShredLedger, audit: AuditEmitter
+    ) -> None:
+        self._store = store
+        self._provider = provider
+        self._kek = kek
+        self._ledger = ledger
+        self._audit = audit
+        self._private_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._check_kek()
+
+    def _check_kek(self) -> None:
+        stored = self._store.get_meta(KEK_CHECK)
+        if stored is None:
+            self._store.set_meta(KEK_CHECK, self._kek.check_value())
+        else:
+            self._kek.verify_against(stored)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _record(
+        self, caller: str, operation: str, key_id: str, version: int | None, outcome: str, **details: object
+    ) -> None:
+        self._audit.emit(
+            AuditEvent(
+                service="keys",
+                action=f"keys.{operation}",
+                outcome=outcome,
+                caller_spiffe_id=caller,
+                resource=f"key/{key_id}" + (f"/v{version}" if version else ""),
+                details=dict(details),
+            )
+        )
+
+    def _authorized_key(self, caller: str, operation: Operation, key_id: str) -> Key:
+        key = self._store.get_key(check_key_id(key_id))
+        if not key.access_policy.allows(operation, caller):
+            self._record(caller, operation.value, key_id, None, "DENIED")
+            raise PermissionDenied(caller, operation.value, key_id)
+        return key
+
+    @staticmethod
+    def _usable(key: Key, number: int) -> KeyVersion:
+        version = key.version(number)
+        if version is None:
+            raise KeyNotFound(key.key_id, number)
+        if version.state is not VersionState.ENABLED:
+            raise KeyVersionUnusable(f"key {key.key_id!r} version {number} is {version.state.value}")
+        return version
+
+    @staticmethod
+    def _label(key_id: str, version: int) -> bytes:
+        return f"{key_id}/{version}".encode()
+
+    def _private(self, key: Key, version: KeyVersion) -> bytes:
+        cache_key = (key.key_id, version.version)
+        with self._cache_lock:
+            if cache_key in self._private_cache:
+                self._private_cache.move_to_end(cache_key)
+                return self._private_cache[cache_key]
+        secret = self._ledger.get(key.key_id, version.version)
+        if secret is None or version.wrapped_private is None:
+            raise KeyVersionUnusable(f"key {key.key_id!r} version {version.version} has no private material")
+        private = self._kek.unwrap(version.wrapped_private, secret, self._label(key.key_id, version.version))
+        with self._cache_lock:
+            self._private_cache[cache_key] = private
+            while len(self._private_cache) > 1024:
+                self._private_cache.popitem(last=False)
+        return private
+
+    def _forget(self, key_id: str, version: int) -> None:
+        with self._cache_lock:
+            self._private_cache.pop((key_id, version), None)
+
+    def _new_version(self, key_id: str, algorithm: Algorithm, number: int) -> KeyVersion:
+        private, public = self._provider.generate(algorithm)
+        secret = self._ledger.create(key_id, number)
+        wrapped = self._kek.wrap(private, secret, self._label(key_id, number))
+        return KeyVersion(number, VersionState.ENABLED, public, wrapped, datetime.now(UTC))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        caller: str,
+        key_id: str,
+        purpose: Purpose,
+        algorithm: Algorithm | None = None,
+        access_policy: AccessPolicy | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Key:
+        check_key_id(key_id)
+        algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
+        if algorithm.purpose is not purpose:
+            raise InvalidArgument(f"{algorithm.value} cannot be used for {purpose.value}")
+        policy = access_policy if access_policy and access_policy.grants else AccessPolicy.owner_only(caller)
+        key = Key(
+            key_id,
+            purpose,
+            algorithm,
+            1,
+            policy,
+            dict(labels or {}),
+            datetime.now(UTC),
+            [self._new_version(key_id, algorithm, 1)],
+        )
+        self._store.create_key(key)
+        self._record(caller, "create", key_id, 1, "OK", algorithm=algorithm.value)
+        return key
+
+    def get_key(self, caller: str, key_id: str) -> Key:
+        return self._authorized_key(caller, Operation.GET_PUBLIC_KEY, key_id)
+
+    def list_keys(self, caller: str, page_size: int, page_token: str) -> tuple[list[Key], str]:
+        size = min(max(page_size or 100, 1), 1000)
+        page = self._store.list_keys(page_token, size + 1)
+        visible = [k for k in page[:size] if k.access_policy.allows(Operation.GET_PUBLIC_KEY, caller)]
+        return visible, (page[size - 1].key_id if len(page) > size else "")
+
+    def rotate(self, caller: str, key_id: str) -> Key:
+        key = self._authorized_key(caller, Operation.ROTATE, key_id)
+        version = self._store.add_version(key_id, lambda n: self._new_version(key_id, key.algorithm, n))
+        self._record(caller, "rotate", key_id, version.version, "OK")
+        return self._store.get_key(key_id)
+
+    def public_key(self, caller: str, key_id: str, version: int = 0) -> PublicKeyInfo:
+        key = self._authorized_key(caller, Operation.GET_PUBLIC_KEY, key_id)
+        found = key.version(version or key.primary_version)
+        if found is None:
+            raise KeyNotFound(key_id, version)
+        if found.state is VersionState.DESTROYED:
+            raise KeyVersionUnusable(f"key {key_id!r} version {found.version} is destroyed")
+        return PublicKeyInfo(key_id, found.version, key.algorithm, found.public_key)
+
+    def set_enabled(self, caller: str, key_id: str, version: int, enabled: bool) -> KeyVersion:
+        key = self._authorized_key(caller, Operation.MANAGE_VERSIONS, key_id)
+        current = key.version(version)
+        if current is None:
+            raise KeyNotFound(key_id, version)
+        if current.state is VersionState.DESTROYED:
+            raise KeyVersionUnusable(f"key {key_id!r} version {version} is destroyed and cannot change state")
+        state = VersionState.ENABLED if enabled else VersionState.DISABLED
+        self._store.set_state(key_id, version, state)
+        self._forget(key_id, version)
+        self._record(caller, "enable" if enabled else "disable", key_id, version, "OK")
+        return self._store.get_key(key_id).version(version)  # type: ignore[return-value]
+
+    def destroy(self, caller: str, key_id: str, version: int) -> KeyVersion:
+        """Crypto-shred: erase the ledger secret first (this alone makes every copy useless), then the
+        wrapped material and the in-memory cache."""
+        key = self._authorized_key(caller, Operation.MANAGE_VERSIONS, key_id)
+        if key.version(version) is None:
+            raise KeyNotFound(key_id, version)
+        self._ledger.erase(key_id, version)
+        self._store.set_state(key_id, version, VersionState.DESTROYED)
+        self._store.erase_material(key_id, version)
+        self._forget(key_id, version)
+        self._record(caller, "destroy", key_id, version, "OK")
+        return self._store.get_key(key_id).version(version)  # type: ignore[return-value]
+
+    # --- cryptographic operations ----------------------------------------------------------
+
+    def encrypt(self, caller: str, key_id: str, plaintext: bytes, associated_data: bytes = b"") -> tuple[bytes, int]:
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise InvalidArgument(f"plaintext is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT}")
+        key = self._authorized_key(caller, Operation.ENCRYPT, key_id)
+        if key.purpose is not Purpose.ENCRYPT:
+            raise WrongPurpose(f"key {key_id!r} is a {key.purpose.value} key, not an encryption key")
+        version = self._usable(key, key.primary_version)
+        shared, kem_ciphertext = self._provider.encapsulate(key.algorithm, version.public_key)
+        envelope = seal(key.algorithm, key_id, version.version, shared, kem_ciphertext, plaintext, associated_data)
+        self._record(caller, "encrypt", key_id, version.version, "OK", bytes=len(plaintext))
+        return envelope, version.version
+
+    def decrypt(
+        self, caller: str, envelope_bytes: bytes, associated_data: bytes = b"", expected_key_id: str = ""
+    ) -> tuple[bytes, str, int]:
+        envelope = Envelope.parse(envelope_bytes)
+        if expected_key_id and envelope.key_id != expected_key_id:
+            raise EnvelopeError(f"envelope was made for key {envelope.key_id!r}, not {expected_key_id!r}")
+        key = self._authorized_key(caller, Operation.DECRYPT, envelope.key_id)
+        if key.algorithm is not envelope.algorithm:
+            raise EnvelopeError(
+                f"envelope names {envelope.algorithm.value} but key {key.key_id!r} is {key.algorithm.value}"
+            )
+        version = self._usable(key, envelope.key_version)
+        try:
+            shared = self._provider.decapsulate(key.algorithm, self._private(key, version), envelope.kem_ciphertext)
+        except ValueError as exc:  # malformed KEM ciphertext (wrong length)
+            raise EnvelopeError(f"malformed KEM ciphertext: {exc}") from None
+        try:
+            plaintext = open_sealed(envelope, shared, associated_data)
+        except KeysError:
+            self._record(caller, "decrypt", key.key_id, version.version, "ERROR", problem="authentication failed")
+            raise
+        self._record(caller, "decrypt", key.key_id, version.version, "OK")
+        return plaintext, key.key_id, version.version
+
+    def sign(self, caller: str, key_id: str, message: bytes) -> tuple[bytes, int, Algorithm]:
+        key = self._authorized_key(caller, Operation.SIGN, key_id)
+        if key.purpose is not Purpose.SIGN:
+            raise WrongPurpose(f"key {key_id!r} is a {key.purpose.value} key, not a signing key")
+        version = self._usable(key, key.primary_version)
+        signature = self._provider.sign(key.algorithm, self._private(key, version), message)
+        self._record(caller, "sign", key_id, version.version, "OK", bytes=len(message))
+        return signature, version.version, key.algorithm
+
+    def verify(self, caller: str, key_id: str, version_number: int, message: bytes, signature: bytes) -> bool:
+        key = self._authorized_key(caller, Operation.VERIFY, key_id)
+        if key.purpose is not Purpose.SIGN:
+            raise WrongPurpose(f"key {key_id!r} is a {key.purpose.value} key, not a signing key")
+        version = self._usable(key, version_number or key.primary_version)
+        valid = self._provider.verify(key.algorithm, version.public_key, message, signature)
+        self._record(caller, "verify", key_id, version.version, "OK" if valid else "INVALID")
+        return valid
+
+    # --- operations on the store -------------------------------------------------------------
+
+    def rewrap(self, new_kek: Kek) -> int:
+        """Re-wrap every live private key under `new_kek` (after which the service must run with it)."""
+        count = 0
+        after = ""
+        while True:
+            page = self._store.list_keys(after, 200)
+            if not page:
+                break
+            for key in page:
+                for version in key.versions:
+                    secret = self._ledger.get(key.key_id, version.version)
+                    if version.wrapped_private is None or secret is None:
+                        continue
+                    label = self._label(key.key_id, version.version)
+                    private = self._kek.unwrap(version.wrapped_private, secret, label)
+                    self._store.replace_wrapped(key.key_id, version.version, new_kek.wrap(private, secret, label))
+                    count += 1
+            after = page[-1].key_id
+        self._store.set_meta(KEK_CHECK, new_kek.check_value())
+        self._kek = new_kek
+        return count
+
+    def close(self) -> None:
+        self._store.close()

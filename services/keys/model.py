@@ -1,0 +1,84 @@
+"""Plain types of the keys core: keys, versions, states, operations and access policies."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ztmesh.keys.algorithms import Algorithm, Purpose
+from ztmesh.keys.errors import InvalidArgument
+
+KEY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+class VersionState(enum.Enum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    DESTROYED = "destroyed"
+
+
+class Operation(enum.Enum):
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    SIGN = "sign"
+    VERIFY = "verify"
+    GET_PUBLIC_KEY = "get_public_key"
+    ROTATE = "rotate"
+    MANAGE_VERSIONS = "manage_versions"
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Operation -> SPIFFE IDs allowed; an ID ending in `*` matches by prefix."""
+
+    grants: dict[Operation, tuple[str, ...]] = field(default_factory=dict)
+
+    def allows(self, operation: Operation, caller: str) -> bool:
+        for pattern in self.grants.get(operation, ()):
+            if pattern == caller or (pattern.endswith("*") and caller.startswith(pattern[:-1])):
+                return True
+        return False
+
+    @classmethod
+    def owner_only(cls, owner: str) -> AccessPolicy:
+        return cls({op: (owner,) for op in Operation})
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {op.value: list(ids) for op, ids in self.grants.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[str]]) -> AccessPolicy:
+        return cls({Operation(op): tuple(ids) for op, ids in data.items()})
+
+
+@dataclass
+class KeyVersion:
+    version: int
+    state: VersionState
+    public_key: bytes
+    wrapped_private: bytes | None
+    created_at: datetime
+    destroyed_at: datetime | None = None
+
+
+@dataclass
+class Key:
+    key_id: str
+    purpose: Purpose
+    algorithm: Algorithm
+    primary_version: int
+    access_policy: AccessPolicy
+    labels: dict[str, str]
+    created_at: datetime
+    versions: list[KeyVersion] = field(default_factory=list)
+
+    def version(self, number: int) -> KeyVersion | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+
+def check_key_id(key_id: str) -> str:
+    if not KEY_ID.match(key_id or ""):
+        raise InvalidArgument(f"key_id {key_id!r} must match {KEY_ID.pattern}")
+    return key_id
