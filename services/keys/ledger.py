@@ -10,9 +10,12 @@ retention no longer than the erasure promise, and keep it on durable storage (a 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ztmesh.keys.errors import KeysError
@@ -24,12 +27,24 @@ class ShredLedger:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._secrets: dict[str, bytes] = {}
-        if path.exists():
-            try:
-                raw = json.loads(path.read_text())
-                self._secrets = {k: base64.b64decode(v) for k, v in raw.items()}
-            except (ValueError, TypeError) as exc:
-                raise KeysError(f"shred ledger {path} is corrupt: {exc}") from None
+        self._stamp: tuple[int, int] | None = None
+        self._reload()
+
+    def _reload(self) -> None:
+        """Re-read the file when another server process (ZTMESH_PROCESSES > 1) has changed it."""
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            return
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        try:
+            raw = json.loads(self._path.read_text())
+            self._secrets = {k: base64.b64decode(v) for k, v in raw.items()}
+        except (ValueError, TypeError) as exc:
+            raise KeysError(f"shred ledger {self._path} is corrupt: {exc}") from None
+        self._stamp = stamp
 
     @staticmethod
     def entry(key_id: str, version: int) -> str:
@@ -37,18 +52,32 @@ class ShredLedger:
 
     def create(self, key_id: str, version: int) -> bytes:
         secret = os.urandom(32)
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._reload()
             self._secrets[self.entry(key_id, version)] = secret
             self._persist()
         return secret
 
     def get(self, key_id: str, version: int) -> bytes | None:
-        return self._secrets.get(self.entry(key_id, version))
+        with self._lock:
+            self._reload()  # one stat(): an erasure by another process is seen at once
+            return self._secrets.get(self.entry(key_id, version))
 
     def erase(self, key_id: str, version: int) -> None:
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._reload()
             if self._secrets.pop(self.entry(key_id, version), None) is not None:
                 self._persist()
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Serialize read-modify-write of the file across server processes."""
+        with open(self._path.with_name(self._path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _persist(self) -> None:
         tmp = self._path.with_name(self._path.name + ".tmp")
@@ -59,6 +88,8 @@ class ShredLedger:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
+        st = self._path.stat()
+        self._stamp = (st.st_ino, st.st_mtime_ns)
         dir_fd = os.open(self._path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -137,3 +137,12 @@ def test_rewrap_moves_every_key_to_a_new_kek(store_factory, kek, tmp_path, event
         KeyManager(store_factory(), OpenSslProvider(), kek, ShredLedger(tmp_path / "l.json"), events)
     moved = KeyManager(store_factory(), OpenSslProvider(), new_kek, ShredLedger(tmp_path / "l.json"), events)
     assert moved.decrypt(OWNER, envelope)[0] == b"x"
+
+
+def test_ledger_is_shared_by_server_processes(tmp_path):
+    first, second = ShredLedger(tmp_path / "l.json"), ShredLedger(tmp_path / "l.json")
+    secret = first.create("k", 1)
+    assert second.get("k", 1) == secret
+    second.erase("k", 1)
+    assert first.get("k", 1) is None
+    assert "k/1" not in (tmp_path / "l.json").read_text()
