@@ -45,3 +45,7 @@ class WrongKek(KeysError):
 
 class KekMissing(KeysError):
     """No key-encryption key was configured."""
+
+
+class LedgerMismatch(KeysError):
+    """The shred ledger is missing or is not the one the key store was created with."""

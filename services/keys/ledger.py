@@ -20,15 +20,27 @@ from pathlib import Path
 
 from ztmesh.keys.errors import KeysError
 
+ID_ENTRY = "_ledger_id"
+
 
 class ShredLedger:
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self.path = self._path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._secrets: dict[str, bytes] = {}
         self._stamp: tuple[int, int] | None = None
         self._reload()
+        if ID_ENTRY not in self._secrets:
+            with self._lock, self._file_lock():
+                self._reload()
+                self._secrets.setdefault(ID_ENTRY, os.urandom(16))
+                self._persist()
+
+    @property
+    def ledger_id(self) -> str:
+        """A random identity of this ledger, recorded in the key store to detect a missing ledger."""
+        return self._secrets[ID_ENTRY].hex()
 
     def _reload(self) -> None:
         """Re-read the file when another server process (ZTMESH_PROCESSES > 1) has changed it."""

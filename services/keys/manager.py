@@ -19,6 +19,7 @@ from ztmesh.keys.errors import (
     KeyNotFound,
     KeysError,
     KeyVersionUnusable,
+    LedgerMismatch,
     PermissionDenied,
     WrongPurpose,
 )
@@ -29,6 +30,7 @@ from ztmesh.keys.store import KeyStore
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
 
 KEK_CHECK = "kek_check_value"
+LEDGER_ID = "shred_ledger_id"
 MAX_PLAINTEXT = 4 * 1024 * 1024
 
 
@@ -59,6 +61,15 @@ class KeyManager:
             self._store.set_meta(KEK_CHECK, self._kek.check_value())
         else:
             self._kek.verify_against(stored)
+        # A missing or foreign ledger would silently make every key unusable: refuse to start instead.
+        expected = self._store.get_meta(LEDGER_ID)
+        if expected is None:
+            self._store.set_meta(LEDGER_ID, self._ledger.ledger_id)
+        elif expected != self._ledger.ledger_id:
+            raise LedgerMismatch(
+                f"shred ledger {self._ledger.path} (id {self._ledger.ledger_id[:8]}…) is not the one these keys "
+                f"were created with (id {expected[:8]}…); restore it or point ZTMESH_SHRED_LEDGER at it"
+            )
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -134,6 +145,8 @@ class KeyManager:
         labels: dict[str, str] | None = None,
     ) -> Key:
         check_key_id(key_id)
+        if not caller:
+            raise PermissionDenied(caller, "create", key_id)
         algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
         if algorithm.purpose is not purpose:
             raise InvalidArgument(f"{algorithm.value} cannot be used for {purpose.value}")
@@ -261,13 +274,11 @@ class KeyManager:
     # --- operations on the store -------------------------------------------------------------
 
     def rewrap(self, new_kek: Kek) -> int:
-        """Re-wrap every live private key under `new_kek` (after which the service must run with it)."""
-        count = 0
+        """Re-wrap every live private key under `new_kek` in one transaction, together with the new KEK
+        check value, so a crash leaves either all keys under the old KEK or all under the new one."""
+        updates: list[tuple[str, int, bytes]] = []
         after = ""
-        while True:
-            page = self._store.list_keys(after, 200)
-            if not page:
-                break
+        while page := self._store.list_keys(after, 200):
             for key in page:
                 for version in key.versions:
                     secret = self._ledger.get(key.key_id, version.version)
@@ -275,12 +286,11 @@ class KeyManager:
                         continue
                     label = self._label(key.key_id, version.version)
                     private = self._kek.unwrap(version.wrapped_private, secret, label)
-                    self._store.replace_wrapped(key.key_id, version.version, new_kek.wrap(private, secret, label))
-                    count += 1
+                    updates.append((key.key_id, version.version, new_kek.wrap(private, secret, label)))
             after = page[-1].key_id
-        self._store.set_meta(KEK_CHECK, new_kek.check_value())
+        self._store.rewrap_all(updates, KEK_CHECK, new_kek.check_value())
         self._kek = new_kek
-        return count
+        return len(updates)
 
     def close(self) -> None:
         self._store.close()

@@ -31,13 +31,24 @@ class Operation(enum.Enum):
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Operation -> SPIFFE IDs allowed; an ID ending in `*` matches by prefix."""
+    """Operation -> SPIFFE IDs allowed; an ID ending in `/*` matches every ID below that path."""
 
     grants: dict[Operation, tuple[str, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for operation, patterns in self.grants.items():
+            for pattern in patterns:
+                body = pattern[:-2] if pattern.endswith("/*") else pattern
+                if not body.startswith("spiffe://") or "*" in body:
+                    raise InvalidArgument(
+                        f"access_policy {operation.value}: {pattern!r} must be a SPIFFE ID, optionally ending in /*"
+                    )
+
     def allows(self, operation: Operation, caller: str) -> bool:
+        if not caller:  # a caller without an identity is never granted anything
+            return False
         for pattern in self.grants.get(operation, ()):
-            if pattern == caller or (pattern.endswith("*") and caller.startswith(pattern[:-1])):
+            if pattern == caller or (pattern.endswith("/*") and caller.startswith(pattern[:-1])):
                 return True
         return False
 

@@ -49,6 +49,7 @@ class KeyStore(Protocol):
     def set_state(self, key_id: str, version: int, state: VersionState) -> None: ...
     def erase_material(self, key_id: str, version: int) -> None: ...
     def replace_wrapped(self, key_id: str, version: int, wrapped: bytes) -> None: ...
+    def rewrap_all(self, updates: list[tuple[str, int, bytes]], meta_name: str, meta_value: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -185,6 +186,15 @@ class _SqlKeyStore:
                 self._sql("UPDATE key_versions SET wrapped_private = ? WHERE key_id = ? AND version = ?"),
                 (wrapped, key_id, version),
             )
+
+    def rewrap_all(self, updates: list[tuple[str, int, bytes]], meta_name: str, meta_value: str) -> None:
+        with self._tx() as cur:
+            for key_id, version, wrapped in updates:
+                cur.execute(
+                    self._sql("UPDATE key_versions SET wrapped_private = ? WHERE key_id = ? AND version = ?"),
+                    (wrapped, key_id, version),
+                )
+            cur.execute(self._sql("UPDATE keys_meta SET value = ? WHERE name = ?"), (meta_value, meta_name))
 
 
 class SqliteKeyStore(_SqlKeyStore):

@@ -146,3 +146,29 @@ def test_ledger_is_shared_by_server_processes(tmp_path):
     second.erase("k", 1)
     assert first.get("k", 1) is None
     assert "k/1" not in (tmp_path / "l.json").read_text()
+
+
+def test_a_missing_shred_ledger_stops_start_up(store_factory, kek, tmp_path, events):
+    from ztmesh.keys.errors import LedgerMismatch
+
+    KeyManager(store_factory(), OpenSslProvider(), kek, ShredLedger(tmp_path / "l.json"), events)
+    (tmp_path / "l.json").unlink()
+    with pytest.raises(LedgerMismatch, match="is not the one these keys were created with"):
+        KeyManager(store_factory(), OpenSslProvider(), kek, ShredLedger(tmp_path / "l.json"), events)
+
+
+def test_callers_without_identity_get_nothing(manager):
+    with pytest.raises(PermissionDenied):
+        manager.create_key("", "anon", Purpose.ENCRYPT)
+    manager.create_key(OWNER, "open", Purpose.SIGN,
+                       access_policy=AccessPolicy({Operation.VERIFY: ("spiffe://ztmesh.local/*",)}))
+    with pytest.raises(PermissionDenied):
+        manager.verify("", "open", 1, b"m", b"s")
+
+
+@pytest.mark.parametrize("pattern", ["spiffe://ztmesh.local/ns/ztmesh/sa/audit*", "*", "audit", "spiffe://*/x"])
+def test_access_policy_patterns_match_whole_path_segments_only(pattern):
+    from ztmesh.keys.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="must be a SPIFFE ID"):
+        AccessPolicy({Operation.SIGN: (pattern,)})
