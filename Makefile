@@ -31,7 +31,8 @@ run: setup certs plugins
 test: setup plugins
 	CI=$${CI:-} $(PYTHON) -m pytest $(PYTEST_ARGS)
 
-bench: setup plugins
+bench: plugins
+	bash scripts/install-deps.sh --bench
 	$(PYTHON) bench/run.py
 
 lint:

