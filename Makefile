@@ -31,8 +31,9 @@ run: setup certs plugins
 test: setup plugins
 	CI=$${CI:-} $(PYTHON) -m pytest $(PYTEST_ARGS)
 
-bench: plugins
+bench:
 	bash scripts/install-deps.sh --bench
+	$(MAKE) plugins
 	$(PYTHON) bench/run.py
 
 lint:
