@@ -9,7 +9,7 @@ provider-neutral.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -81,10 +81,23 @@ class CryptoProvider(Protocol):
     def verify(self, algorithm: Algorithm, public: bytes, message: bytes, signature: bytes) -> bool: ...
 
 
-_MLKEM = {Algorithm.ML_KEM_768: mlkem.MLKEM768PrivateKey, Algorithm.ML_KEM_1024: mlkem.MLKEM1024PrivateKey}
-_MLKEM_PUBLIC = {Algorithm.ML_KEM_768: mlkem.MLKEM768PublicKey, Algorithm.ML_KEM_1024: mlkem.MLKEM1024PublicKey}
-_MLDSA = {Algorithm.ML_DSA_65: mldsa.MLDSA65PrivateKey, Algorithm.ML_DSA_87: mldsa.MLDSA87PrivateKey}
-_MLDSA_PUBLIC = {Algorithm.ML_DSA_65: mldsa.MLDSA65PublicKey, Algorithm.ML_DSA_87: mldsa.MLDSA87PublicKey}
+# Typed as Any: the pyca key classes share no base class that declares these constructors.
+_MLKEM: dict[Algorithm, Any] = {
+    Algorithm.ML_KEM_768: mlkem.MLKEM768PrivateKey,
+    Algorithm.ML_KEM_1024: mlkem.MLKEM1024PrivateKey,
+}
+_MLKEM_PUBLIC: dict[Algorithm, Any] = {
+    Algorithm.ML_KEM_768: mlkem.MLKEM768PublicKey,
+    Algorithm.ML_KEM_1024: mlkem.MLKEM1024PublicKey,
+}
+_MLDSA: dict[Algorithm, Any] = {
+    Algorithm.ML_DSA_65: mldsa.MLDSA65PrivateKey,
+    Algorithm.ML_DSA_87: mldsa.MLDSA87PrivateKey,
+}
+_MLDSA_PUBLIC: dict[Algorithm, Any] = {
+    Algorithm.ML_DSA_65: mldsa.MLDSA65PublicKey,
+    Algorithm.ML_DSA_87: mldsa.MLDSA87PublicKey,
+}
 _MLKEM768_SEED = 64
 _MLKEM768_PUBLIC = 1184
 

@@ -67,16 +67,23 @@ def _refusal(verdict: Verdict) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
     return grpc.StatusCode.PERMISSION_DENIED, f"denied (decision {verdict.decision_id or 'local'}): {reason}", trailers
 
 
-class _Table:
-    def __init__(self, rules: Mapping[str, Protect], public: Iterable[str]) -> None:
+class _Enforcement:
+    """What both interceptors share: the method table and how a caller becomes a subject."""
+
+    def __init__(
+        self,
+        rules: Mapping[str, Protect],
+        public: Iterable[str] = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"),
+        subject_of: Callable[[Any], str] = default_subject,
+    ) -> None:
         self.rules = dict(rules)
         self.public = frozenset(public)
+        self.subject_of = subject_of
 
-    def lookup(self, method: str) -> Protect | None | bool:
-        """The rule, True for a public method, None for an unknown one."""
-        if method in self.public:
-            return True
-        return self.rules.get(method)
+    def request(self, method: str, context: Any) -> AccessRequest | None:
+        """The decision request for this call, or None when the method has no rule (refused)."""
+        rule = self.rules.get(method)
+        return None if rule is None else build_request(rule, method, context, self.subject_of)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, check: Callable[..., Any]) -> grpc.RpcMethodHandler:
@@ -88,30 +95,22 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable[..., Any]) -> grpc.Rpc
 class PolicyInterceptor(grpc.ServerInterceptor):
     """For `grpc.server(...)` (thread-pool servers)."""
 
-    def __init__(
-        self,
-        client: PolicyClient,
-        rules: Mapping[str, Protect],
-        *,
-        public: Iterable[str] = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"),
-        subject_of: Callable[[Any], str] = default_subject,
-    ) -> None:
+    def __init__(self, client: PolicyClient, rules: Mapping[str, Protect], **options: Any) -> None:
         self._client = client
-        self._table = _Table(rules, public)
-        self._subject_of = subject_of
+        self._enforcement = _Enforcement(rules, **options)
 
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        rule = self._table.lookup(method)
-        if handler is None or rule is True:
+        if handler is None or method in self._enforcement.public:
             return handler
 
         def check(behavior: Callable[..., Any], kind: str) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-                if rule is None:
+                access = self._enforcement.request(method, context)
+                if access is None:
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} has no enforcement rule")
-                verdict = self._client.decide(build_request(rule, method, context, self._subject_of))
+                verdict = self._client.decide(access)
                 if not verdict.allowed:
                     code, details, trailers = _refusal(verdict)
                     context.set_trailing_metadata(trailers)
@@ -127,30 +126,23 @@ class PolicyInterceptor(grpc.ServerInterceptor):
 class AsyncPolicyInterceptor(grpc.aio.ServerInterceptor):
     """For `grpc.aio.server(...)`; unary-response handlers only need the check once per call."""
 
-    def __init__(
-        self,
-        client: AsyncPolicyClient,
-        rules: Mapping[str, Protect],
-        *,
-        public: Iterable[str] = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"),
-        subject_of: Callable[[Any], str] = default_subject,
-    ) -> None:
+    def __init__(self, client: AsyncPolicyClient, rules: Mapping[str, Protect], **options: Any) -> None:
         self._client = client
-        self._table = _Table(rules, public)
-        self._subject_of = subject_of
+        self._enforcement = _Enforcement(rules, **options)
 
     async def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        rule = self._table.lookup(method)
-        if handler is None or rule is True:
+        if handler is None or method in self._enforcement.public:
             return handler
 
         def check(behavior: Callable[..., Any], kind: str) -> Callable[..., Any]:
             async def admit(context: grpc.aio.ServicerContext) -> None:
-                if rule is None:
+                access = self._enforcement.request(method, context)
+                if access is None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} has no enforcement rule")
-                verdict = await self._client.decide(build_request(rule, method, context, self._subject_of))
+                    return
+                verdict = await self._client.decide(access)
                 if not verdict.allowed:
                     code, details, trailers = _refusal(verdict)
                     context.set_trailing_metadata(trailers)

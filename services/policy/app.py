@@ -1,6 +1,7 @@
 """Wiring of the policy service into the shared server: its servicer, who may call which RPC, readiness.
 
-Any mesh workload may ask for decisions and report signals; reloading policy is for operators; Envoy calls ext_authz Check.
+Any mesh workload may ask for decisions and report signals; reloading policy is for operators;
+Envoy calls ext_authz Check.
 """
 
 from __future__ import annotations
