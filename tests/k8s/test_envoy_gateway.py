@@ -4,18 +4,10 @@ up a rotated certificate without a restart."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import os
 import shutil
-import socket
-import ssl
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.k8s.manifests import REPO_ROOT, missing
+from tests.support.gateway import Gateway, cluster, free_ports, kubelet_secret_volume, listener, run_gateway, wait_for
 from ztmesh.mesh.certs import CertificateAuthority, init_dev_pki, issue_identity
 
 ENVOY_DIR = REPO_ROOT / "deploy" / "envoy"
@@ -45,12 +38,7 @@ def _config() -> dict[str, Any]:
     return yaml.safe_load(CONFIG.read_text())
 
 
-def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(x for x in config["static_resources"]["listeners"] if x["name"] == name)
-
-
-def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(c for c in config["static_resources"]["clusters"] if c["name"] == name)
+_listener, _cluster = listener, cluster
 
 
 def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
@@ -123,120 +111,13 @@ def envoy_binary(request: pytest.FixtureRequest) -> str:
         return path
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _kubelet_secret_volume(volume: Path, version: str, files: dict[str, Path]) -> None:
-    """Lay out (or atomically swap) a folder the way kubelet projects a Secret: ..data -> ..<version>."""
-    target = volume / f"..{version}"
-    target.mkdir(parents=True)
-    for name, source in files.items():
-        shutil.copy(source, target / name)
-    staging = volume / "..data_tmp"
-    staging.symlink_to(target.name)
-    os.replace(staging, volume / "..data")
-    for name in files:
-        link = volume / name
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{name}")
-
-
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    https_port: int
-    stats_port: int
-    admin_port: int
-    pki: Path
-    tls: Path
-
-    def stat(self, name: str) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter=^{name}$", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                key, _, value = line.partition(": ")
-                if key == name:
-                    return int(value)
-        return 0
-
-    def served_certificate(self) -> bytes:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw:
-            with context.wrap_socket(raw) as tls:
-                der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return der
-
-
-def _wait_for(condition: Any, what: str, deadline_s: float = 30.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if condition():
-                return
-        time.sleep(0.2)
-    pytest.fail(f"gave up waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def gateway(envoy_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("gateway")
-    pki, etc, tls = root / "pki", root / "etc", root / "tls"
-    init_dev_pki(pki, "ztmesh.local", "ztmesh")
-    _kubelet_secret_volume(
-        tls, "v1", {"tls.crt": pki / "envoy.crt", "tls.key": pki / "envoy.key", "ca.crt": pki / "ca.crt"}
-    )
-    etc.mkdir()
-    https_port, stats_port, admin_port, closed_port = _free_ports(4)
-    for source in ENVOY_DIR.glob("*.yaml"):
-        if source.name == "kustomization.yaml":
-            continue
-        text = source.read_text().replace("/etc/envoy", str(etc)).replace("/var/run/ztmesh/tls", str(tls))
-        (etc / source.name).write_text(text)
-    config = yaml.safe_load((etc / CONFIG.name).read_text())
-    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    _listener(config, "gateway")["address"]["socket_address"]["port_value"] = https_port
-    _listener(config, "stats")["address"]["socket_address"]["port_value"] = stats_port
-    for name, port in (("ztmesh_policy", closed_port), ("upstream", closed_port), ("envoy_admin", admin_port)):
-        endpoint = _cluster(config, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
-    (etc / CONFIG.name).write_text(yaml.safe_dump(config))
-    validate = subprocess.run(
-        [envoy_binary, "--mode", "validate", "-c", str(etc / CONFIG.name), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert validate.returncode == 0, validate.stdout + validate.stderr
-    log = (root / "envoy.log").open("wb")
-    process = subprocess.Popen(
-        [envoy_binary, "-c", str(etc / CONFIG.name), "--disable-hot-restart", "--log-level", "warn"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    gw = Gateway(process, https_port, stats_port, admin_port, pki, tls)
-    try:
-        _wait_for(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/ready", timeout=2).status == 200,
-            "Envoy to become ready on the stats listener",
-        )
+    init_dev_pki(root / "pki", "ztmesh.local", "ztmesh")
+    (closed_port,) = free_ports(1)  # nothing listens: policy and upstream are unreachable
+    with run_gateway(envoy_binary, root, root / "pki", policy_port=closed_port, upstream_port=closed_port) as gw:
         yield gw
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_stats_listener_exposes_readiness_and_metrics_only(gateway: Gateway) -> None:
@@ -250,16 +131,9 @@ def test_stats_listener_exposes_readiness_and_metrics_only(gateway: Gateway) -> 
 
 
 def test_unreachable_policy_service_fails_closed(gateway: Gateway) -> None:
-    context = ssl.create_default_context(cafile=str(gateway.pki / "ca.crt"))
-    context.load_cert_chain(gateway.pki / "client.crt", gateway.pki / "client.key")
-    context.check_hostname = False
     for path in ("/api/patients/42", "/public/index.html", "/anything"):
-        connection = http.client.HTTPSConnection("127.0.0.1", gateway.https_port, context=context, timeout=10)
-        connection.request("GET", path, headers={"x-ztmesh-decision-id": "forged", "x-ztmesh-trust-score": "100"})
-        response = connection.getresponse()
-        response.read()
-        connection.close()
-        assert response.status == 503, path
+        status, _, _ = gateway.request("GET", path, {"x-ztmesh-decision-id": "forged", "x-ztmesh-trust-score": "100"})
+        assert status == 503, path
     assert gateway.stat("http.gateway.ext_authz.error") >= 3
     assert gateway.stat("cluster.upstream.upstream_rq_total") == 0, "nothing may reach the upstream"
 
@@ -269,12 +143,12 @@ def test_rotated_certificate_is_served_without_a_restart(gateway: Gateway, tmp_p
     assert first == x509.load_pem_x509_certificate((gateway.pki / "envoy.crt").read_bytes()).public_bytes(Encoding.DER)
     ca = CertificateAuthority.load(gateway.pki / "ca.crt", gateway.pki / "ca.key")
     issue_identity(ca, tmp_path, "envoy", "ztmesh.local", "ztmesh")
-    _kubelet_secret_volume(
+    kubelet_secret_volume(
         gateway.tls,
         "v2",
         {"tls.crt": tmp_path / "envoy.crt", "tls.key": tmp_path / "envoy.key", "ca.crt": gateway.pki / "ca.crt"},
     )
     rotated = x509.load_pem_x509_certificate((tmp_path / "envoy.crt").read_bytes()).public_bytes(Encoding.DER)
     assert rotated != first
-    _wait_for(lambda: gateway.served_certificate() == rotated, "Envoy to serve the rotated certificate")
+    wait_for(lambda: gateway.served_certificate() == rotated, "Envoy to serve the rotated certificate")
     assert gateway.process.poll() is None, "Envoy restarted"
