@@ -1,33 +1,73 @@
-"""Wiring of the plugins service into the shared server: its servicer, who may call which RPC, readiness.
+"""Wiring of the plugins service into the shared server: its servicer, who may call which RPC.
 
-Policy (and operators) execute plugins; only operators register or remove them.
+Policy (and operators) execute plugins; only operators register or remove them. Module signatures
+are verified by the keys service over mTLS with the plugins workload's own certificate.
 """
 
 from __future__ import annotations
 
 from ztmesh._proto.plugins.v1 import plugins_pb2_grpc
 from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
+from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.spiffe import authorize_member_of, authorize_service_accounts
+from ztmesh.plugins.registry import PluginRegistry
+from ztmesh.plugins.sandbox import Limits, Sandbox
+from ztmesh.plugins.servicer import PluginServicer
+from ztmesh.plugins.settings import PluginsSettings
+from ztmesh.plugins.store import open_plugin_store
+from ztmesh.plugins.verifier import KeyServiceVerifier
 
 SERVICE = "ztmesh.plugins.v1.PluginService"
 
 
+def operator_maxima(settings: PluginsSettings) -> Limits:
+    return Limits(
+        fuel=settings.plugin_max_fuel,
+        timeout_ms=settings.plugin_max_timeout_ms,
+        memory_bytes=settings.plugin_max_memory_bytes,
+        table_elements=settings.plugin_max_table_elements,
+        max_input_bytes=settings.plugin_max_input_bytes,
+        max_output_bytes=settings.plugin_max_output_bytes,
+    )
+
+
 def build_app(settings: MeshSettings) -> ServiceApp:
-    members = authorize_member_of(settings.trust_domain)
+    plugin_settings = load_settings(PluginsSettings, section="plugins")
+    require_signature = (
+        plugin_settings.plugin_signing_required
+        if plugin_settings.plugin_signing_required is not None
+        else not settings.dev_mode
+    )
+    peers = PeerChannels(settings, "plugins")
+    sandbox = Sandbox(
+        operator_maxima(plugin_settings),
+        allowed_capabilities=frozenset(plugin_settings.plugin_capabilities),
+        cache_dir=settings.data_dir / "plugins" / "compiled",
+    )
+    registry = PluginRegistry(
+        open_plugin_store(settings.database_url, settings.data_dir),
+        sandbox,
+        KeyServiceVerifier(peers.channel("keys")),
+        require_signature=require_signature,
+    )
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     executors = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy", *settings.operators])
-    rules = {
-        f"/{SERVICE}/Execute": executors,
-        f"/{SERVICE}/ListPlugins": members,
-        f"/{SERVICE}/RegisterPlugin": operators,
-        f"/{SERVICE}/UnregisterPlugin": operators,
-    }
-    # The implementation lands with the service's own issue; until then every RPC is UNIMPLEMENTED.
-    servicer = plugins_pb2_grpc.PluginServiceServicer()
+
+    def close() -> None:
+        registry.close()
+        peers.close()
+
     return ServiceApp(
         name="plugins",
-        register=lambda server: plugins_pb2_grpc.add_PluginServiceServicer_to_server(servicer, server),
+        register=lambda server: plugins_pb2_grpc.add_PluginServiceServicer_to_server(PluginServicer(registry), server),
         service_names=(SERVICE,),
-        rules=rules,
+        rules={
+            f"/{SERVICE}/Execute": executors,
+            f"/{SERVICE}/ListPlugins": authorize_member_of(settings.trust_domain),
+            f"/{SERVICE}/RegisterPlugin": operators,
+            f"/{SERVICE}/UnregisterPlugin": operators,
+        },
+        close=close,
     )
