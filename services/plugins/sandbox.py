@@ -10,6 +10,8 @@ arguments or sockets). Compiled modules are cached in memory and serialized to d
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import threading
@@ -20,7 +22,13 @@ from typing import Any
 
 import wasmtime
 
+# The per-call path uses wasmtime-py's C bindings directly (wasmtime is pinned to 50.0.1): its
+# public wrappers cost more per call than instantiating the module does. See _raw_export, _call_abi.
+from wasmtime import _ffi  # noqa: E402
+
 from ztmesh.plugins.errors import BadInput, DeadlineExceeded, InvalidPlugin, PluginFailed, ResourceExhausted
+
+_I32, _I64 = _ffi.WASMTIME_I32.value, _ffi.WASMTIME_I64.value
 
 ABI_VERSION = 1
 EPOCH_TICK_SECONDS = 0.005
@@ -140,6 +148,15 @@ class Sandbox:
         for name in REQUIRED_EXPORTS:
             if name not in exports:
                 raise InvalidPlugin(f"module does not export `{name}` (see docs/plugin-abi.md)")
+        alloc = exports["ztm_alloc"]
+        if (
+            not isinstance(alloc, wasmtime.FuncType)
+            or [str(p) for p in alloc.params] != ["i32"]
+            or [str(r) for r in alloc.results] != ["i32"]
+        ):
+            raise InvalidPlugin("`ztm_alloc` must be a function (i32) -> i32 (see docs/plugin-abi.md)")
+        if not isinstance(exports["memory"], wasmtime.MemoryType):
+            raise InvalidPlugin("`memory` must be a memory export")
         functions = frozenset(
             name
             for name, kind in exports.items()
@@ -171,6 +188,10 @@ class Sandbox:
 
     # --- calls -----------------------------------------------------------------------------------
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one sandbox per process; Limits are few and hashable
+    def _bounded(self, limits: Limits) -> Limits:
+        return limits.bounded_by(self.maxima)
+
     def _store(self, limits: Limits, wasi: bool) -> wasmtime.Store:
         store = wasmtime.Store(self.engine)
         store.set_limits(
@@ -183,7 +204,7 @@ class Sandbox:
         return store
 
     def call(self, compiled: CompiledPlugin, function: str, input_json: bytes, limits: Limits) -> CallResult:
-        limits = limits.bounded_by(self.maxima)
+        limits = self._bounded(limits)
         if function not in compiled.functions:
             raise BadInput(
                 f"the plugin exports no function {function!r} (it has: {', '.join(sorted(compiled.functions))})"
@@ -195,19 +216,24 @@ class Sandbox:
         instance = None
         try:
             instance = compiled.pre.instantiate(store)
-            exports = instance.exports(store)
-            memory: wasmtime.Memory = exports["memory"]
-            pointer = exports["ztm_alloc"](store, len(input_json))
-            if not pointer or pointer + len(input_json) > memory.data_len(store):
+            context = store._context()
+            memory = _raw_export(context, instance, "memory").of.memory
+            pointer = _call_abi(context, _raw_export(context, instance, "ztm_alloc").of.func, len(input_json))
+            pointer &= 0xFFFFFFFF
+            if not pointer or pointer + len(input_json) > _ffi.wasmtime_memory_data_size(context, ctypes.byref(memory)):
                 raise PluginFailed("the plugin could not allocate memory for the input")
-            memory.write(store, input_json, pointer)
-            packed = exports[function](store, pointer, len(input_json))
+            base = ctypes.addressof(_ffi.wasmtime_memory_data(context, ctypes.byref(memory)).contents)
+            ctypes.memmove(base + pointer, input_json, len(input_json))
+            packed = _call_abi(context, _raw_export(context, instance, function).of.func, pointer, len(input_json))
             out_ptr, out_len = (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
             if out_len > limits.max_output_bytes:
                 raise ResourceExhausted(f"output of {out_len} bytes exceeds the limit of {limits.max_output_bytes}")
-            if out_ptr + out_len > memory.data_len(store):
+            # The memory may have moved or grown during the call: look it up again.
+            size = _ffi.wasmtime_memory_data_size(context, ctypes.byref(memory))
+            if out_ptr + out_len > size:
                 raise PluginFailed("malformed output: the returned range lies outside the plugin's memory")
-            raw = memory.read(store, out_ptr, out_ptr + out_len)
+            base = ctypes.addressof(_ffi.wasmtime_memory_data(context, ctypes.byref(memory)).contents)
+            raw = ctypes.string_at(base + out_ptr, out_len)
         except wasmtime.Trap as trap:
             error = _trap_error(trap)
             if isinstance(error, PluginFailed) and _memory_at_cap(store, instance, limits):
@@ -219,7 +245,7 @@ class Sandbox:
             raise ResourceExhausted(f"the plugin exceeded its limits: {str(exc).splitlines()[0]}") from None
         fuel_used = limits.fuel - store.get_fuel()
         try:
-            output_json = bytes(raw).decode("utf-8")
+            output_json = raw.decode("utf-8")
             output = json.loads(output_json)
         except (UnicodeDecodeError, ValueError):
             raise PluginFailed("malformed output: not UTF-8 JSON") from None
@@ -239,6 +265,38 @@ def _trap_error(trap: wasmtime.Trap) -> Exception:
     lines = (trap.message or "").splitlines()
     reason = next((line.strip() for line in lines if "wasm trap:" in line), lines[0] if lines else str(code))
     return PluginFailed(f"the plugin trapped: {reason}")
+
+
+def _raw_export(context: Any, instance: wasmtime.Instance, name: str) -> Any:
+    """One export by name, as the C API's extern. wasmtime-py's `exports()` wraps every export in
+    Python objects, which costs more than the rest of a small call; the ABI needs three."""
+    item = _ffi.wasmtime_extern_t()
+    raw = name.encode()
+    if not _ffi.wasmtime_instance_export_get(
+        context, ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
+    ):
+        raise PluginFailed(f"the plugin has no export {name!r}")
+    return item
+
+
+def _call_abi(context: Any, func: Any, *args: int) -> int:
+    """Call an ABI function whose i32 parameters and single integer result were checked at compilation.
+
+    wasmtime-py's `Func.__call__` rebuilds the function type on every call (~50 us); the ABI types
+    are fixed, so this goes straight to `wasmtime_func_call`."""
+    params = (_ffi.wasmtime_val_t * len(args))()
+    for index, value in enumerate(args):
+        params[index].kind = _I32
+        params[index].of.i32 = value
+    results = (_ffi.wasmtime_val_t * 1)()
+    trap = ctypes.POINTER(_ffi.wasm_trap_t)()
+    error = _ffi.wasmtime_func_call(context, ctypes.byref(func), params, len(args), results, 1, ctypes.byref(trap))
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    if trap:
+        raise wasmtime.Trap._from_ptr(trap)
+    result = results[0]
+    return int(result.of.i64 if result.kind == _I64 else result.of.i32)
 
 
 def _memory_at_cap(store: wasmtime.Store, instance: wasmtime.Instance | None, limits: Limits) -> bool:
