@@ -1,33 +1,142 @@
-"""Wiring of the audit service into the shared server: its servicer, who may call which RPC, readiness.
+"""Wiring of the audit service into the shared server: store, checkpoint signer, servicer, who may call
+which RPC, readiness and the background jobs (timed checkpoints, retention).
 
 Only the emitting services may append; reading and verifying the trail is for operators and policy.
 """
 
 from __future__ import annotations
 
-from ztmesh._proto.audit.v1 import audit_pb2_grpc
-from ztmesh.mesh.config import MeshSettings
-from ztmesh.mesh.server import ServiceApp
-from ztmesh.mesh.spiffe import authorize_member_of, authorize_service_accounts
+import logging
+import os
+import threading
+from datetime import timedelta
+from pathlib import Path
 
-SERVICE = "ztmesh.audit.v1.AuditService"
+from ztmesh.audit.chain import CheckpointSigner, CheckpointVerifier
+from ztmesh.audit.errors import AuditError, SchemaMissing, StoreError
+from ztmesh.audit.record import Limits
+from ztmesh.audit.servicer import SERVICE, AuditServicer, register
+from ztmesh.audit.settings import AuditSettings
+from ztmesh.audit.signing import LocalMlDsaSigner
+from ztmesh.audit.store import AuditStore
+from ztmesh.audit.trail import AuditTrail, TrailSettings
+from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import SettingsError
+from ztmesh.mesh.peers import PeerChannels
+from ztmesh.mesh.server import ServiceApp
+from ztmesh.mesh.settings import load_settings
+from ztmesh.mesh.spiffe import authorize_either, authorize_member_of, authorize_service_accounts
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: MeshSettings, audit: AuditSettings) -> AuditStore:
+    try:
+        if settings.database_url:
+            from ztmesh.audit.store_postgres import PostgresAuditStore
+
+            return PostgresAuditStore(settings.database_url, partition_unit=audit.audit_partition)
+        from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+        return SqliteAuditStore(settings.data_dir / "audit" / "audit.db", partition=audit.audit_partition)
+    except SchemaMissing as exc:
+        raise SettingsError("ZTMESH_DATABASE_URL", str(exc)) from None
+    except StoreError as exc:
+        raise SettingsError("ZTMESH_DATABASE_URL" if settings.database_url else "ZTMESH_DATA_DIR", str(exc)) from None
+
+
+def local_signer(settings: MeshSettings, audit: AuditSettings) -> LocalMlDsaSigner:
+    """The embedded default's signing key, kept in the data folder, its public key written beside it."""
+    key_file = audit.audit_local_key_file or settings.data_dir / "audit" / "checkpoint-signing.key"
+    try:
+        signer = LocalMlDsaSigner.load_or_create(key_file)
+    except AuditError as exc:
+        raise SettingsError("ZTMESH_AUDIT_LOCAL_KEY_FILE", str(exc)) from None
+    public = public_key_path(key_file)
+    if not public.exists() or public.read_bytes() != signer.public_pem():
+        candidate = public.with_name(f".{public.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        candidate.write_bytes(signer.public_pem())
+        os.replace(candidate, public)  # atomic: a reader never sees half a key
+    return signer
+
+
+def public_key_path(key_file: Path) -> Path:
+    return key_file.with_name("checkpoint-public.pem")
 
 
 def build_app(settings: MeshSettings) -> ServiceApp:
+    audit = load_settings(AuditSettings, section="audit")
     members = authorize_member_of(settings.trust_domain)
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
+    verifiers = authorize_service_accounts(settings.trust_domain, settings.namespace, ["audit-verify"])
     emitters = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy", "plugins", "keys"])
     rules = {
         f"/{SERVICE}/Append": emitters,
         f"/{SERVICE}/Query": operators,
-        f"/{SERVICE}/Verify": operators,
+        f"/{SERVICE}/Verify": authorize_either(operators, verifiers),
         f"/{SERVICE}/GetCheckpoint": members,
     }
-    # The implementation lands with the service's own issue; until then every RPC is UNIMPLEMENTED.
-    servicer = audit_pb2_grpc.AuditServiceServicer()
+    peers: PeerChannels | None = None
+    signer: CheckpointSigner
+    verifier: CheckpointVerifier
+    if audit.audit_signer == "keys":
+        from ztmesh.audit.keysign import KeyServiceSigner
+
+        peers = PeerChannels(settings, "audit")
+        signer = verifier = KeyServiceSigner(
+            peers.channel("keys"), audit.audit_signing_key,
+            owner=str(settings.workload_id("audit")), readers=f"spiffe://{settings.trust_domain}/*",
+        )  # fmt: skip
+    else:
+        signer = verifier = local_signer(settings, audit)
+    store = open_store(settings, audit)
+    trail_settings = TrailSettings(
+        checkpoint_every=audit.audit_checkpoint_every,
+        checkpoint_interval=audit.audit_checkpoint_interval,
+        max_batch=audit.audit_max_batch,
+        retention=timedelta(days=audit.audit_retention_days),
+    )
+    trail = AuditTrail(store, signer, verifier, trail_settings)
+    servicer = AuditServicer(trail, Limits(max_details_bytes=audit.audit_max_details_bytes))
+    key_ready = threading.Event()
+    if audit.audit_signer == "local":
+        key_ready.set()
+
+    def readiness() -> bool:
+        if not key_ready.is_set():
+            try:
+                signer.ensure_key()  # type: ignore[attr-defined]
+                key_ready.set()
+            except AuditError as exc:
+                log.warning("checkpoint key not ready: %s", exc)
+                return False
+        store.head()  # raises while the database is unreachable
+        return True
+
+    def retention(stopping: threading.Event) -> None:
+        while not stopping.wait(audit.audit_retention_check):
+            try:
+                result = trail.prune()
+                if result:
+                    log.info("retention pruned %d records", result.records_dropped)
+            except Exception:  # a failed run is retried at the next tick; the trail keeps serving
+                log.exception("audit retention failed")
+
+    def close() -> None:
+        try:
+            trail.checkpoint()  # sign what arrived since the last checkpoint
+        except Exception:
+            log.exception("final audit checkpoint failed")
+        store.close()
+        if peers is not None:
+            peers.close()
+
     return ServiceApp(
         name="audit",
-        register=lambda server: audit_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server),
+        register=lambda server: register(servicer, server),
         service_names=(SERVICE,),
         rules=rules,
+        readiness=readiness,
+        close=close,
+        background=[trail.run_checkpoints, retention],
     )

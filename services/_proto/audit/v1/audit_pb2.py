@@ -26,37 +26,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bztmesh/audit/v1/audit.proto\x12\x0fztmesh.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61ller_spiffe_id\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x16\n\x0eschema_version\x18\x0c \x01(\r\"\xcf\x01\n\x0b\x41uditRecord\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.ztmesh.audit.v1.AuditEvent\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tprev_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12/\n\x0brecord_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x65mitter_spiffe_id\x18\x06 \x01(\t\x12\x15\n\rmasked_fields\x18\x07 \x03(\t\"<\n\rAppendRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.ztmesh.audit.v1.AuditEvent\"E\n\x0c\x41ppendResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"@\n\x0e\x41ppendResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.ztmesh.audit.v1.AppendResult\"\xfd\x01\n\x0cQueryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12%\n\x05order\x18\x07 \x01(\x0e\x32\x16.ztmesh.audit.v1.Order\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"W\n\rQueryResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.ztmesh.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\rVerifyRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x04\"\x7f\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\r\x12\x1a\n\x12\x66irst_bad_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x16\n\x14GetCheckpointRequest\"\xcc\x01\n\nCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17pruned_through_sequence\x18\x04 \x01(\x04\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x08 \x01(\x0c*N\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12ORDER_NEWEST_FIRST\x10\x01\x12\x16\n\x12ORDER_OLDEST_FIRST\x10\x02\x32\xc3\x02\n\x0c\x41uditService\x12I\n\x06\x41ppend\x12\x1e.ztmesh.audit.v1.AppendRequest\x1a\x1f.ztmesh.audit.v1.AppendResponse\x12H\n\x05Query\x12\x1d.ztmesh.audit.v1.QueryRequest\x1a\x1e.ztmesh.audit.v1.QueryResponse0\x01\x12I\n\x06Verify\x12\x1e.ztmesh.audit.v1.VerifyRequest\x1a\x1f.ztmesh.audit.v1.VerifyResponse\x12S\n\rGetCheckpoint\x12%.ztmesh.audit.v1.GetCheckpointRequest\x1a\x1b.ztmesh.audit.v1.Checkpointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bztmesh/audit/v1/audit.proto\x12\x0fztmesh.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\nAuditEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61ller_spiffe_id\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x16\n\x0eschema_version\x18\x0c \x01(\r\x12\x14\n\x0cmasked_paths\x18\r \x03(\t\"\xcd\x01\n\x0b\x41uditRecord\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.ztmesh.audit.v1.AuditEvent\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tprev_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x65mitter_spiffe_id\x18\x06 \x01(\tJ\x04\x08\x07\x10\x08R\rmasked_fields\"<\n\rAppendRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.ztmesh.audit.v1.AuditEvent\"E\n\x0c\x41ppendResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"@\n\x0e\x41ppendResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.ztmesh.audit.v1.AppendResult\"\xfd\x01\n\x0cQueryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12%\n\x05order\x18\x07 \x01(\x0e\x32\x16.ztmesh.audit.v1.Order\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"W\n\rQueryResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.ztmesh.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\rVerifyRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x04\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x04\"\xd9\x01\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\r\x12\x1a\n\x12\x66irst_bad_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12.\n\x06reason\x18\x06 \x01(\x0e\x32\x1e.ztmesh.audit.v1.VerifyProblem\x12\x15\n\rlast_sequence\x18\x07 \x01(\x04\x12\x11\n\tlast_hash\x18\x08 \x01(\x0c\"\x16\n\x14GetCheckpointRequest\"\xf5\x02\n\nCheckpoint\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17pruned_through_sequence\x18\x04 \x01(\x04\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x11\n\tsignature\x18\x07 \x01(\x0c\x12\x16\n\x0esigned_payload\x18\x08 \x01(\x0c\x12-\n\x04kind\x18\t \x01(\x0e\x32\x1f.ztmesh.audit.v1.CheckpointKind\x12\x1b\n\x13pruned_through_hash\x18\n \x01(\x0c\x12\x31\n\rpruned_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\talgorithm\x18\x0c \x01(\t\x12\x15\n\rcheckpoint_id\x18\r \x01(\t*N\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12ORDER_NEWEST_FIRST\x10\x01\x12\x16\n\x12ORDER_OLDEST_FIRST\x10\x02*\xd6\x02\n\rVerifyProblem\x12\x1e\n\x1aVERIFY_PROBLEM_UNSPECIFIED\x10\x00\x12 \n\x1cVERIFY_PROBLEM_HASH_MISMATCH\x10\x01\x12%\n!VERIFY_PROBLEM_PREV_HASH_MISMATCH\x10\x02\x12\x16\n\x12VERIFY_PROBLEM_GAP\x10\x03\x12\x1c\n\x18VERIFY_PROBLEM_REORDERED\x10\x04\x12\x1c\n\x18VERIFY_PROBLEM_DUPLICATE\x10\x05\x12\'\n#VERIFY_PROBLEM_CHECKPOINT_SIGNATURE\x10\x06\x12&\n\"VERIFY_PROBLEM_CHECKPOINT_MISMATCH\x10\x07\x12\x1c\n\x18VERIFY_PROBLEM_TRUNCATED\x10\x08\x12\x19\n\x15VERIFY_PROBLEM_ANCHOR\x10\t*f\n\x0e\x43heckpointKind\x12\x1f\n\x1b\x43HECKPOINT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HECKPOINT_KIND_HEAD\x10\x01\x12\x19\n\x15\x43HECKPOINT_KIND_PRUNE\x10\x02\x32\xc3\x02\n\x0c\x41uditService\x12I\n\x06\x41ppend\x12\x1e.ztmesh.audit.v1.AppendRequest\x1a\x1f.ztmesh.audit.v1.AppendResponse\x12H\n\x05Query\x12\x1d.ztmesh.audit.v1.QueryRequest\x1a\x1e.ztmesh.audit.v1.QueryResponse0\x01\x12I\n\x06Verify\x12\x1e.ztmesh.audit.v1.VerifyRequest\x1a\x1f.ztmesh.audit.v1.VerifyResponse\x12S\n\rGetCheckpoint\x12%.ztmesh.audit.v1.GetCheckpointRequest\x1a\x1b.ztmesh.audit.v1.Checkpointb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ztmesh.audit.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDER']._serialized_start=1527
-  _globals['_ORDER']._serialized_end=1605
+  _globals['_ORDER']._serialized_start=1807
+  _globals['_ORDER']._serialized_end=1885
+  _globals['_VERIFYPROBLEM']._serialized_start=1888
+  _globals['_VERIFYPROBLEM']._serialized_end=2230
+  _globals['_CHECKPOINTKIND']._serialized_start=2232
+  _globals['_CHECKPOINTKIND']._serialized_end=2334
   _globals['_AUDITEVENT']._serialized_start=82
-  _globals['_AUDITEVENT']._serialized_end=350
-  _globals['_AUDITRECORD']._serialized_start=353
-  _globals['_AUDITRECORD']._serialized_end=560
-  _globals['_APPENDREQUEST']._serialized_start=562
-  _globals['_APPENDREQUEST']._serialized_end=622
-  _globals['_APPENDRESULT']._serialized_start=624
-  _globals['_APPENDRESULT']._serialized_end=693
-  _globals['_APPENDRESPONSE']._serialized_start=695
-  _globals['_APPENDRESPONSE']._serialized_end=759
-  _globals['_QUERYREQUEST']._serialized_start=762
-  _globals['_QUERYREQUEST']._serialized_end=1015
-  _globals['_QUERYRESPONSE']._serialized_start=1017
-  _globals['_QUERYRESPONSE']._serialized_end=1104
-  _globals['_VERIFYREQUEST']._serialized_start=1106
-  _globals['_VERIFYREQUEST']._serialized_end=1165
-  _globals['_VERIFYRESPONSE']._serialized_start=1167
-  _globals['_VERIFYRESPONSE']._serialized_end=1294
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1296
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1318
-  _globals['_CHECKPOINT']._serialized_start=1321
-  _globals['_CHECKPOINT']._serialized_end=1525
-  _globals['_AUDITSERVICE']._serialized_start=1608
-  _globals['_AUDITSERVICE']._serialized_end=1931
+  _globals['_AUDITEVENT']._serialized_end=372
+  _globals['_AUDITRECORD']._serialized_start=375
+  _globals['_AUDITRECORD']._serialized_end=580
+  _globals['_APPENDREQUEST']._serialized_start=582
+  _globals['_APPENDREQUEST']._serialized_end=642
+  _globals['_APPENDRESULT']._serialized_start=644
+  _globals['_APPENDRESULT']._serialized_end=713
+  _globals['_APPENDRESPONSE']._serialized_start=715
+  _globals['_APPENDRESPONSE']._serialized_end=779
+  _globals['_QUERYREQUEST']._serialized_start=782
+  _globals['_QUERYREQUEST']._serialized_end=1035
+  _globals['_QUERYRESPONSE']._serialized_start=1037
+  _globals['_QUERYRESPONSE']._serialized_end=1124
+  _globals['_VERIFYREQUEST']._serialized_start=1126
+  _globals['_VERIFYREQUEST']._serialized_end=1185
+  _globals['_VERIFYRESPONSE']._serialized_start=1188
+  _globals['_VERIFYRESPONSE']._serialized_end=1405
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1407
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1429
+  _globals['_CHECKPOINT']._serialized_start=1432
+  _globals['_CHECKPOINT']._serialized_end=1805
+  _globals['_AUDITSERVICE']._serialized_start=2337
+  _globals['_AUDITSERVICE']._serialized_end=2660
 # @@protoc_insertion_point(module_scope)

@@ -15,12 +15,44 @@ class Order(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_UNSPECIFIED: _ClassVar[Order]
     ORDER_NEWEST_FIRST: _ClassVar[Order]
     ORDER_OLDEST_FIRST: _ClassVar[Order]
+
+class VerifyProblem(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERIFY_PROBLEM_UNSPECIFIED: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_HASH_MISMATCH: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_PREV_HASH_MISMATCH: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_GAP: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_REORDERED: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_DUPLICATE: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_CHECKPOINT_SIGNATURE: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_CHECKPOINT_MISMATCH: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_TRUNCATED: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_ANCHOR: _ClassVar[VerifyProblem]
+
+class CheckpointKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECKPOINT_KIND_UNSPECIFIED: _ClassVar[CheckpointKind]
+    CHECKPOINT_KIND_HEAD: _ClassVar[CheckpointKind]
+    CHECKPOINT_KIND_PRUNE: _ClassVar[CheckpointKind]
 ORDER_UNSPECIFIED: Order
 ORDER_NEWEST_FIRST: Order
 ORDER_OLDEST_FIRST: Order
+VERIFY_PROBLEM_UNSPECIFIED: VerifyProblem
+VERIFY_PROBLEM_HASH_MISMATCH: VerifyProblem
+VERIFY_PROBLEM_PREV_HASH_MISMATCH: VerifyProblem
+VERIFY_PROBLEM_GAP: VerifyProblem
+VERIFY_PROBLEM_REORDERED: VerifyProblem
+VERIFY_PROBLEM_DUPLICATE: VerifyProblem
+VERIFY_PROBLEM_CHECKPOINT_SIGNATURE: VerifyProblem
+VERIFY_PROBLEM_CHECKPOINT_MISMATCH: VerifyProblem
+VERIFY_PROBLEM_TRUNCATED: VerifyProblem
+VERIFY_PROBLEM_ANCHOR: VerifyProblem
+CHECKPOINT_KIND_UNSPECIFIED: CheckpointKind
+CHECKPOINT_KIND_HEAD: CheckpointKind
+CHECKPOINT_KIND_PRUNE: CheckpointKind
 
 class AuditEvent(_message.Message):
-    __slots__ = ("event_id", "time", "service", "caller_spiffe_id", "subject", "action", "resource", "outcome", "details_json", "decision_id", "trace_id", "schema_version")
+    __slots__ = ("event_id", "time", "service", "caller_spiffe_id", "subject", "action", "resource", "outcome", "details_json", "decision_id", "trace_id", "schema_version", "masked_paths")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +65,7 @@ class AuditEvent(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     time: _timestamp_pb2.Timestamp
     service: str
@@ -45,25 +78,24 @@ class AuditEvent(_message.Message):
     decision_id: str
     trace_id: str
     schema_version: int
-    def __init__(self, event_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service: _Optional[str] = ..., caller_spiffe_id: _Optional[str] = ..., subject: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., outcome: _Optional[str] = ..., details_json: _Optional[str] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schema_version: _Optional[int] = ...) -> None: ...
+    masked_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service: _Optional[str] = ..., caller_spiffe_id: _Optional[str] = ..., subject: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., outcome: _Optional[str] = ..., details_json: _Optional[str] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., schema_version: _Optional[int] = ..., masked_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("event", "sequence", "prev_hash", "hash", "record_time", "emitter_spiffe_id", "masked_fields")
+    __slots__ = ("event", "sequence", "prev_hash", "hash", "recorded_at", "emitter_spiffe_id")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PREV_HASH_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
-    RECORD_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
     EMITTER_SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
-    MASKED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     event: AuditEvent
     sequence: int
     prev_hash: bytes
     hash: bytes
-    record_time: _timestamp_pb2.Timestamp
+    recorded_at: _timestamp_pb2.Timestamp
     emitter_spiffe_id: str
-    masked_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event: _Optional[_Union[AuditEvent, _Mapping]] = ..., sequence: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emitter_spiffe_id: _Optional[str] = ..., masked_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[AuditEvent, _Mapping]] = ..., sequence: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emitter_spiffe_id: _Optional[str] = ...) -> None: ...
 
 class AppendRequest(_message.Message):
     __slots__ = ("events",)
@@ -126,25 +158,31 @@ class VerifyRequest(_message.Message):
     def __init__(self, from_sequence: _Optional[int] = ..., to_sequence: _Optional[int] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("ok", "records_checked", "checkpoints_checked", "first_bad_sequence", "problem")
+    __slots__ = ("ok", "records_checked", "checkpoints_checked", "first_bad_sequence", "problem", "reason", "last_sequence", "last_hash")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HASH_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records_checked: int
     checkpoints_checked: int
     first_bad_sequence: int
     problem: str
-    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+    reason: VerifyProblem
+    last_sequence: int
+    last_hash: bytes
+    def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., reason: _Optional[_Union[VerifyProblem, str]] = ..., last_sequence: _Optional[int] = ..., last_hash: _Optional[bytes] = ...) -> None: ...
 
 class GetCheckpointRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("sequence", "head_hash", "time", "pruned_through_sequence", "key_id", "key_version", "signature", "signed_payload")
+    __slots__ = ("sequence", "head_hash", "time", "pruned_through_sequence", "key_id", "key_version", "signature", "signed_payload", "kind", "pruned_through_hash", "pruned_before", "algorithm", "checkpoint_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +191,11 @@ class Checkpoint(_message.Message):
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_THROUGH_HASH_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     head_hash: bytes
     time: _timestamp_pb2.Timestamp
@@ -161,4 +204,9 @@ class Checkpoint(_message.Message):
     key_version: int
     signature: bytes
     signed_payload: bytes
-    def __init__(self, sequence: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pruned_through_sequence: _Optional[int] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ...) -> None: ...
+    kind: CheckpointKind
+    pruned_through_hash: bytes
+    pruned_before: _timestamp_pb2.Timestamp
+    algorithm: str
+    checkpoint_id: str
+    def __init__(self, sequence: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pruned_through_sequence: _Optional[int] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., pruned_through_hash: _Optional[bytes] = ..., pruned_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., algorithm: _Optional[str] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...

@@ -18,6 +18,18 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_DENY: _ClassVar[Decision]
     DECISION_CHALLENGE: _ClassVar[Decision]
 
+class Fault(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAULT_UNSPECIFIED: _ClassVar[Fault]
+    FAULT_INVALID_REQUEST: _ClassVar[Fault]
+    FAULT_ENGINE_ERROR: _ClassVar[Fault]
+    FAULT_ENGINE_UNAVAILABLE: _ClassVar[Fault]
+    FAULT_MALFORMED_DECISION: _ClassVar[Fault]
+    FAULT_SIGNAL_STORE_ERROR: _ClassVar[Fault]
+    FAULT_PLUGIN_ERROR: _ClassVar[Fault]
+    FAULT_AUDIT_ERROR: _ClassVar[Fault]
+    FAULT_INTERNAL: _ClassVar[Fault]
+
 class AssuranceLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ASSURANCE_LEVEL_UNSPECIFIED: _ClassVar[AssuranceLevel]
@@ -35,6 +47,15 @@ DECISION_UNSPECIFIED: Decision
 DECISION_ALLOW: Decision
 DECISION_DENY: Decision
 DECISION_CHALLENGE: Decision
+FAULT_UNSPECIFIED: Fault
+FAULT_INVALID_REQUEST: Fault
+FAULT_ENGINE_ERROR: Fault
+FAULT_ENGINE_UNAVAILABLE: Fault
+FAULT_MALFORMED_DECISION: Fault
+FAULT_SIGNAL_STORE_ERROR: Fault
+FAULT_PLUGIN_ERROR: Fault
+FAULT_AUDIT_ERROR: Fault
+FAULT_INTERNAL: Fault
 ASSURANCE_LEVEL_UNSPECIFIED: AssuranceLevel
 ASSURANCE_LEVEL_LOW: AssuranceLevel
 ASSURANCE_LEVEL_MEDIUM: AssuranceLevel
@@ -147,7 +168,7 @@ class Factor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., score: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision", "trust_score", "factors", "reasons", "obligations", "step_up", "policy_revision", "decision_id")
+    __slots__ = ("decision", "trust_score", "factors", "reasons", "obligations", "step_up", "policy_revision", "decision_id", "fault", "request_id")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     TRUST_SCORE_FIELD_NUMBER: _ClassVar[int]
     FACTORS_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +177,8 @@ class DecideResponse(_message.Message):
     STEP_UP_FIELD_NUMBER: _ClassVar[int]
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     trust_score: float
     factors: _containers.RepeatedCompositeFieldContainer[Factor]
@@ -164,7 +187,9 @@ class DecideResponse(_message.Message):
     step_up: _containers.RepeatedScalarFieldContainer[str]
     policy_revision: str
     decision_id: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., trust_score: _Optional[float] = ..., factors: _Optional[_Iterable[_Union[Factor, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ..., obligations: _Optional[_Iterable[str]] = ..., step_up: _Optional[_Iterable[str]] = ..., policy_revision: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
+    fault: Fault
+    request_id: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., trust_score: _Optional[float] = ..., factors: _Optional[_Iterable[_Union[Factor, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ..., obligations: _Optional[_Iterable[str]] = ..., step_up: _Optional[_Iterable[str]] = ..., policy_revision: _Optional[str] = ..., decision_id: _Optional[str] = ..., fault: _Optional[_Union[Fault, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -203,16 +228,20 @@ class GetPolicyInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("engine", "revision", "packages", "loaded_time")
+    __slots__ = ("engine", "revision", "packages", "loaded_time", "trust_revision", "last_error")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     PACKAGES_FIELD_NUMBER: _ClassVar[int]
     LOADED_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRUST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     engine: str
     revision: str
     packages: _containers.RepeatedScalarFieldContainer[str]
     loaded_time: _timestamp_pb2.Timestamp
-    def __init__(self, engine: _Optional[str] = ..., revision: _Optional[str] = ..., packages: _Optional[_Iterable[str]] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trust_revision: str
+    last_error: str
+    def __init__(self, engine: _Optional[str] = ..., revision: _Optional[str] = ..., packages: _Optional[_Iterable[str]] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trust_revision: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class ReloadPolicyRequest(_message.Message):
     __slots__ = ()

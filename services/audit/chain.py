@@ -1,0 +1,312 @@
+"""The hash chain: extending it with a batch, verifying a stretch of it, and signed checkpoints.
+
+Pure logic over records and `ChainLink`s (sequence, stored hashes, canonical bytes); the stores feed
+it rows, so PostgreSQL, SQLite and the offline verifier share one definition of "intact".
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, encode_record
+
+CHECKPOINT_TYPE = "ztmesh.audit.checkpoint.v1"
+_REORDER_LOOKAHEAD = 4096  # how far ahead a misplaced record's predecessor is searched for
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last record of the chain (or the anchor left by pruning, or genesis)."""
+
+    sequence: int = 0
+    hash: bytes = GENESIS_HASH
+    recorded_at: str = ""  # canonical time of the head record; "" before the first record
+
+
+def extend(head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str) -> list[AuditRecord]:
+    """Records for `events` appended after `head`: consecutive sequence numbers, each linked to the last.
+
+    `recorded_at` never goes backwards along the chain (a clock step back is clamped to the head's
+    time), which keeps time partitions holding contiguous sequence ranges."""
+    when = max(recorded_at, head.recorded_at)
+    records = []
+    prev, sequence = head.hash, head.sequence
+    for event in events:
+        sequence += 1
+        digest = chain_hash(prev, encode_record(event, sequence, when, emitter))
+        records.append(AuditRecord(event, sequence, when, emitter, prev, digest))
+        prev = digest
+    return records
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------
+
+
+class CheckpointKind(enum.Enum):
+    HEAD = "head"  # periodic: every N events or T seconds
+    PRUNE = "prune"  # written before retention drops records; anchors the first record kept
+
+
+@dataclass(frozen=True)
+class Signature:
+    key_id: str
+    key_version: int
+    algorithm: str
+    value: bytes
+
+
+class CheckpointSigner(Protocol):
+    """Signs checkpoint payloads (ML-DSA-65: the keys service, or a local key for the embedded default)."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    def sign(self, payload: bytes) -> Signature: ...
+
+
+class CheckpointVerifier(Protocol):
+    def verify(self, payload: bytes, signature: Signature) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement: the chain had `head_hash` at `sequence` at `time`.
+
+    A PRUNE checkpoint also records that records 1..pruned_through_sequence (recorded before
+    `pruned_before`) were dropped, and the hash of the last of them: the first kept record's prev_hash."""
+
+    checkpoint_id: str
+    kind: CheckpointKind
+    sequence: int
+    head_hash: bytes
+    time: str
+    key_id: str
+    algorithm: str
+    pruned_through_sequence: int = 0
+    pruned_through_hash: bytes = b""
+    pruned_before: str = ""
+    key_version: int = 0
+    signature: bytes = b""
+
+    def payload(self) -> bytes:
+        """What is signed: JCS of every field but the signature and key version (known only once signed)."""
+        body = {
+            "algorithm": self.algorithm, "checkpoint_id": self.checkpoint_id, "head_hash": self.head_hash.hex(),
+            "key_id": self.key_id, "kind": self.kind.value, "pruned_before": self.pruned_before,
+            "pruned_through_hash": self.pruned_through_hash.hex(),
+            "pruned_through_sequence": self.pruned_through_sequence, "sequence": self.sequence,
+            "time": self.time, "type": CHECKPOINT_TYPE,
+        }  # fmt: skip
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def signed(self, signer: CheckpointSigner) -> Checkpoint:
+        unsigned = replace(self, key_id=signer.key_id, algorithm=signer.algorithm)
+        sig = signer.sign(unsigned.payload())
+        return replace(unsigned, key_version=sig.key_version, signature=sig.value)
+
+    def signature_valid(self, verifier: CheckpointVerifier) -> bool:
+        sig = Signature(self.key_id, self.key_version, self.algorithm, self.signature)
+        return bool(self.signature) and verifier.verify(self.payload(), sig)
+
+
+# --- verification -------------------------------------------------------------------------------------------
+
+
+class Problem(enum.Enum):
+    NONE = "none"
+    HASH_MISMATCH = "hash_mismatch"  # a record's content does not hash to its stored hash
+    PREV_HASH_MISMATCH = "prev_hash_mismatch"  # a record does not link to its predecessor
+    GAP = "gap"  # sequence numbers are missing
+    REORDERED = "reordered"  # a record sits where another belongs (swapped or renumbered)
+    DUPLICATE = "duplicate"  # a sequence number is stored twice
+    CHECKPOINT_SIGNATURE = "checkpoint_signature"  # a checkpoint's signature does not verify
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # a signed head hash differs from the chain's
+    TRUNCATED = "truncated"  # a checkpoint covers records that are no longer stored
+    ANCHOR = "anchor"  # the first kept record has no valid genesis or prune checkpoint before it
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """One stored record as the verifier needs it."""
+
+    sequence: int
+    prev_hash: bytes
+    hash: bytes
+    canonical: bytes
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    records_checked: int
+    checkpoints_checked: int
+    first_bad_sequence: int = 0
+    problem: Problem = Problem.NONE
+    detail: str = ""
+    head: ChainHead = field(default_factory=ChainHead)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"chain intact: {self.records_checked} records, {self.checkpoints_checked} checkpoints verified"
+        return f"chain BROKEN at sequence {self.first_bad_sequence} ({self.problem.value}): {self.detail}"
+
+
+@dataclass
+class _Failure:
+    sequence: int
+    problem: Problem
+    detail: str
+
+
+def _links_from(records: Iterable[AuditRecord]) -> Iterator[ChainLink]:
+    for r in records:
+        yield ChainLink(r.sequence, r.prev_hash, r.hash, r.canonical())
+
+
+def verify_records(records: Iterable[AuditRecord], **kwargs: object) -> VerifyReport:
+    """`verify_links` over records in memory."""
+    return verify_links(_links_from(records), **kwargs)  # type: ignore[arg-type]
+
+
+def _classify_link_break(link: ChainLink, expected: int, ahead: Iterator[ChainLink]) -> _Failure:
+    """Why `link` (found where `expected` belongs) does not link to the chain before it."""
+    for _, later in zip(range(_REORDER_LOOKAHEAD), ahead, strict=False):
+        if later.hash == link.prev_hash:
+            return _Failure(
+                expected, Problem.REORDERED,
+                f"record {expected} follows record {later.sequence} in the chain: records were swapped or renumbered",
+            )  # fmt: skip
+    return _Failure(
+        expected, Problem.PREV_HASH_MISMATCH,
+        f"record {expected}'s prev_hash does not equal record {expected - 1}'s hash: "
+        f"record {expected - 1} or {expected} was altered",
+    )  # fmt: skip
+
+
+def _walk(
+    links: Iterator[ChainLink], start: int, anchor: bytes, checkpoints: dict[int, list[Checkpoint]]
+) -> tuple[int, bytes, _Failure | None]:
+    """Walk the chain from sequence `start` whose predecessor hash is `anchor`.
+
+    Returns (records checked, hash of the last good record, first failure or None)."""
+    expected, prev, count = start, anchor, 0
+    for link in links:
+        if link.sequence != expected:
+            if link.sequence < expected:
+                return count, prev, _Failure(
+                    link.sequence, Problem.DUPLICATE, f"sequence {link.sequence} is stored more than once"
+                )
+            missing = f"{expected}" if link.sequence == expected + 1 else f"{expected}..{link.sequence - 1}"
+            return count, prev, _Failure(expected, Problem.GAP, f"record(s) {missing} are missing (deleted?)")
+        if link.prev_hash != prev:
+            return count, prev, _classify_link_break(link, expected, links)
+        if hashlib.sha256(link.prev_hash + link.canonical).digest() != link.hash:
+            return count, prev, _Failure(
+                expected, Problem.HASH_MISMATCH, f"record {expected}'s content does not match its hash: it was altered"
+            )
+        for cp in checkpoints.get(expected, ()):
+            if cp.head_hash != link.hash:
+                return count, prev, _Failure(
+                    expected, Problem.CHECKPOINT_MISMATCH,
+                    f"checkpoint {cp.checkpoint_id} signed hash {cp.head_hash.hex()[:16]}… for record {expected}, "
+                    f"but the chain has {link.hash.hex()[:16]}…: the chain up to it was rewritten",
+                )  # fmt: skip
+        prev = link.hash
+        expected += 1
+        count += 1
+    return count, prev, None
+
+
+def verify_links(
+    links: Iterable[ChainLink],
+    *,
+    start: int = 1,
+    end: int | None = None,
+    anchor: bytes | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
+    verifier: CheckpointVerifier | None = None,
+    first_kept: int = 1,
+    head_sequence: int | None = None,
+) -> VerifyReport:
+    """Verify links `start..end` (ascending) and the checkpoints that fall in or anchor that range.
+
+    `anchor` is the hash record `start-1` had (the caller reads it from the store when start > first
+    kept record); when `start == first_kept` the anchor must be genesis (first_kept == 1) or come from a
+    validly signed PRUNE checkpoint. `head_sequence` is the last stored sequence: a checkpoint beyond it
+    means records were removed from the end. Without a verifier, signatures are not checked."""
+    failures: list[_Failure] = []
+    valid: list[Checkpoint] = []
+    for cp in checkpoints:
+        if verifier is None or cp.signature_valid(verifier):
+            valid.append(cp)
+        else:
+            failures.append(_Failure(
+                cp.sequence, Problem.CHECKPOINT_SIGNATURE,
+                f"checkpoint {cp.checkpoint_id} ({cp.kind.value}, sequence {cp.sequence}) has an invalid "
+                f"signature for key {cp.key_id!r} version {cp.key_version}: forged or altered",
+            ))  # fmt: skip
+    checked_cps = len(checkpoints) if verifier is not None else 0
+    if start == first_kept:
+        if first_kept == 1:
+            anchor = GENESIS_HASH
+        else:
+            anchors = [
+                cp.pruned_through_hash for cp in valid
+                if cp.kind is CheckpointKind.PRUNE and cp.pruned_through_sequence == first_kept - 1
+            ]  # fmt: skip
+            if not anchors:
+                covered = max(
+                    (cp.pruned_through_sequence for cp in valid if cp.kind is CheckpointKind.PRUNE), default=0
+                )
+                if covered < first_kept - 1:  # records were removed without a prune checkpoint for them
+                    failures.append(_Failure(
+                        covered + 1, Problem.GAP,
+                        f"records {covered + 1}..{first_kept - 1} are missing; no signed prune checkpoint covers them",
+                    ))  # fmt: skip
+                else:
+                    failures.append(_Failure(
+                        first_kept, Problem.ANCHOR,
+                        f"no validly signed prune checkpoint anchors record {first_kept}, the first one kept",
+                    ))  # fmt: skip
+                anchor = None
+            else:
+                anchor = anchors[-1]
+    by_sequence: dict[int, list[Checkpoint]] = {}
+    last = end if end is not None else float("inf")
+    for cp in valid:
+        if start <= cp.sequence <= last:
+            by_sequence.setdefault(cp.sequence, []).append(cp)
+    stream = iter(links)
+    if anchor is None:  # already reported; take the first record's word for it and check the rest
+        first = next(stream, None)
+        anchor = first.prev_hash if first else b""
+        stream = itertools.chain([first] if first else [], stream)
+    count, prev, failure = _walk(stream, start, anchor, by_sequence)
+    if failure:
+        failures.append(failure)
+    if head_sequence is not None:
+        last_checked = start + count - 1
+        if failure is None and end is not None and last_checked < end <= head_sequence:
+            failures.append(_Failure(last_checked + 1, Problem.GAP, f"records {last_checked + 1}..{end} are missing"))
+        beyond = [cp for cp in valid if cp.sequence > head_sequence]
+        if beyond:
+            top = max(cp.sequence for cp in beyond)
+            failures.append(_Failure(
+                head_sequence + 1, Problem.TRUNCATED,
+                f"a signed checkpoint covers sequence {top} but the last stored record is {head_sequence}: "
+                f"records {head_sequence + 1}..{top} were removed",
+            ))  # fmt: skip
+    head = ChainHead(start + count - 1, prev)
+    if not failures:
+        return VerifyReport(True, count, checked_cps, head=head)
+    worst = min(failures, key=lambda f: f.sequence)
+    return VerifyReport(False, count, checked_cps, worst.sequence, worst.problem, worst.detail, head)

@@ -1,0 +1,72 @@
+"""The audit client for emitting services (policy, keys, plugins): an `AuditSink` over gRPC/mTLS and the
+durable `SpoolEmitter` built on it.
+
+    emitter = audit_emitter(settings, "policy")   # an ztmesh.mesh.auditing.AuditEmitter
+    emitter.emit(AuditEvent(service="policy", action="decide", outcome="ALLOW", ...))  # durable on return
+    ...
+    emitter.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
+from ztmesh.audit.errors import EventRejected, SinkUnavailable, SpoolLocked
+from ztmesh.audit.record import EventV1, Limits
+from ztmesh.audit.servicer import EVENT_ID_METADATA, event_to_proto
+from ztmesh.audit.settings import AuditSettings
+from ztmesh.audit.spool import SpoolEmitter, SpoolSettings
+from ztmesh.audit.store import AppendResult
+from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.peers import PeerChannels
+from ztmesh.mesh.settings import load_settings
+
+# Refusals of an event that no retry can fix. A PERMISSION_DENIED without an event id is the mesh refusing
+# this workload (a configuration problem to fix), so it is retried like UNAVAILABLE: nothing is dropped.
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
+_MAX_SLOTS = 64
+
+
+class GrpcAuditSink:
+    def __init__(self, channel: grpc.Channel, timeout: float = 5.0) -> None:
+        self._stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self._timeout = timeout
+
+    def append(self, events: Sequence[EventV1]) -> list[AppendResult]:
+        request = audit_pb2.AppendRequest(events=[event_to_proto(e) for e in events])
+        try:
+            reply = self._stub.Append(request, timeout=self._timeout)
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+            event_id = str(trailers.get(EVENT_ID_METADATA, ""))
+            if code == grpc.StatusCode.INVALID_ARGUMENT or (code in _PERMANENT and event_id):
+                raise EventRejected(event_id, f"{code.name}: {err.details()}") from None  # type: ignore[attr-defined]
+            raise SinkUnavailable(f"audit Append: {code.name}: {err.details()}") from None  # type: ignore[attr-defined]
+        return [AppendResult(r.event_id, r.sequence, r.duplicate) for r in reply.results]
+
+
+def audit_emitter(settings: MeshSettings, service: str, peers: PeerChannels | None = None) -> SpoolEmitter:
+    """The durable audit emitter of `service`, shipping to the audit service at ZTMESH_AUDIT_ADDR."""
+    audit = load_settings(AuditSettings, section="audit")
+    channels = peers or PeerChannels(settings, service)
+    sink = GrpcAuditSink(channels.channel("audit"))
+    limits = Limits(max_details_bytes=audit.audit_max_details_bytes)
+    base = audit.audit_spool_dir or settings.data_dir / "spool" / service
+    # One spool per process: with ZTMESH_PROCESSES > 1 each process takes the first free slot, and a
+    # restarted process takes over (and replays) the slot its predecessor held.
+    for slot in range(_MAX_SLOTS):
+        spool = SpoolSettings(
+            directory=base / str(slot),
+            max_bytes=audit.audit_spool_max_bytes,
+            when_full=audit.audit_spool_when_full,
+            block_timeout=audit.audit_spool_block_timeout,
+        )
+        try:
+            return SpoolEmitter(sink, spool, limits)
+        except SpoolLocked:
+            continue
+    raise SpoolLocked(f"{base}/0..{_MAX_SLOTS - 1}")

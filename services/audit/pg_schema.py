@@ -1,0 +1,191 @@
+"""The PostgreSQL schema of the audit trail, installed once by the database owner (`ztmesh audit migrate`).
+
+Records are partitioned by `recorded_at` (native range partitions, or a TimescaleDB hypertable when the
+extension is installed). A trigger refuses UPDATE, DELETE and TRUNCATE for every role; the service's
+role holds INSERT and SELECT only, plus EXECUTE on two SECURITY DEFINER functions: one creates the next
+partition, the other drops partitions older than a floor the owner sets, and only those that a stored
+PRUNE checkpoint covers. No role but the owner can change what was written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+SCHEMA_VERSION = "1"
+DEFAULT_MIN_RETENTION = "30 days"
+INSTALL_LOCK = 0x7A746D6573686169  # serializes installers: several processes may start on an empty database
+
+_TABLES = """
+CREATE TABLE audit_meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE audit_records (
+    sequence bigint NOT NULL, recorded_at timestamptz NOT NULL, event_id uuid NOT NULL, time timestamptz NOT NULL,
+    service text NOT NULL, emitter text NOT NULL, caller text NOT NULL, subject text NOT NULL,
+    action text NOT NULL, resource text NOT NULL, outcome text NOT NULL, decision_id text NOT NULL,
+    trace_id text NOT NULL, details text NOT NULL, masked text NOT NULL, prev_hash bytea NOT NULL,
+    hash bytea NOT NULL,
+    PRIMARY KEY (sequence, recorded_at)
+) {partitioning};
+CREATE INDEX audit_records_event_id ON audit_records (event_id);
+CREATE INDEX audit_records_time ON audit_records (time);
+CREATE INDEX audit_records_subject ON audit_records (subject, sequence);
+CREATE TABLE audit_checkpoints (
+    checkpoint_id uuid PRIMARY KEY, kind text NOT NULL CHECK (kind IN ('head', 'prune')),
+    sequence bigint NOT NULL, head_hash bytea NOT NULL, time timestamptz NOT NULL, key_id text NOT NULL,
+    key_version integer NOT NULL, algorithm text NOT NULL, pruned_through_sequence bigint NOT NULL,
+    pruned_through_hash bytea NOT NULL, pruned_before timestamptz, signature bytea NOT NULL);
+CREATE INDEX audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
+CREATE TABLE audit_partitions (name text PRIMARY KEY, lower_bound timestamptz NOT NULL,
+    upper_bound timestamptz NOT NULL);
+
+CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit trail is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_records
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+"""
+
+# Times are computed in UTC whatever the session's TimeZone, so partition bounds never shift.
+_FUNCTIONS = """
+CREATE FUNCTION audit_ensure_partition(at timestamptz) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    unit text := (SELECT value FROM audit_meta WHERE name = 'partition_unit');
+    lo timestamptz;
+    hi timestamptz;
+    part text;
+BEGIN
+    IF unit = 'timescaledb' THEN
+        RETURN NULL;  -- the hypertable makes its own chunks
+    END IF;
+    lo := date_trunc(unit, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    hi := (date_trunc(unit, at AT TIME ZONE 'UTC') + ('1 ' || unit)::interval) AT TIME ZONE 'UTC';
+    part := 'audit_records_' || to_char(lo AT TIME ZONE 'UTC', CASE unit WHEN 'day' THEN 'YYYYMMDD' ELSE 'YYYYMM' END);
+    IF EXISTS (SELECT 1 FROM audit_partitions WHERE name = part) THEN
+        RETURN part;
+    END IF;
+    EXECUTE format('CREATE TABLE %I PARTITION OF audit_records FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+    EXECUTE format('CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON %I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()', part);
+    INSERT INTO audit_partitions VALUES (part, lo, hi);
+    RETURN part;
+END $$;
+
+CREATE FUNCTION audit_drop_partitions(cutoff timestamptz) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    unit text := (SELECT value FROM audit_meta WHERE name = 'partition_unit');
+    floor interval := (SELECT value::interval FROM audit_meta WHERE name = 'min_retention');
+    covered bigint := (SELECT max(pruned_through_sequence) FROM audit_checkpoints WHERE kind = 'prune');
+    part record;
+    top bigint;
+    n bigint;
+    dropped bigint := 0;
+BEGIN
+    IF cutoff > now() - floor THEN
+        RAISE EXCEPTION 'retention cutoff % is within the minimum retention (%) the database owner set', cutoff, floor
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF unit = 'timescaledb' THEN
+        SELECT max(sequence), count(*) INTO top, n FROM audit_records WHERE recorded_at < cutoff;
+        IF top IS NOT NULL AND (covered IS NULL OR top > covered) THEN
+            RAISE EXCEPTION 'records up to % are older than % but no prune checkpoint covers them', top, cutoff
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        PERFORM drop_chunks('audit_records', older_than => cutoff);
+        RETURN n;
+    END IF;
+    FOR part IN SELECT name FROM audit_partitions WHERE upper_bound <= cutoff ORDER BY lower_bound LOOP
+        EXECUTE format('SELECT max(sequence), count(*) FROM %I', part.name) INTO top, n;
+        IF top IS NOT NULL AND (covered IS NULL OR top > covered) THEN
+            RAISE EXCEPTION 'partition % holds records up to % but no prune checkpoint covers them', part.name, top
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        EXECUTE format('ALTER TABLE audit_records DETACH PARTITION %I', part.name);
+        EXECUTE format('DROP TABLE %I', part.name);
+        DELETE FROM audit_partitions WHERE name = part.name;
+        dropped := dropped + n;
+    END LOOP;
+    RETURN dropped;
+END $$;
+"""
+
+
+def schema_present(conn: Any) -> bool:
+    # A plain catalog query, not to_regclass(): the latter answers from the backend's relation cache, which
+    # can still say "absent" right after another installer committed (found by starting two processes).
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = 'audit_meta' AND n.nspname = current_schema())"
+    ).fetchone()[0]
+
+
+def timescaledb_available(conn: Any) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").fetchone()[0]
+
+
+def install(
+    conn: Any,
+    *,
+    service_role: str | None = None,
+    partition_unit: str = "month",
+    min_retention: str = DEFAULT_MIN_RETENTION,
+) -> None:
+    """Create the schema in the connection's current schema (one transaction), unless another process
+    just did. Run as the owner."""
+    if partition_unit not in ("month", "day"):
+        raise ValueError(f"partition unit must be month or day, got {partition_unit!r}")
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    hyper = timescaledb_available(conn)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
+        if schema_present(conn):
+            if service_role:
+                grant_service_role(conn, service_role)
+            return
+        conn.execute(_TABLES.format(partitioning="" if hyper else "PARTITION BY RANGE (recorded_at)"))
+        if hyper:
+            conn.execute(
+                "SELECT create_hypertable('audit_records', 'recorded_at', chunk_time_interval => %s::interval)",
+                (f"1 {partition_unit}",),
+            )
+        conn.execute(_FUNCTIONS.replace("{schema}", sql.Identifier(schema).as_string(conn)))
+        conn.execute(
+            "INSERT INTO audit_meta VALUES ('schema_version', %s), ('partition_unit', %s), ('min_retention', %s)",
+            (SCHEMA_VERSION, "timescaledb" if hyper else partition_unit, min_retention),
+        )
+        conn.execute("REVOKE ALL ON audit_meta, audit_records, audit_checkpoints, audit_partitions FROM PUBLIC")
+        conn.execute("REVOKE ALL ON FUNCTION audit_ensure_partition(timestamptz), "
+                     "audit_drop_partitions(timestamptz) FROM PUBLIC")  # fmt: skip
+        if service_role:
+            grant_service_role(conn, service_role)
+
+
+def grant_service_role(conn: Any, role: str) -> None:
+    """INSERT and SELECT on the trail, nothing else: the role can add records, never change them."""
+    ident = sql.Identifier(role)
+    schema = sql.Identifier(conn.execute("SELECT current_schema()").fetchone()[0])
+    for stmt in (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT, INSERT ON audit_records, audit_checkpoints TO {role}",
+        "GRANT SELECT ON audit_meta, audit_partitions TO {role}",
+        "GRANT EXECUTE ON FUNCTION audit_ensure_partition(timestamptz), audit_drop_partitions(timestamptz) TO {role}",
+    ):
+        conn.execute(sql.SQL(stmt).format(schema=schema, role=ident))
+
+
+def check_version(conn: Any) -> str | None:
+    """The installed schema version, or None when the tables are missing."""
+    if not schema_present(conn):
+        return None
+    row = conn.execute("SELECT value FROM audit_meta WHERE name = 'schema_version'").fetchone()
+    return row[0] if row else None

@@ -1,0 +1,366 @@
+"""PostgreSQL audit store (psycopg 3, pooled): batched COPY appends serialized by an advisory lock,
+keyset-paged queries, partition retention, and a COPY-based reader that feeds the verifier fast.
+
+The schema lives in pg_schema.py; the service's role needs only INSERT and SELECT on it.
+"""
+
+from __future__ import annotations
+
+import re
+from binascii import unhexlify
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ztmesh.audit import canonical, pg_schema
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend
+from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
+from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, quoted
+from ztmesh.audit.store import (
+    CHECKPOINT_COLUMNS,
+    RECORD_COLUMNS,
+    AppendResult,
+    Clock,
+    PrunePlan,
+    QueryFilter,
+    checkpoint_from_row,
+    checkpoint_params,
+    floor_time,
+    plan_batch,
+    record_from_row,
+    record_params,
+    results_for,
+    utc_now,
+)
+
+# pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
+APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
+_VERIFY_COLUMNS = (
+    "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
+    "decision_id, trace_id, encode(prev_hash, 'hex'), encode(hash, 'hex'), masked, details"
+)
+SCHEMA_TEXT = str(SCHEMA_VERSION).encode()
+_COPY_ESCAPE = re.compile(rb"\\(.)")
+_COPY_UNESCAPE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
+
+
+def _copy_unescape(field: bytes) -> bytes:
+    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPE.get(m.group(1), m.group(1)), field)
+
+
+def _pg_time(raw: bytes) -> bytes:
+    """`2025-01-02 03:04:05.12+00` (ISO DateStyle, UTC) as the canonical `"2025-01-02T03:04:05.120000Z"`."""
+    if raw[-3:] != b"+00" or len(raw) < 22:
+        raise StoreError(f"unexpected timestamp text {raw[:40]!r} (session TimeZone must be UTC)")
+    fraction = raw[20:-3] if raw[19:20] == b"." else b""
+    return b'"' + raw[:10] + b"T" + raw[11:19] + b"." + fraction.ljust(6, b"0") + b'Z"'
+
+
+def _slow_link(line: bytes) -> ChainLink:
+    """Exact decoding of a COPY row whose strings need JSON escaping or hold COPY escapes (rare)."""
+    fields = [_copy_unescape(f) for f in line.split(b"\t")]
+    (seq, rec_at, eid, time, svc, emitter, caller, subject, action, resource, outcome, did, tid, prev, digest,
+     masked, details) = fields  # fmt: skip
+    body = assemble(
+        quoted(action.decode()), quoted(caller.decode()), quoted(did.decode()), details, quoted(emitter.decode()),
+        quoted(eid.decode()), masked, quoted(outcome.decode()), _pg_time(rec_at), quoted(resource.decode()), seq,
+        quoted(svc.decode()), quoted(subject.decode()), _pg_time(time), quoted(tid.decode()),
+    )  # fmt: skip
+    return ChainLink(int(seq), unhexlify(prev), unhexlify(digest), body)
+
+
+def _link(line: bytes) -> ChainLink:
+    """A chain link from one COPY text row of _VERIFY_COLUMNS.
+
+    Fast path: no string field needs JSON escaping, so each is its raw bytes in quotes and the record
+    is one join (the same bytes `record.assemble` builds; tests pin the equivalence)."""
+    prefix, masked, details = line.rsplit(b"\t", 2)
+    # Validation keeps control characters out of these fields, and COPY turns \b \f \n \r \t \v into
+    # backslash escapes; a raw control character left here can only be tampering, which the hash exposes.
+    if b"\\" in line or b'"' in prefix:
+        return _slow_link(line)
+    (seq, rec_at, eid, time, svc, emitter, caller, subject, action, resource, outcome, did, tid, prev,
+     digest) = prefix.split(b"\t")  # fmt: skip
+    if rec_at[-3:] != b"+00" or time[-3:] != b"+00" or len(rec_at) < 22 or len(time) < 22:
+        return _slow_link(line)
+    rec_frac = rec_at[20:-3] if len(rec_at) > 22 else b""
+    time_frac = time[20:-3] if len(time) > 22 else b""
+    body = b"".join((
+        b'{"action":"', action, b'","caller":"', caller, b'","decision_id":"', did, b'","details":', details,
+        b',"emitter":"', emitter, b'","event_id":"', eid, b'","masked":', masked, b',"outcome":"', outcome,
+        b'","recorded_at":"', rec_at[:10], b"T", rec_at[11:19], b".", rec_frac.ljust(6, b"0"),
+        b'Z","resource":"', resource, b'","sequence":', seq, b',"service":"', svc, b'","subject":"', subject,
+        b'","time":"', time[:10], b"T", time[11:19], b".", time_frac.ljust(6, b"0"), b'Z","trace_id":"', tid,
+        b'","v":', SCHEMA_TEXT, b"}",
+    ))  # fmt: skip
+    return ChainLink(int(seq), unhexlify(prev), unhexlify(digest), body)
+
+
+def _times(row: Sequence[Any], *positions: int) -> list[Any]:
+    out = list(row)
+    for i in positions:
+        out[i] = canonical.format_time(out[i]) if out[i] is not None else ""
+    return out
+
+
+class PostgresAuditStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        clock: Clock = utc_now,
+        install: bool = True,
+        pool_size: int = 4,
+        partition_unit: str = "month",
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.dsn = dsn
+        self.clock = clock
+        self._partitions: set[datetime] = set()
+        try:
+            self.pool = ConnectionPool(
+                dsn, min_size=1, max_size=pool_size, open=True, timeout=connect_timeout,
+                kwargs={"options": "-c TimeZone=UTC -c DateStyle=ISO,YMD"},
+            )  # fmt: skip
+            with self.pool.connection(timeout=connect_timeout) as conn:
+                version = pg_schema.check_version(conn)
+                if version is None:
+                    if not install:
+                        raise SchemaMissing(_missing_schema_message())
+                    try:
+                        pg_schema.install(conn, partition_unit=partition_unit)
+                    except psycopg.errors.InsufficientPrivilege:
+                        raise SchemaMissing(_missing_schema_message()) from None
+                elif version != pg_schema.SCHEMA_VERSION:
+                    raise SchemaMissing(f"audit schema version {version} is not {pg_schema.SCHEMA_VERSION}")
+                unit = conn.execute("SELECT value FROM audit_meta WHERE name = 'partition_unit'").fetchone()
+                self.partition_unit = unit[0] if unit else partition_unit
+        except (psycopg.Error, PoolTimeout) as exc:
+            self.close()
+            raise StoreError(f"audit database: {_first_line(exc)}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(conn, *args)` in one transaction; map driver errors to audit errors."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                return fn(conn, *args)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise AppendOnlyViolation(_first_line(exc)) from None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StoreError(f"audit database: {_first_line(exc)}") from None
+
+    # --- append -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _head(conn: Any) -> ChainHead:
+        row = conn.execute(
+            "SELECT sequence, hash, recorded_at FROM audit_records ORDER BY sequence DESC LIMIT 1"
+        ).fetchone()
+        if row:
+            return ChainHead(row[0], bytes(row[1]), canonical.format_time(row[2]))
+        anchor = conn.execute(
+            "SELECT pruned_through_sequence, pruned_through_hash FROM audit_checkpoints WHERE kind = 'prune' "
+            "ORDER BY pruned_through_sequence DESC LIMIT 1"
+        ).fetchone()
+        return ChainHead(anchor[0], bytes(anchor[1]), "") if anchor else ChainHead()
+
+    @staticmethod
+    def _stored(conn: Any, ids: list[str]) -> dict[str, tuple[int, EventV1]]:
+        rows = conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id = ANY(%s::uuid[])", (ids,)
+        ).fetchall()
+        out = {}
+        for row in rows:
+            record = record_from_row(_times(row, 1, 3))
+            out[record.event.event_id] = (record.sequence, record.event)
+        return out
+
+    def _ensure_partition(self, conn: Any, moment: datetime) -> None:
+        if self.partition_unit == "timescaledb":
+            return
+        start = floor_time(moment, self.partition_unit)
+        if start not in self._partitions:
+            conn.execute("SELECT audit_ensure_partition(%s)", (moment,))
+            self._partitions.add(start)
+
+    def _append(self, conn: Any, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        plan = plan_batch(events, self._stored(conn, [e.event_id for e in events]))
+        if not plan.new:
+            return results_for(events, plan, [])
+        head = self._head(conn)
+        records = extend(head, plan.new, canonical.format_time(self.clock()), emitter)
+        self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
+        with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
+            for record in records:
+                copy.write_row(record_params(record))
+        return results_for(events, plan, records)
+
+    def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        if not events:
+            return []
+        try:
+            result: list[AppendResult] = self._run(self._append, events, emitter)
+        except StoreError:
+            self._partitions.clear()  # a partition may have been dropped or rolled back; look again next time
+            raise
+        return result
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def head(self) -> ChainHead:
+        head: ChainHead = self._run(self._head)
+        return head
+
+    def bounds(self) -> tuple[int, int]:
+        row = self._run(lambda c: c.execute("SELECT min(sequence), max(sequence) FROM audit_records").fetchone())
+        return (row[0] or 0, row[1] or 0)
+
+    def hash_at(self, sequence: int) -> bytes | None:
+        query = "SELECT hash FROM audit_records WHERE sequence = %s"
+        row = self._run(lambda c: c.execute(query, (sequence,)).fetchone())
+        return bytes(row[0]) if row else None
+
+    def links(self, start: int, end: int) -> Iterator[ChainLink]:
+        """Stream start..end through COPY, read straight from libpq: PostgreSQL sends one message per
+        row, and per-row driver overhead would otherwise cost more than hashing the record."""
+        query = (
+            f"COPY (SELECT {_VERIFY_COLUMNS} FROM audit_records WHERE sequence BETWEEN {int(start)} "
+            f"AND {int(end)} ORDER BY sequence) TO STDOUT"
+        ).encode()
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield from _copy_out_lines(conn, query)
+        except psycopg.Error as exc:
+            raise StoreError(f"audit database: {_first_line(exc)}") from None
+
+    def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
+        clauses, params = [], []
+        for column in ("service", "subject", "action", "outcome"):
+            value = getattr(where, column)
+            if value:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if where.start:
+            clauses.append("time >= %s")
+            params.append(where.start)
+        if where.end:
+            clauses.append("time < %s")
+            params.append(where.end)
+        if after_sequence:
+            clauses.append("sequence < %s" if where.newest_first else "sequence > %s")
+            params.append(after_sequence)
+        text = f"SELECT {RECORD_COLUMNS} FROM audit_records"
+        if clauses:
+            text += " WHERE " + " AND ".join(clauses)
+        text += f" ORDER BY sequence {'DESC' if where.newest_first else 'ASC'} LIMIT %s"
+        rows = self._run(lambda c: c.execute(text, [*params, limit]).fetchall())
+        return [record_from_row(_times(row, 1, 3)) for row in rows]
+
+    # --- checkpoints and retention ------------------------------------------------------------------------
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        params = list(checkpoint_params(checkpoint))
+        params[10] = params[10] or None  # pruned_before: NULL for head checkpoints
+        self._run(lambda c: c.execute(
+            f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})", params
+        ))  # fmt: skip
+
+    def _checkpoints(self, suffix: str) -> list[Checkpoint]:
+        rows = self._run(lambda c: c.execute(f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints {suffix}").fetchall())
+        return [checkpoint_from_row(_times(row, 4, 10)) for row in rows]
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return self._checkpoints("ORDER BY sequence, time")
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        found = self._checkpoints("ORDER BY sequence DESC, time DESC LIMIT 1")
+        return found[0] if found else None
+
+    def plan_prune(self, cutoff: datetime) -> PrunePlan | None:
+        def plan(conn: Any) -> PrunePlan | None:
+            if self.partition_unit == "timescaledb":
+                boundary = conn.execute(
+                    "SELECT max(range_end) FROM timescaledb_information.chunks "
+                    "WHERE hypertable_name = 'audit_records' AND range_end <= %s", (cutoff,)
+                ).fetchone()[0]  # fmt: skip
+            else:
+                boundary = conn.execute(
+                    "SELECT max(upper_bound) FROM audit_partitions WHERE upper_bound <= %s", (cutoff,)
+                ).fetchone()[0]
+            if boundary is None:
+                return None
+            top = conn.execute(
+                "SELECT sequence, hash FROM audit_records WHERE recorded_at < %s ORDER BY sequence DESC LIMIT 1",
+                (boundary,),
+            ).fetchone()
+            if top is None:
+                return None
+            first = conn.execute("SELECT min(sequence) FROM audit_records").fetchone()[0]
+            return PrunePlan(boundary, top[0], bytes(top[1]), first)
+
+        result: PrunePlan | None = self._run(plan)
+        return result
+
+    def prune(self, plan: PrunePlan) -> int:
+        def drop(conn: Any) -> int:
+            # Hold the append lock: no appender may read a head from a partition while it goes.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            return int(conn.execute("SELECT audit_drop_partitions(%s)", (plan.cutoff,)).fetchone()[0])
+
+        dropped: int = self._run(drop)
+        self._partitions.clear()
+        return dropped
+
+    def close(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+
+
+def _copy_out_lines(conn: psycopg.Connection[Any], query: bytes) -> Iterator[ChainLink]:
+    pgconn = conn.pgconn
+    pgconn.send_query(query)
+    result = pgconn.get_result()
+    if result is None or result.status != pq.ExecStatus.COPY_OUT:
+        message = result.error_message.decode(errors="replace") if result else "no result"
+        while pgconn.get_result() is not None:
+            pass
+        raise StoreError(f"audit database: reading records failed: {message.strip()}")
+    get = pgconn.get_copy_data
+    finished = False
+    try:
+        while True:
+            size, data = get(0)
+            if size < 0:
+                finished = True
+                break
+            yield _link(bytes(data[:-1]) if data[-1:] == b"\n" else bytes(data))
+    finally:
+        if not finished:  # the reader stopped early (first broken record): stop the server, drain the stream
+            conn.cancel_safe()
+            while get(0)[0] >= 0:
+                pass
+        final = pgconn.get_result()
+        while pgconn.get_result() is not None:
+            pass
+    if final is not None and final.status != pq.ExecStatus.COMMAND_OK:
+        raise StoreError(f"audit database: reading records failed: {final.error_message.decode(errors='replace')}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _missing_schema_message() -> str:
+    return (
+        "the audit schema is not installed and this database role may not create it; as the owner run "
+        "`ztmesh audit migrate --dsn <owner DSN> --grant <service role>`"
+    )

@@ -1,0 +1,266 @@
+"""SQLite audit store: the embedded default, one file, the same append-only semantics as PostgreSQL.
+
+Triggers refuse UPDATE and DELETE of records and checkpoints; the one exception is retention, which
+may delete only records that a stored PRUNE checkpoint covers. `BEGIN IMMEDIATE` takes the database
+write lock before the head is read, so appenders in several processes never fork the chain.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ztmesh.audit import canonical
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend
+from ztmesh.audit.errors import AppendOnlyViolation, StoreError
+from ztmesh.audit.record import AuditRecord, EventV1, assemble, quoted
+from ztmesh.audit.store import (
+    CHECKPOINT_COLUMNS,
+    RECORD_COLUMNS,
+    AppendResult,
+    Clock,
+    PrunePlan,
+    QueryFilter,
+    checkpoint_from_row,
+    checkpoint_params,
+    floor_time,
+    plan_batch,
+    record_from_row,
+    record_params,
+    results_for,
+    utc_now,
+)
+
+_REFUSE = "audit trail is append-only: {} refused"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS audit_records (
+    sequence INTEGER PRIMARY KEY, recorded_at TEXT NOT NULL, event_id TEXT NOT NULL UNIQUE, time TEXT NOT NULL,
+    service TEXT NOT NULL, emitter TEXT NOT NULL, caller TEXT NOT NULL, subject TEXT NOT NULL,
+    action TEXT NOT NULL, resource TEXT NOT NULL, outcome TEXT NOT NULL, decision_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL, details TEXT NOT NULL, masked TEXT NOT NULL, prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time);
+CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (subject, sequence);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    checkpoint_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sequence INTEGER NOT NULL, head_hash BLOB NOT NULL,
+    time TEXT NOT NULL, key_id TEXT NOT NULL, key_version INTEGER NOT NULL, algorithm TEXT NOT NULL,
+    pruned_through_sequence INTEGER NOT NULL, pruned_through_hash BLOB NOT NULL, pruned_before TEXT NOT NULL,
+    signature BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
+CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_records")}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records
+WHEN NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE kind = 'prune' AND pruned_through_sequence >= OLD.sequence)
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_records not covered by a prune checkpoint")}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_checkpoints")}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_checkpoints")}'); END;
+"""
+
+
+class SqliteAuditStore:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Clock = utc_now,
+        partition: str = "month",
+        read_only: bool = False,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.path = str(path)
+        self.clock = clock
+        self.partition = partition
+        try:
+            if read_only:
+                if not Path(self.path).is_file():
+                    raise StoreError(f"audit database {self.path} does not exist")
+                uri = f"file:{Path(self.path).resolve()}?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
+                self._db.execute("SELECT 1 FROM audit_records LIMIT 1")
+            else:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # isolation_level=None: transactions are explicit, so BEGIN IMMEDIATE means what it says.
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"audit database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+
+    def _write(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(*args)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return result
+            except sqlite3.IntegrityError as exc:
+                if "append-only" in str(exc):
+                    raise AppendOnlyViolation(str(exc)) from None
+                raise StoreError(f"audit database {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit database {self.path}: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit database {self.path}: {exc}") from None
+
+    # --- append -------------------------------------------------------------------------------------------
+
+    def _head_locked(self) -> ChainHead:
+        row = self._db.execute("SELECT sequence, hash, recorded_at FROM audit_records ORDER BY sequence DESC LIMIT 1")
+        found = row.fetchone()
+        if found:
+            return ChainHead(found[0], bytes(found[1]), found[2])
+        anchor = self._db.execute(
+            "SELECT pruned_through_sequence, pruned_through_hash, pruned_before FROM audit_checkpoints "
+            "WHERE kind = 'prune' ORDER BY pruned_through_sequence DESC LIMIT 1"
+        ).fetchone()
+        return ChainHead(anchor[0], bytes(anchor[1]), "") if anchor else ChainHead()
+
+    def _stored(self, ids: list[str]) -> dict[str, tuple[int, EventV1]]:
+        out: dict[str, tuple[int, EventV1]] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            rows = self._db.execute(
+                f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+            for row in rows:
+                record = record_from_row(row)
+                out[record.event.event_id] = (record.sequence, record.event)
+        return out
+
+    def _append_locked(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        plan = plan_batch(events, self._stored([e.event_id for e in events]))
+        records = extend(self._head_locked(), plan.new, canonical.format_time(self.clock()), emitter)
+        self._db.executemany(
+            f"INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
+            [record_params(r) for r in records],
+        )
+        return results_for(events, plan, records)
+
+    def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        if not events:
+            return []
+        result: list[AppendResult] = self._write(self._append_locked, events, emitter)
+        return result
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def head(self) -> ChainHead:
+        with self._lock:
+            return self._head_locked()
+
+    def bounds(self) -> tuple[int, int]:
+        row = self._read("SELECT min(sequence), max(sequence) FROM audit_records")[0]
+        return (row[0] or 0, row[1] or 0)
+
+    def hash_at(self, sequence: int) -> bytes | None:
+        rows = self._read("SELECT hash FROM audit_records WHERE sequence = ?", (sequence,))
+        return bytes(rows[0][0]) if rows else None
+
+    def links(self, start: int, end: int) -> Iterator[ChainLink]:
+        batch = 5000
+        cursor = start
+        while cursor <= end:
+            rows = self._read(
+                "SELECT sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, "
+                "outcome, decision_id, trace_id, details, masked, prev_hash, hash FROM audit_records "
+                "WHERE sequence >= ? AND sequence <= ? ORDER BY sequence LIMIT ?",
+                (cursor, end, batch),
+            )
+            for (seq, rec_at, eid, time, svc, emitter, caller, subject, action, resource, outcome, did, tid,
+                 details, masked, prev, digest) in rows:  # fmt: skip
+                body = assemble(
+                    quoted(action), quoted(caller), quoted(did), details.encode(), quoted(emitter),
+                    quoted(eid), masked.encode(), quoted(outcome), quoted(rec_at), quoted(resource),
+                    str(seq).encode(), quoted(svc), quoted(subject), quoted(time), quoted(tid),
+                )  # fmt: skip
+                yield ChainLink(seq, prev, digest, body)
+            if len(rows) < batch:
+                return
+            cursor = rows[-1][0] + 1
+
+    def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
+        clauses, params = [], []
+        for column in ("service", "subject", "action", "outcome"):
+            value = getattr(where, column)
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if where.start:
+            clauses.append("time >= ?")
+            params.append(canonical.format_time(where.start))
+        if where.end:
+            clauses.append("time < ?")
+            params.append(canonical.format_time(where.end))
+        if after_sequence:
+            clauses.append("sequence < ?" if where.newest_first else "sequence > ?")
+            params.append(after_sequence)
+        sql = f"SELECT {RECORD_COLUMNS} FROM audit_records"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY sequence {'DESC' if where.newest_first else 'ASC'} LIMIT ?"
+        return [record_from_row(row) for row in self._read(sql, [*params, limit])]
+
+    # --- checkpoints and retention ------------------------------------------------------------------------
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._write(
+            lambda: self._db.execute(
+                f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({','.join('?' * 12)})",
+                checkpoint_params(checkpoint),
+            )
+        )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._read(f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY sequence, time")
+        return [checkpoint_from_row(r) for r in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        rows = self._read(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY sequence DESC, time DESC LIMIT 1"
+        )
+        return checkpoint_from_row(rows[0]) if rows else None
+
+    def plan_prune(self, cutoff: datetime) -> PrunePlan | None:
+        boundary = floor_time(cutoff, self.partition)
+        row = self._read(
+            "SELECT max(sequence) FROM audit_records WHERE recorded_at < ?", (canonical.format_time(boundary),)
+        )[0]
+        first, _ = self.bounds()
+        if not row[0]:
+            return None
+        through_hash = self.hash_at(row[0])
+        assert through_hash is not None
+        return PrunePlan(boundary, row[0], through_hash, first)
+
+    def prune(self, plan: PrunePlan) -> int:
+        def drop() -> int:
+            return self._db.execute("DELETE FROM audit_records WHERE sequence <= ?", (plan.through_sequence,)).rowcount
+
+        dropped: int = self._write(drop)
+        return dropped
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,214 @@
+"""The audit trail as the service runs it: append with periodic signed checkpoints, paged queries,
+verification over a range, and retention that signs what it prunes before dropping it.
+
+Pure core: it talks to an `AuditStore` and a `CheckpointSigner`, never to gRPC or a database driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ztmesh.audit import canonical
+from ztmesh.audit.chain import (
+    Checkpoint,
+    CheckpointKind,
+    CheckpointSigner,
+    CheckpointVerifier,
+    VerifyReport,
+    verify_links,
+)
+from ztmesh.audit.errors import BatchTooLarge, CheckpointError, InvalidQuery, InvalidRange, PruneRefused
+from ztmesh.audit.record import EventV1
+from ztmesh.audit.store import AppendResult, AuditStore, Clock, QueryFilter, utc_now
+from ztmesh.mesh.auditing import uuid7
+
+log = logging.getLogger(__name__)
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class TrailSettings:
+    checkpoint_every: int = 1000  # sign a checkpoint after this many new records…
+    checkpoint_interval: float = 60.0  # …or after this many seconds with new records
+    max_batch: int = 1000  # events per Append call
+    retention: timedelta = field(default_factory=lambda: timedelta(days=7 * 366))
+    default_page: int = 500
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list  # list[AuditRecord]
+    next_token: str  # "" when there is nothing more
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    checkpoint: Checkpoint
+    records_dropped: int
+
+
+def _fingerprint(where: QueryFilter) -> str:
+    body = json.dumps([where.start and where.start.isoformat(), where.end and where.end.isoformat(), where.service,
+                       where.subject, where.action, where.outcome, where.newest_first])  # fmt: skip
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def encode_token(where: QueryFilter, after: int) -> str:
+    raw = json.dumps({"after": after, "filter": _fingerprint(where)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(where: QueryFilter, token: str) -> int:
+    if not token:
+        return 0
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after = int(body["after"])
+        same_filter = body["filter"] == _fingerprint(where)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidQuery("page_token is not a token returned by Query") from None
+    if not same_filter:
+        raise InvalidQuery("page_token belongs to a query with other filters or order")
+    return after
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: CheckpointSigner,
+        verifier: CheckpointVerifier,
+        settings: TrailSettings | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.verifier = verifier
+        self.settings = settings or TrailSettings()
+        self.clock = clock
+        self._checkpoint_lock = threading.Lock()
+        latest = store.latest_checkpoint()
+        self._checkpointed = latest.sequence if latest else 0
+        self._checkpointed_at = time.monotonic()
+
+    # --- append -------------------------------------------------------------------------------------------
+
+    def append(self, events: Sequence[EventV1], emitter: str = "") -> list[AppendResult]:
+        if len(events) > self.settings.max_batch:
+            raise BatchTooLarge(len(events), self.settings.max_batch)
+        results = self.store.append(events, emitter)
+        newest = max((r.sequence for r in results), default=0)
+        if newest - self._checkpointed >= self.settings.checkpoint_every:
+            try:
+                self.checkpoint()
+            except CheckpointError as exc:  # the records are stored; the background job signs later
+                log.warning("audit checkpoint postponed: %s", exc)
+        return results
+
+    def checkpoint(self, *, only_if_new: bool = True) -> Checkpoint | None:
+        """Sign the current head (skipped when nothing was recorded since the last checkpoint)."""
+        with self._checkpoint_lock:
+            head = self.store.head()
+            if head.sequence == 0 or (only_if_new and head.sequence <= self._checkpointed):
+                return None
+            cp = Checkpoint(
+                checkpoint_id=uuid7(), kind=CheckpointKind.HEAD, sequence=head.sequence, head_hash=head.hash,
+                time=canonical.format_time(self.clock()), key_id=self.signer.key_id, algorithm=self.signer.algorithm,
+            ).signed(self.signer)  # fmt: skip
+            self.store.add_checkpoint(cp)
+            self._checkpointed = head.sequence
+            self._checkpointed_at = time.monotonic()
+            return cp
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return self.store.latest_checkpoint()
+
+    def run_checkpoints(self, stopping: threading.Event) -> None:
+        """Background job: a checkpoint every `checkpoint_interval` seconds while records keep coming."""
+        while not stopping.wait(min(self.settings.checkpoint_interval, 1.0)):
+            if time.monotonic() - self._checkpointed_at >= self.settings.checkpoint_interval:
+                try:
+                    self.checkpoint()
+                except Exception:  # a signing outage must not kill the job; the next tick retries
+                    log.exception("audit checkpoint failed")
+                    self._checkpointed_at = time.monotonic()
+
+    # --- query --------------------------------------------------------------------------------------------
+
+    def query(self, where: QueryFilter, page_token: str = "", page_size: int = 0) -> Page:
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidQuery(f"page_size must be 0 (default {self.settings.default_page}) to {MAX_PAGE}")
+        if where.start and where.end and where.start >= where.end:
+            raise InvalidQuery("start_time must be before end_time")
+        size = page_size or self.settings.default_page
+        after = decode_token(where, page_token)
+        records = self.store.query(where, after, size + 1)
+        more = len(records) > size
+        records = records[:size]
+        return Page(records, encode_token(where, records[-1].sequence) if more else "")
+
+    # --- verify -------------------------------------------------------------------------------------------
+
+    def verify(self, from_sequence: int = 0, to_sequence: int = 0) -> VerifyReport:
+        return verify_store(self.store, self.verifier, from_sequence, to_sequence)
+
+    # --- retention ----------------------------------------------------------------------------------------
+
+    def prune(self) -> PruneResult | None:
+        """Drop whole partitions older than the retention, after checking their chain and signing a PRUNE
+        checkpoint that anchors the first record kept. Returns None when nothing is old enough."""
+        cutoff = self.clock() - self.settings.retention
+        plan = self.store.plan_prune(cutoff)
+        if plan is None:
+            return None
+        report = verify_store(self.store, self.verifier, plan.first_kept, plan.through_sequence)
+        if not report.ok:
+            raise PruneRefused(f"retention stopped: the records it would drop do not verify ({report}); kept them")
+        head = self.store.head()
+        cp = Checkpoint(
+            checkpoint_id=uuid7(), kind=CheckpointKind.PRUNE, sequence=head.sequence, head_hash=head.hash,
+            time=canonical.format_time(self.clock()), key_id=self.signer.key_id, algorithm=self.signer.algorithm,
+            pruned_through_sequence=plan.through_sequence, pruned_through_hash=plan.through_hash,
+            pruned_before=canonical.format_time(plan.cutoff),
+        ).signed(self.signer)  # fmt: skip
+        self.store.add_checkpoint(cp)
+        dropped = self.store.prune(plan)
+        log.info("audit retention dropped records %d..%d", plan.first_kept, plan.through_sequence)
+        return PruneResult(cp, dropped)
+
+
+def verify_store(
+    store: AuditStore, verifier: CheckpointVerifier | None, from_sequence: int = 0, to_sequence: int = 0
+) -> VerifyReport:
+    """Recompute the chain over from..to (0 = first kept / head) and check the checkpoints that bear on it."""
+    if from_sequence < 0 or to_sequence < 0:
+        raise InvalidRange("sequence numbers are positive")
+    if to_sequence and from_sequence > to_sequence:
+        raise InvalidRange(f"from_sequence {from_sequence} is after to_sequence {to_sequence}")
+    first, last = store.bounds()
+    cps = store.checkpoints()
+    if last == 0:
+        first = last = max((cp.pruned_through_sequence for cp in cps), default=0)
+        first += 1
+    start = max(from_sequence or first, first)
+    end = min(to_sequence or last, last)
+    relevant = [
+        cp for cp in cps
+        if start <= cp.sequence <= end or cp.sequence > last
+        or (cp.kind is CheckpointKind.PRUNE and cp.pruned_through_sequence == first - 1)
+    ]  # fmt: skip
+    anchor = None if start <= first else store.hash_at(start - 1)
+    links = store.links(start, end) if end >= start else iter(())
+    return verify_links(
+        links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
+        head_sequence=last,
+    )  # fmt: skip

@@ -1,0 +1,199 @@
+"""The emitter's durable spool against a real store: outages, crashes, a full spool, torn writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.audit.factory import POLICY, Backend, event, events
+from ztmesh.audit.errors import SpoolFull, SpoolLocked
+from ztmesh.audit.sink import LocalSink
+from ztmesh.audit.spool import SpoolEmitter, SpoolSettings
+from ztmesh.audit.store import QueryFilter
+from ztmesh.audit.trail import verify_store
+from ztmesh.mesh.auditing import AuditEvent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings(tmp_path: Path, **overrides) -> SpoolSettings:
+    return SpoolSettings(**{"directory": tmp_path / "spool", "retry_initial": 0.05, "retry_max": 0.3, **overrides})
+
+
+def stored_ids(backend: Backend) -> list[str]:
+    store = backend.store()
+    ids, token_after = [], 0
+    while True:
+        page = store.query(QueryFilter(newest_first=False), token_after, 1000)
+        if not page:
+            return ids
+        ids += [r.event.event_id for r in page]
+        token_after = page[-1].sequence
+
+
+def test_events_emitted_during_an_outage_are_stored_once_after_it(backend: Backend, tmp_path: Path) -> None:
+    backend.store()  # schema in place, as the audit service would have made it
+    outage = backend.start_outage()
+    emitter = SpoolEmitter(LocalSink(backend.sink_store, POLICY), settings(tmp_path))
+    emitted: list[str] = []
+    lock = threading.Lock()
+
+    def emit_some(offset: int) -> None:
+        for i in range(10):
+            e = AuditEvent(service="policy", action="decide", outcome="DENY", subject=f"t{offset}-{i}",
+                           details={"ip": "10.2.3.4", "authorization": "Bearer x"})  # fmt: skip
+            emitter.emit(e)  # returns: durable in the spool, audit being down
+            with lock:
+                emitted.append(e.event_id)
+
+    threads = [threading.Thread(target=emit_some, args=(n,)) for n in range(4)]  # concurrent: group commit
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(emitted) == 40 and emitter.pending() == 40
+    backend.end_outage(outage)
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    ids = stored_ids(backend)
+    assert sorted(ids) == sorted(emitted)  # every one, once
+    record = backend.store().query(QueryFilter(), 0, 1)[0]
+    assert record.event.masked == ("/authorization", "/ip") and "Bearer" not in record.event.details
+    assert verify_store(backend.store(), None).ok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", [True, False], ids=["audit-down", "audit-up-spool-first"])
+def test_sigkill_mid_stream_loses_no_acknowledged_event_and_stores_none_twice(
+    backend: Backend, tmp_path: Path, outage: bool
+) -> None:
+    backend.store()
+    spool = tmp_path / "spool"
+    handle = backend.start_outage() if outage else None
+    cmd = [sys.executable, "-m", "tests.audit.emitter_child", "emit", str(spool), backend.kind, backend.dsn]
+    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    acked: list[str] = []
+    assert child.stdout is not None
+    for line in child.stdout:
+        acked.append(line.strip())
+        if len(acked) == 120:
+            os.kill(child.pid, signal.SIGKILL)  # mid-stream: more emits are in flight
+            break
+    acked += [line.strip() for line in child.stdout if line.strip()]
+    child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    if handle is not None:
+        backend.end_outage(handle)
+    drain = subprocess.run([*cmd[:3], "drain", *cmd[4:]], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert drain.returncode == 0, drain.stdout + drain.stderr
+    ids = stored_ids(backend)
+    assert len(ids) == len(set(ids)), "an event was stored twice"
+    missing = set(acked) - set(ids)
+    assert not missing, f"{len(missing)} acknowledged events lost"
+    assert verify_store(backend.store(), None).ok
+
+
+def test_a_full_spool_fails_closed(backend: Backend, tmp_path: Path) -> None:
+    backend.store()
+    outage = backend.start_outage()
+    emitter = SpoolEmitter(LocalSink(backend.sink_store, POLICY), settings(tmp_path, max_bytes=4096))
+    durable = 0
+    with pytest.raises(SpoolFull, match="fail closed"):
+        for i in range(100):
+            emitter.emit_event(event(i))
+            durable += 1
+    assert 0 < durable < 100
+    backend.end_outage(outage)
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    assert len(stored_ids(backend)) == durable  # the refused one was not recorded; the rest all were
+
+
+def test_a_full_spool_can_block_until_audit_returns(backend: Backend, tmp_path: Path) -> None:
+    backend.store()
+    outage = backend.start_outage()
+    emitter = SpoolEmitter(LocalSink(backend.sink_store, POLICY),
+                           settings(tmp_path, max_bytes=3000, when_full="block", block_timeout=60))  # fmt: skip
+    filled = 0
+    while emitter.files.used_bytes() < 2500:
+        emitter.emit_event(event(filled))
+        filled += 1
+    done = threading.Event()
+    blocked = threading.Thread(target=lambda: (emitter.emit_event(event(999)), done.set()))
+    blocked.start()
+    assert not done.wait(0.5)  # waits for room instead of failing
+    backend.end_outage(outage)
+    assert done.wait(30)
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    assert len(stored_ids(backend)) == filled + 1
+
+
+def test_a_torn_last_frame_is_dropped_and_the_rest_ships(tmp_path: Path) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    SqliteAuditStore(db).close()
+    lock = Backend("sqlite", str(db)).start_outage()
+    first = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db, busy_timeout=0.1)), settings(tmp_path))
+    batch = events(5)
+    for e in batch:
+        first.emit_event(e)
+    first._stopping.set()  # simulate a crash: threads stop, nothing is flushed or cleaned
+    for t in first._threads:
+        t.join()
+    first._lock_file.close()
+    segment = sorted((tmp_path / "spool").glob("*.seg"))[-1]
+    with open(segment, "ab") as handle:
+        handle.write(b"\x00\x00\x01\x00torn")  # a frame header promising 256 bytes, cut short by the crash
+    lock.execute("ROLLBACK")
+    second = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db)), settings(tmp_path))
+    assert second.flush(timeout=30)
+    second.close()
+    stored = SqliteAuditStore(db)
+    assert sorted(r.event.event_id for r in stored.query(QueryFilter(), 0, 100)) == sorted(e.event_id for e in batch)
+
+
+def test_an_event_audit_refuses_is_set_aside_and_the_rest_ship(backend: Backend, tmp_path: Path) -> None:
+    store = backend.store()
+    original = event(1)
+    store.append([original], POLICY)
+    impostor = event(2, event_id=original.event_id)  # same id, other content: audit refuses it for good
+    emitter = SpoolEmitter(LocalSink(backend.sink_store, POLICY), settings(tmp_path, direct=False))
+    after = events(3, start=10)
+    for e in [impostor, *after]:
+        emitter.emit_event(e)
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    assert sorted(stored_ids(backend)) == sorted([original.event_id, *(e.event_id for e in after)])
+    rejected = (tmp_path / "spool" / "rejected.jsonl").read_text()
+    assert original.event_id in rejected and "different contents" in rejected
+
+
+def test_one_spool_one_process(tmp_path: Path) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    sink = LocalSink(SqliteAuditStore(tmp_path / "a.db"))
+    first = SpoolEmitter(sink, settings(tmp_path))
+    with pytest.raises(SpoolLocked, match="in use"):
+        SpoolEmitter(sink, settings(tmp_path))
+    first.close()
+
+
+def test_emit_refuses_bad_events_before_spooling(tmp_path: Path) -> None:
+    from ztmesh.audit.errors import InvalidEvent
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    emitter = SpoolEmitter(LocalSink(SqliteAuditStore(tmp_path / "a.db")), settings(tmp_path))
+    with pytest.raises(InvalidEvent, match="action"):
+        emitter.emit(AuditEvent(service="policy", action="", outcome="ALLOW"))
+    assert emitter.pending() == 0
+    emitter.close()
+    time.sleep(0)
