@@ -237,7 +237,8 @@ class SpoolEmitter:
         """Stop: events already durable stay so; unshipped ones ship on the next start."""
         if self._stopping.is_set():
             return
-        self.flush(flush_timeout)
+        if self._sink_healthy:  # with audit unreachable, waiting would only delay shutdown: the spool keeps it
+            self.flush(flush_timeout)
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from ztmesh._proto.keys.v1 import keys_pb2_grpc
+from ztmesh.audit.client import audit_emitter
 from ztmesh.keys.algorithms import OpenSslProvider
 from ztmesh.keys.errors import KeysError
 from ztmesh.keys.kek import Kek
@@ -17,9 +18,10 @@ from ztmesh.keys.manager import KeyManager
 from ztmesh.keys.servicer import KeyServicer
 from ztmesh.keys.settings import KeysSettings
 from ztmesh.keys.store import open_key_store
-from ztmesh.mesh.auditing import AuditEmitter, LogAuditEmitter
+from ztmesh.mesh.auditing import AuditEmitter
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import SettingsError
+from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.spiffe import authorize_member_of
@@ -58,11 +60,19 @@ def build_manager(settings: MeshSettings, keys_settings: KeysSettings, audit: Au
 
 def build_app(settings: MeshSettings) -> ServiceApp:
     keys_settings = load_settings(KeysSettings, section="keys")
-    manager = build_manager(settings, keys_settings, LogAuditEmitter())
+    peers = PeerChannels(settings, "keys")
+    audit = audit_emitter(settings, "keys", peers)
+    manager = build_manager(settings, keys_settings, audit)
+
+    def close() -> None:
+        manager.close()
+        audit.close()
+        peers.close()
+
     return ServiceApp(
         name="keys",
         register=lambda server: keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(manager), server),
         service_names=(SERVICE,),
         rules={f"/{SERVICE}/*": authorize_member_of(settings.trust_domain)},
-        close=manager.close,
+        close=close,
     )

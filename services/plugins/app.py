@@ -7,6 +7,7 @@ are verified by the keys service over mTLS with the plugins workload's own certi
 from __future__ import annotations
 
 from ztmesh._proto.plugins.v1 import plugins_pb2_grpc
+from ztmesh.audit.client import audit_emitter
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
@@ -46,17 +47,20 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         allowed_capabilities=frozenset(plugin_settings.plugin_capabilities),
         cache_dir=settings.data_dir / "plugins" / "compiled",
     )
+    audit = audit_emitter(settings, "plugins", peers)
     registry = PluginRegistry(
         open_plugin_store(settings.database_url, settings.data_dir),
         sandbox,
         KeyServiceVerifier(peers.channel("keys")),
         require_signature=require_signature,
+        audit=audit,
     )
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     executors = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy", *settings.operators])
 
     def close() -> None:
         registry.close()
+        audit.close()
         peers.close()
 
     return ServiceApp(

@@ -10,7 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from ztmesh.plugins.errors import InvalidPlugin, PluginNotFound, SignatureRejected
+from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
+from ztmesh.plugins.errors import BadInput, InvalidPlugin, PluginNotFound, SignatureRejected
 from ztmesh.plugins.manifest import Manifest, signing_message
 from ztmesh.plugins.sandbox import CallResult, CompiledPlugin, Sandbox
 from ztmesh.plugins.store import PluginStore, StoredPlugin, now
@@ -36,7 +37,13 @@ def _version_key(version: str) -> tuple[int, int, int, int, str]:
 
 class PluginRegistry:
     def __init__(
-        self, store: PluginStore, sandbox: Sandbox, verifier: SignatureVerifier | None, *, require_signature: bool
+        self,
+        store: PluginStore,
+        sandbox: Sandbox,
+        verifier: SignatureVerifier | None,
+        *,
+        require_signature: bool,
+        audit: AuditEmitter | None = None,
     ) -> None:
         if require_signature and verifier is None:
             raise ValueError("signing is required but no verifier is configured")
@@ -44,6 +51,7 @@ class PluginRegistry:
         self._sandbox = sandbox
         self._verifier = verifier
         self._require_signature = require_signature
+        self._audit = audit
         self._plugins: dict[tuple[str, str], LoadedPlugin] = {}
         self._lock = threading.Lock()
         for stored in store.all():
@@ -84,6 +92,19 @@ class PluginRegistry:
             self._plugins[(manifest.name, manifest.version)] = LoadedPlugin(stored, compiled)
         return stored
 
+    def _record(self, caller: str, action: str, manifest: Manifest, outcome: str, **details: object) -> None:
+        if self._audit is not None:
+            self._audit.emit(
+                AuditEvent(
+                    service="plugins",
+                    action=action,
+                    outcome=outcome,
+                    caller_spiffe_id=caller,
+                    resource=f"plugin/{manifest.name}/{manifest.version}",
+                    details=dict(details),
+                )
+            )
+
     def list(self, name: str = "") -> list[StoredPlugin]:
         with self._lock:
             return [p.stored for (n, _), p in sorted(self._plugins.items()) if not name or n == name]
@@ -103,13 +124,21 @@ class PluginRegistry:
         plugin = self._find(name, version)
         manifest = plugin.stored.manifest
         if function not in manifest.functions:
-            from ztmesh.plugins.errors import BadInput
-
             raise BadInput(f"plugin {name} {manifest.version} does not offer {function!r}")
         return self._sandbox.call(plugin.compiled, function, input_json, manifest.limits), manifest.version
 
     def unregister(self, name: str, version: str) -> int:
         removed = self._store.remove(name, version)
+        if removed and self._audit is not None:
+            self._audit.emit(
+                AuditEvent(
+                    service="plugins",
+                    action="plugins.unregister",
+                    outcome="OK",
+                    resource=f"plugin/{name}/{version or '*'}",
+                    details={"removed": removed},
+                )
+            )
         with self._lock:
             for key in [k for k in self._plugins if k[0] == name and (not version or k[1] == version)]:
                 del self._plugins[key]
