@@ -31,8 +31,13 @@ def inprocess(workdir: Path) -> tuple[Result, Result]:
     import logging
 
     logging.getLogger("ztmesh.audit.events").setLevel(logging.WARNING)
-    manager = KeyManager(SqliteKeyStore(workdir / "k.db"), OpenSslProvider(), Kek.generate(),
-                         ShredLedger(workdir / "l.json"), LogAuditEmitter())
+    manager = KeyManager(
+        SqliteKeyStore(workdir / "k.db"),
+        OpenSslProvider(),
+        Kek.generate(),
+        ShredLedger(workdir / "l.json"),
+        LogAuditEmitter(),
+    )
     manager.create_key(CALLER, "bench-enc", Purpose.ENCRYPT)
     manager.create_key(CALLER, "bench-sig", Purpose.SIGN)
 
@@ -44,8 +49,10 @@ def inprocess(workdir: Path) -> tuple[Result, Result]:
         signature, version, _ = manager.sign(CALLER, "bench-sig", PAYLOAD)
         manager.verify(CALLER, "bench-sig", version, PAYLOAD, signature)
 
-    return (measure_inprocess("in-process Encrypt+Decrypt 1 KiB", envelope_round_trip),
-            measure_inprocess("in-process Sign+Verify ML-DSA-65", sign_verify))
+    return (
+        measure_inprocess("in-process Encrypt+Decrypt 1 KiB", envelope_round_trip),
+        measure_inprocess("in-process Sign+Verify ML-DSA-65", sign_verify),
+    )
 
 
 def envelope_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[object]]:
@@ -63,8 +70,12 @@ def signature_call(channel: grpc.aio.Channel) -> Callable[[], Awaitable[object]]
 
     async def call() -> None:
         signed = await stub.Sign(keys_pb2.SignRequest(key_id="bench-sig", message=PAYLOAD), timeout=10)
-        await stub.Verify(keys_pb2.VerifyRequest(key_id="bench-sig", key_version=signed.key_version,
-                                                 message=PAYLOAD, signature=signed.signature), timeout=10)
+        await stub.Verify(
+            keys_pb2.VerifyRequest(
+                key_id="bench-sig", key_version=signed.key_version, message=PAYLOAD, signature=signed.signature
+            ),
+            timeout=10,
+        )
 
     return call
 
@@ -84,13 +95,23 @@ def main() -> None:
                 stub.CreateKey(keys_pb2.CreateKeyRequest(key_id="bench-sig", purpose=keys_pb2.KEY_PURPOSE_SIGN))
             print(local_envelope.row())
             for concurrency in (1, 16):
-                result = measure_grpc(f"gRPC Encrypt+Decrypt 1 KiB c={concurrency}", f"localhost:{port}", files,
-                                      envelope_call, concurrency)
+                result = measure_grpc(
+                    f"gRPC Encrypt+Decrypt 1 KiB c={concurrency}",
+                    f"localhost:{port}",
+                    files,
+                    envelope_call,
+                    concurrency,
+                )
                 print(result.row(local_envelope), f"-> service layer costs {local_envelope.ops / result.ops:.2f}x")
             print(local_signature.row())
             for concurrency in (1, 16):
-                result = measure_grpc(f"gRPC Sign+Verify ML-DSA-65 c={concurrency}", f"localhost:{port}", files,
-                                      signature_call, concurrency)
+                result = measure_grpc(
+                    f"gRPC Sign+Verify ML-DSA-65 c={concurrency}",
+                    f"localhost:{port}",
+                    files,
+                    signature_call,
+                    concurrency,
+                )
                 print(result.row(local_signature), f"-> service layer costs {local_signature.ops / result.ops:.2f}x")
 
 

@@ -2,6 +2,4 @@
 
 import importlib.util
 
-pytest_plugins = [
-    name for name in ("tests.support.servers", "tests.support.mesh") if importlib.util.find_spec(name)
-]
+pytest_plugins = [name for name in ("tests.support.servers", "tests.support.mesh") if importlib.util.find_spec(name)]

@@ -202,16 +202,24 @@ def _walk(
     for link in links:
         if link.sequence != expected:
             if link.sequence < expected:
-                return count, prev, _Failure(
-                    link.sequence, Problem.DUPLICATE, f"sequence {link.sequence} is stored more than once"
+                return (
+                    count,
+                    prev,
+                    _Failure(link.sequence, Problem.DUPLICATE, f"sequence {link.sequence} is stored more than once"),
                 )
             missing = f"{expected}" if link.sequence == expected + 1 else f"{expected}..{link.sequence - 1}"
             return count, prev, _Failure(expected, Problem.GAP, f"record(s) {missing} are missing (deleted?)")
         if link.prev_hash != prev:
             return count, prev, _classify_link_break(link, expected, links)
         if hashlib.sha256(link.prev_hash + link.canonical).digest() != link.hash:
-            return count, prev, _Failure(
-                expected, Problem.HASH_MISMATCH, f"record {expected}'s content does not match its hash: it was altered"
+            return (
+                count,
+                prev,
+                _Failure(
+                    expected,
+                    Problem.HASH_MISMATCH,
+                    f"record {expected}'s content does not match its hash: it was altered",
+                ),
             )
         for cp in checkpoints.get(expected, ()):
             if cp.head_hash != link.hash:

@@ -94,5 +94,7 @@ class CallerMismatch(AuditError):
 
     def __init__(self, caller: str, service: str, event_id: str) -> None:
         self.event_id = event_id
-        super().__init__(f"{caller or 'an unidentified caller'} may not append events for service {service!r} "
-                         f"(event {event_id}); the service field must name the caller's own service account")
+        super().__init__(
+            f"{caller or 'an unidentified caller'} may not append events for service {service!r} "
+            f"(event {event_id}); the service field must name the caller's own service account"
+        )

@@ -155,8 +155,9 @@ class AuditServicer:
                     raise errors.CallerMismatch(str(caller or ""), event.service, event.event_id)
             results = self.trail.append(events, str(caller) if caller else "")
         return audit_pb2.AppendResponse(
-            results=[audit_pb2.AppendResult(event_id=r.event_id, sequence=r.sequence, duplicate=r.duplicate)
-                     for r in results]  # fmt: skip
+            results=[
+                audit_pb2.AppendResult(event_id=r.event_id, sequence=r.sequence, duplicate=r.duplicate) for r in results
+            ]  # fmt: skip
         )
 
     def Query(self, request: Any, context: grpc.ServicerContext) -> Iterator[audit_pb2.QueryResponse]:
@@ -210,7 +211,8 @@ def register(servicer: AuditServicer, server: grpc.Server) -> None:
     handlers = {
         "Append": unary(servicer.Append, audit_pb2.AppendRequest, audit_pb2.AppendResponse),
         "Query": grpc.unary_stream_rpc_method_handler(
-            servicer.Query, request_deserializer=lenient_deserializer(audit_pb2.QueryRequest),
+            servicer.Query,
+            request_deserializer=lenient_deserializer(audit_pb2.QueryRequest),
             response_serializer=audit_pb2.QueryResponse.SerializeToString,
         ),  # fmt: skip
         "Verify": unary(servicer.Verify, audit_pb2.VerifyRequest, audit_pb2.VerifyResponse),

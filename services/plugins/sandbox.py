@@ -178,7 +178,9 @@ class Sandbox:
         store = self._store(Limits().bounded_by(self.maxima), compiled.wasi)
         try:
             instance = compiled.pre.instantiate(store)
-            version = instance.exports(store)["ztm_abi_version"](store)
+            abi_version = instance.exports(store)["ztm_abi_version"]
+            assert isinstance(abi_version, wasmtime.Func)  # checked when the module was compiled
+            version = abi_version(store)
         except wasmtime.Trap as trap:
             raise InvalidPlugin(f"module traps on start-up: {trap.message}") from None
         except wasmtime.WasmtimeError as exc:
@@ -286,7 +288,7 @@ def _call_abi(context: Any, func: Any, *args: int) -> int:
     are fixed, so this goes straight to `wasmtime_func_call`."""
     params = (_ffi.wasmtime_val_t * len(args))()
     for index, value in enumerate(args):
-        params[index].kind = _I32
+        params[index].kind = _I32  # type: ignore[assignment]  # ctypes converts the int
         params[index].of.i32 = value
     results = (_ffi.wasmtime_val_t * 1)()
     trap = ctypes.POINTER(_ffi.wasm_trap_t)()

@@ -29,5 +29,3 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture(scope="session")
 def signer() -> LocalMlDsaSigner:
     return LocalMlDsaSigner.generate("audit-test")
-
-

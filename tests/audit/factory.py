@@ -106,7 +106,6 @@ class Backend:
             s.close()
 
 
-
 def event(i: int = 0, **overrides: Any) -> EventV1:
     fields: dict[str, Any] = {
         "event_id": uuid7(), "time": datetime.now(UTC), "service": "policy", "action": "decide",

@@ -58,7 +58,7 @@ def test_numbers_follow_ecmascript(value: float, jcs: str) -> None:
 
 
 def test_fast_and_exact_encoders_agree_on_sanitized_details() -> None:
-    details = {"b": [1, 2.5, None, True, "x\n\"y\\"], "a": {"é": 0.125, "\u2028": "ctl\x01"}, "k": -7}
+    details = {"b": [1, 2.5, None, True, 'x\n"y\\'], "a": {"é": 0.125, "\u2028": "ctl\x01"}, "k": -7}
     event = make_event(event_id="01890a5d-ac96-774b-bcce-b302099a8057", time=datetime.now(UTC), service="keys",
                        action="keys.encrypt", outcome="OK", details=details)  # fmt: skip
     assert event.details == canonical.dumps(json.loads(event.details))

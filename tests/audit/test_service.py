@@ -205,9 +205,7 @@ def test_grpc_sink_names_the_refused_event(pki, audit: AuditServer) -> None:
     assert len(sink.append(events(1))) == 1
 
 
-def test_checkpoints_signed_by_the_keys_service(
-    pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checkpoints_signed_by_the_keys_service(pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ztmesh.keys.app import build_app as build_keys_app
 
     monkeypatch.setenv("ZTMESH_KEK", "A" * 43 + "=")

@@ -160,8 +160,9 @@ def test_a_missing_shred_ledger_stops_start_up(store_factory, kek, tmp_path, eve
 def test_callers_without_identity_get_nothing(manager):
     with pytest.raises(PermissionDenied):
         manager.create_key("", "anon", Purpose.ENCRYPT)
-    manager.create_key(OWNER, "open", Purpose.SIGN,
-                       access_policy=AccessPolicy({Operation.VERIFY: ("spiffe://ztmesh.local/*",)}))
+    manager.create_key(
+        OWNER, "open", Purpose.SIGN, access_policy=AccessPolicy({Operation.VERIFY: ("spiffe://ztmesh.local/*",)})
+    )
     with pytest.raises(PermissionDenied):
         manager.verify("", "open", 1, b"m", b"s")
 
