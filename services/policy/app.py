@@ -1,20 +1,97 @@
-"""Wiring of the policy service into the shared server: its servicer, who may call which RPC, readiness.
+"""Wiring of the policy service into the shared server: the PolicyEngine built from settings, its
+servicer and Envoy's ext_authz on the same port, who may call which RPC, readiness, hot reload.
 
-Any mesh workload may ask for decisions and report signals; reloading policy is for operators;
-Envoy calls ext_authz Check.
+Any mesh workload may ask for decisions and report signals; reloading policy is for operators.
+The service is ready once a bundle serves (with the OPA engine, once OPA took it).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+
 from ztmesh._proto.policy.v1 import policy_pb2_grpc
+from ztmesh.audit.client import audit_emitter
+from ztmesh.mesh.auditing import AuditEmitter
 from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import SettingsError
+from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
+from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.spiffe import authorize_member_of, authorize_service_accounts
+from ztmesh.policy.bundle import BundleManager
+from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
+from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.errors import BundleError, ConfigError, EngineError
+from ztmesh.policy.extauthz import AuthorizationServicer
+from ztmesh.policy.inputs import probe_inputs
+from ztmesh.policy.opa_server import OpaServerEngine
+from ztmesh.policy.rego import RegoEngine, RegorusEngine
+from ztmesh.policy.servicer import PolicyServicer
+from ztmesh.policy.settings import PolicySettings
+from ztmesh.policy.signals import MemorySignalStore, RedisSignalStore, SignalStore
+from ztmesh.policy.trust import TrustScorer
+from ztmesh.policy.trust_config import TrustFiles
+from ztmesh.policy.watch import PolicyWatcher, RedisReloadNotifier
 
 SERVICE = "ztmesh.policy.v1.PolicyService"
+AUTHORIZATION = "envoy.service.auth.v3.Authorization"
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: MeshSettings, policy: PolicySettings, audit: AuditEmitter) -> PolicyEngine:
+    """The PolicyEngine of these settings; SettingsError (one line naming the setting) if they are wrong."""
+    if not policy.policy_dir.is_dir():
+        raise SettingsError("ZTMESH_POLICY_DIR", f"{policy.policy_dir} is not a folder")
+    trust_files = TrustFiles(policy.trust_weights, policy.threat_dir)
+    try:
+        scorer = TrustScorer(trust_files.load())
+    except ConfigError as exc:
+        raise SettingsError("ZTMESH_TRUST_WEIGHTS", str(exc)) from None
+    rego: RegoEngine
+    try:
+        rego = (
+            OpaServerEngine(policy.opa_url, timeout_s=policy.opa_timeout)
+            if policy.rego_engine == "opa"
+            else RegorusEngine()
+        )
+    except ValueError as exc:
+        raise SettingsError("ZTMESH_OPA_URL", str(exc)) from None
+    signals: SignalStore = RedisSignalStore(settings.redis_url) if settings.redis_url else MemorySignalStore()
+    cache: DecisionCache | None = None
+    if policy.decision_cache:
+        cache = RedisDecisionCache(settings.redis_url) if settings.redis_url else MemoryDecisionCache()
+    bundles = BundleManager(policy.policy_dir, rego, probe_inputs())
+    try:
+        bundles.reload()
+    except BundleError as exc:
+        raise SettingsError("ZTMESH_POLICY_DIR", f"policy bundle refused: {exc}") from None
+    except EngineError as exc:  # OPA not up yet: not ready until the watcher gets the bundle in
+        log.warning("policy bundle not loaded yet, the service is not ready: %s", exc)
+    return PolicyEngine(bundles, scorer, signals, cache=cache, audit=audit, max_batch=policy.max_batch)
 
 
 def build_app(settings: MeshSettings) -> ServiceApp:
+    policy = load_settings(PolicySettings, section="policy")
+    peers = PeerChannels(settings, "policy")
+    # Every decision is durable in the local spool before it is answered; the spool ships to audit.
+    audit = audit_emitter(settings, "policy", peers)
+    try:
+        engine = build_engine(settings, policy, audit)
+    except BaseException:
+        audit.close()
+        peers.close()
+        raise
+    notifier = RedisReloadNotifier(settings.redis_url) if settings.redis_url else None
+    watcher = PolicyWatcher(
+        engine, TrustFiles(policy.trust_weights, policy.threat_dir), policy.reload_interval, notifier
+    )
+    servicer = PolicyServicer(engine)
+    if notifier is not None:
+        servicer.on_reload = notifier.publish
     members = authorize_member_of(settings.trust_domain)
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     rules = {
@@ -23,12 +100,30 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         f"/{SERVICE}/ReportSignal": members,
         f"/{SERVICE}/GetPolicyInfo": members,
         f"/{SERVICE}/ReloadPolicy": operators,
+        f"/{AUTHORIZATION}/Check": members,  # Envoy gateways and sidecars, each with its workload identity
     }
-    # The implementation lands with the service's own issue; until then every RPC is UNIMPLEMENTED.
-    servicer = policy_pb2_grpc.PolicyServiceServicer()
+
+    def register(server: grpc.Server) -> None:
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(servicer.decide_proto), server)
+
+    def watch(stop: threading.Event) -> None:
+        watcher.start()
+        stop.wait()
+        watcher.stop()
+
+    def close() -> None:
+        engine.engine.close()
+        engine.signals.close()
+        audit.close()
+        peers.close()
+
     return ServiceApp(
         name="policy",
-        register=lambda server: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server),
-        service_names=(SERVICE,),
+        register=register,
+        service_names=(SERVICE, AUTHORIZATION),
         rules=rules,
+        readiness=lambda: engine.bundles.loaded,
+        close=close,
+        background=[watch],
     )

@@ -1,0 +1,308 @@
+"""Policy bundles: read a folder in OPA bundle layout, check it, and swap it in atomically.
+
+A bundle is `.rego` modules, `*_test.rego` tests and `data.json`/`data.yaml` files (data lands at
+the path of its folder, as in OPA). Before a bundle replaces the serving one it must parse, pass
+every Rego test (run in process), and answer each probe request with a well-shaped decision; a
+bundle that fails is refused with a BundleError naming file and line, and the old one keeps
+serving. The revision is a hash of the content, so the same files always give the same revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ztmesh.policy.answer import parse_answer
+from ztmesh.policy.errors import BundleError, EngineError, MalformedDecision
+from ztmesh.policy.rego import (
+    InputPaths,
+    RegoEngine,
+    TestResult,
+    analyse_input_paths,
+    evaluate_rule,
+    new_engine,
+    packages_of,
+    prune,
+    pruning_tree,
+    rule_path,
+    run_tests,
+)
+
+log = logging.getLogger("ztmesh.policy.bundle")
+
+DEFAULT_ENTRYPOINT = "data.ztmesh.authz.decision"
+MAX_BUNDLE_BYTES = 8 * 1024 * 1024
+MAX_FILES = 1000
+DATA_FILES = ("data.json", "data.yaml", "data.yml")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: str
+    modules: Mapping[str, str]  # policy modules: relative path -> source
+    tests: Mapping[str, str]  # *_test.rego
+    data: Mapping[str, Any]  # the merged data document
+    revision: str
+    entrypoint: str = DEFAULT_ENTRYPOINT
+    packages: tuple[str, ...] = ()
+    input_paths: InputPaths | None = None  # None: the policies may read all of the input
+    loaded_at: float = field(default_factory=time.time)
+    _tree: dict[str, Any] | None = None
+
+    def prune(self, document: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The part of `document` the policies can read (all of it when that cannot be bounded)."""
+        return document if self._tree is None else prune(document, self._tree)
+
+    def data_at(self, path: Sequence[str]) -> Any:
+        node: Any = self.data
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+
+def _bundle_files(root: Path) -> list[Path]:
+    """Files of the bundle, skipping hidden entries (a Kubernetes ConfigMap volume keeps its real
+    files under `..<timestamp>/` and links them from the top; the links are what we read)."""
+    if not root.is_dir():
+        raise BundleError(f"policy folder {root} does not exist or is not a folder")
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix == ".rego" or path.name in DATA_FILES:
+            files.append(path)
+    if len(files) > MAX_FILES:
+        raise BundleError(f"{len(files)} files; a bundle holds at most {MAX_FILES}", str(root))
+    return files
+
+
+def _merge(data: dict[str, Any], at: tuple[str, ...], value: Any, file: str) -> None:
+    node = data
+    for key in at:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise BundleError(f"data at {'.'.join(at)} collides with another data file", file)
+    if not isinstance(value, dict):
+        raise BundleError("a data file must hold an object", file)
+    for key, item in value.items():
+        if key in node:
+            raise BundleError(f"data key {'.'.join((*at, key))} is defined twice", file)
+        node[key] = item
+
+
+def read_bundle(root: Path, entrypoint: str = DEFAULT_ENTRYPOINT) -> Bundle:
+    """Read (not yet check) the bundle in `root`."""
+    modules: dict[str, str] = {}
+    tests: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    total = 0
+    for path in _bundle_files(root):
+        rel = path.relative_to(root).as_posix()
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"cannot read: {exc}", rel) from None
+        total += len(content)
+        if total > MAX_BUNDLE_BYTES:
+            raise BundleError(f"the bundle is over {MAX_BUNDLE_BYTES // (1024 * 1024)} MiB", rel)
+        digest.update(rel.encode() + b"\0" + len(content).to_bytes(8, "big") + content)
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"not UTF-8 (byte {exc.start})", rel) from None
+        if path.suffix == ".rego":
+            (tests if path.name.endswith("_test.rego") else modules)[rel] = text
+            continue
+        try:
+            value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"not JSON: {exc.msg}", rel, exc.lineno) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise BundleError(f"not YAML: {exc}", rel, mark.line + 1 if mark else 0) from None
+        _merge(data, tuple(path.relative_to(root).parent.parts), value, rel)
+    if not modules:
+        raise BundleError(f"no policy modules (.rego) in {root}")
+    return Bundle(
+        root=str(root),
+        modules=modules,
+        tests=tests,
+        data=data,
+        revision=digest.hexdigest()[:20],
+        entrypoint=rule_path(entrypoint),
+        packages=packages_of(modules.values()),
+    )
+
+
+def _entrypoint_location(bundle: Bundle) -> tuple[str, int]:
+    """The file and line defining the entrypoint rule, to point at when its answers are wrong."""
+    package, _, rule = bundle.entrypoint.removeprefix("data.").rpartition(".")
+    head = re.compile(rf"^{re.escape(rule)}\b", re.MULTILINE)
+    for path, source in sorted(bundle.modules.items()):
+        if re.search(rf"^package\s+{re.escape(package)}\s*$", source, re.MULTILINE):
+            match = head.search(source)
+            if match:
+                return path, source.count("\n", 0, match.start()) + 1
+    return "", 0
+
+
+def _probe(bundle: Bundle, probes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The first probe answered wrongly, described, or "". The engine stays in this frame: no
+    exception leaves it holding the engine (see rego.new_engine)."""
+    engine = new_engine(bundle.modules, bundle.data)
+    problem = ""
+    for name, probe in probes.items():
+        try:
+            parse_answer(evaluate_rule(engine, bundle.entrypoint, probe))
+        except (EngineError, MalformedDecision) as exc:
+            problem = f"{bundle.entrypoint} answers the probe {name!r} wrongly: {exc}"
+            break
+    del engine
+    return problem
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    bundle: Bundle
+    tests: tuple[TestResult, ...]
+
+    @property
+    def failures(self) -> tuple[TestResult, ...]:
+        return tuple(t for t in self.tests if not t.passed)
+
+
+def check_bundle(
+    bundle: Bundle, probes: Mapping[str, Mapping[str, Any]], require_tests: bool = True, raise_on_failure: bool = True
+) -> CheckReport:
+    """Parse, run the Rego tests, and evaluate the entrypoint on every probe input (name -> input).
+
+    Raises BundleError for the first problem (with `raise_on_failure`, for failing tests too); returns
+    the bundle with its input paths filled in and every test result."""
+    new_engine(bundle.modules, bundle.data)  # parse errors first, with their file and line
+    results = tuple(run_tests(bundle.modules, bundle.tests, bundle.data)) if bundle.tests else ()
+    if require_tests and not results:
+        raise BundleError("the bundle has no Rego tests (*_test.rego with test_ rules); refusing an untested policy")
+    failed = [t for t in results if not t.passed]
+    if failed and raise_on_failure:
+        first = failed[0]
+        summary = f"{len(failed)} of {len(results)} Rego tests failed, first {first.name}: {first.error}"
+        raise BundleError(summary, first.file, first.line)
+    file, line = _entrypoint_location(bundle)
+    if not file:
+        raise BundleError(f"no module defines the entrypoint {bundle.entrypoint}")
+    problem = _probe(bundle, probes)
+    if problem:
+        raise BundleError(problem, file, line)
+    paths = analyse_input_paths(bundle.modules)
+    checked = Bundle(
+        root=bundle.root,
+        modules=bundle.modules,
+        tests=bundle.tests,
+        data=bundle.data,
+        revision=bundle.revision,
+        entrypoint=bundle.entrypoint,
+        packages=bundle.packages,
+        input_paths=paths,
+        loaded_at=bundle.loaded_at,
+        _tree=None if paths is None else pruning_tree(paths),
+    )
+    return CheckReport(checked, results)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    revision: str
+    changed: bool
+    previous: str = ""
+
+
+class BundleManager:
+    """Holds the serving bundle; `reload()` reads the folder again and swaps if the new one passes."""
+
+    def __init__(
+        self,
+        root: Path,
+        engine: RegoEngine,
+        probes: Mapping[str, Mapping[str, Any]],
+        entrypoint: str = DEFAULT_ENTRYPOINT,
+        require_tests: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.engine = engine
+        self.entrypoint = entrypoint
+        self._probes = probes
+        self._require_tests = require_tests
+        self._current: Bundle | None = None
+        self._lock = threading.Lock()  # one reload at a time; readers never wait
+        self._listeners: list[Callable[[Bundle], None]] = []
+        self.last_error = ""
+
+    @property
+    def current(self) -> Bundle:
+        bundle = self._current
+        if bundle is None:
+            raise EngineError("no policy bundle is loaded")
+        return bundle
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    def on_swap(self, listener: Callable[[Bundle], None]) -> None:
+        self._listeners.append(listener)
+
+    def reload(self) -> ReloadResult:
+        """Swap in the folder's bundle if it changed and passes every check; BundleError otherwise."""
+        with self._lock:
+            previous = self._current
+            try:
+                bundle = read_bundle(self.root, self.entrypoint)
+                if previous is not None and bundle.revision == previous.revision:
+                    return ReloadResult(previous.revision, changed=False, previous=previous.revision)
+                checked = check_bundle(bundle, self._probes, self._require_tests).bundle
+                self.engine.install(checked)
+            except (BundleError, EngineError) as exc:
+                self.last_error = str(exc)
+                serving = previous.revision if previous else "nothing"
+                log.error("policy bundle refused, %s keeps serving: %s", serving, exc)
+                raise
+            self._current = checked
+            self.last_error = ""
+        log.info("policy bundle %s serving (was %s)", checked.revision, previous.revision if previous else "none")
+        for listener in self._listeners:
+            listener(checked)
+        return ReloadResult(checked.revision, changed=True, previous=previous.revision if previous else "")
+
+
+def fingerprint(*roots: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector for a set of folders: (path, mtime_ns, size) of every visible file,
+    following links (a ConfigMap update swaps the `..data` link; the stat of each link target moves)."""
+    seen = []
+    for root in roots:
+        if not root.exists():
+            continue
+        candidates = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in candidates:
+            if path != root and any(p.startswith(".") for p in path.relative_to(root).parts):
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if path.is_file():
+                seen.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(seen)

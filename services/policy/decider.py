@@ -1,0 +1,270 @@
+"""The Policy Engine (NIST SP 800-207): validate the request, score trust, evaluate the Rego bundle,
+record the decision to audit, answer. It fails closed: whatever goes wrong — a malformed request,
+an engine error or timeout, an unreachable OPA or Redis, a malformed answer, an audit trail that
+cannot take the record — the answer is DENY with the reason, and no exception escapes `decide`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
+from ztmesh.policy.answer import Answer, parse_answer
+from ztmesh.policy.bundle import Bundle, BundleManager, ReloadResult
+from ztmesh.policy.cache import DecisionCache, cache_key
+from ztmesh.policy.errors import (
+    EngineError,
+    EngineUnavailable,
+    InvalidRequest,
+    MalformedDecision,
+    SignalStoreError,
+    StaleBundle,
+)
+from ztmesh.policy.inputs import rego_input
+from ztmesh.policy.model import Decision, DecisionRequest, Fault, Outcome, Signal
+from ztmesh.policy.signals import SignalStore
+from ztmesh.policy.trust import TrustScorer
+from ztmesh.policy.validation import RequestValidator
+
+log = logging.getLogger("ztmesh.policy.decider")
+
+DEFAULT_CLASSIFICATIONS_PATH = ("ztmesh_pack", "minimum_trust")
+_LOW62 = (1 << 62) - 1
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, version, 74 random bits), time-ordered like the
+    audit event ids; formatted by hand because uuid.UUID costs more than the rest of the id."""
+    value = int.from_bytes(os.urandom(10), "big")
+    value = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (value >> 64 & 0xFFF) << 64 | 0b10 << 62 | value & _LOW62
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class PluginClient(Protocol):
+    """An extra data source for the Rego input (e.g. the lgpd-analyzer plugin's risk), under
+    input.plugins.<name>. An error fails the decision closed."""
+
+    name: str
+
+    def enrich(self, request: DecisionRequest) -> Mapping[str, Any]: ...
+
+
+class PluginFailure(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    engine: str
+    revision: str
+    packages: tuple[str, ...]
+    loaded_at: float
+    trust_revision: str
+    last_error: str
+
+
+class PolicyEngine:
+    """The decision point. Thread-safe: each call works on snapshots of the bundle and trust model."""
+
+    def __init__(
+        self,
+        bundles: BundleManager,
+        scorer: TrustScorer,
+        signals: SignalStore,
+        *,
+        cache: DecisionCache | None = None,
+        audit: AuditEmitter | None = None,
+        plugins: Sequence[PluginClient] = (),
+        validator: RequestValidator | None = None,
+        clock: Callable[[], float] = time.time,
+        classifications_path: Sequence[str] | None = DEFAULT_CLASSIFICATIONS_PATH,
+        max_batch: int = 100,
+    ) -> None:
+        self.bundles = bundles
+        self.engine = bundles.engine
+        self.scorer = scorer
+        self.signals = signals
+        self.cache = cache
+        self.audit = audit
+        self.plugins = tuple(plugins)
+        self.validator = validator or RequestValidator()
+        self.clock = clock
+        self.max_batch = max_batch
+        self._classifications_path = tuple(classifications_path) if classifications_path else None
+        self._classifications: tuple[str, frozenset[str] | None] = ("", None)
+        if cache is not None:
+            bundles.on_swap(lambda _bundle: cache.clear())
+
+    # --- decisions -----------------------------------------------------------------------------
+
+    def _known_classifications(self, bundle: Bundle) -> frozenset[str] | None:
+        revision, known = self._classifications
+        if revision != bundle.revision:
+            table = bundle.data_at(self._classifications_path) if self._classifications_path else None
+            known = frozenset(table) if isinstance(table, Mapping) else None
+            self._classifications = (bundle.revision, known)
+        return known
+
+    def _plugin_data(self, request: DecisionRequest) -> dict[str, Any] | None:
+        if not self.plugins:
+            return None
+        data = {}
+        for plugin in self.plugins:
+            try:
+                data[plugin.name] = dict(plugin.enrich(request))
+            except Exception as exc:  # a data source that fails must not turn into a permission
+                raise PluginFailure(f"plugin {plugin.name} failed: {exc}") from exc
+        return data
+
+    def _answer(self, bundle: Bundle, document: dict[str, Any], version: int) -> tuple[Bundle, Answer, bool]:
+        for _attempt in range(3):
+            pruned = bundle.prune(document)
+            key = cache_key(bundle.revision, version, pruned) if self.cache is not None else ""
+            if self.cache is not None:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    return bundle, hit, True
+            try:
+                raw = self.engine.evaluate(bundle, document, pruned)
+            except StaleBundle:
+                bundle = self.bundles.current  # swapped meanwhile: evaluate on the new one
+                continue
+            answer = parse_answer(raw)
+            if self.cache is not None:
+                self.cache.put(key, answer)
+            return bundle, answer, False
+        raise EngineError("the policy bundle kept changing during evaluation")
+
+    def _decide(self, request: DecisionRequest, now: float, decision_id: str) -> Decision:
+        bundle = self.bundles.current
+        self.validator.validate(request, self._known_classifications(bundle), now)
+        model = self.scorer.model
+        state = self.signals.state(request.subject.id, now, model.config.behaviour.half_lives)
+        trust = self.scorer.score(request, state, now)
+        document = rego_input(request, trust, self._plugin_data(request))
+        bundle, answer, cached = self._answer(bundle, document, state.version)
+        return Decision(
+            outcome=answer.outcome,
+            trust_score=trust.score,
+            factors=trust.factors,
+            reasons=answer.reasons,
+            obligations=answer.obligations,
+            step_up=answer.step_up,
+            policy_revision=bundle.revision,
+            decision_id=decision_id,
+            request_id=request.context.request_id,
+            cached=cached,
+        )
+
+    def _denied(self, request: DecisionRequest, decision_id: str, fault: Fault, reason: str) -> Decision:
+        revision = self.bundles.current.revision if self.bundles.loaded else ""
+        return Decision(
+            Outcome.DENY, 0.0, (), (reason,), policy_revision=revision, decision_id=decision_id,
+            request_id=request.context.request_id, fault=fault,
+        )  # fmt: skip
+
+    def decide(self, request: DecisionRequest, caller: str = "") -> Decision:
+        """The decision for one request, recorded to audit before it is returned. Never raises."""
+        decision_id = new_decision_id()
+        try:
+            decision = self._decide(request, self.clock(), decision_id)
+        except InvalidRequest as exc:
+            decision = self._denied(request, decision_id, Fault.INVALID_REQUEST, f"invalid request: {exc}")
+        except EngineUnavailable as exc:
+            decision = self._denied(request, decision_id, Fault.ENGINE_UNAVAILABLE, f"policy engine unavailable: {exc}")
+        except EngineError as exc:
+            decision = self._denied(request, decision_id, Fault.ENGINE_ERROR, f"policy engine error: {exc}")
+        except MalformedDecision as exc:
+            decision = self._denied(request, decision_id, Fault.MALFORMED_DECISION, f"malformed policy decision: {exc}")
+        except SignalStoreError as exc:
+            decision = self._denied(request, decision_id, Fault.SIGNAL_STORE_ERROR, f"signal store unavailable: {exc}")
+        except PluginFailure as exc:
+            decision = self._denied(request, decision_id, Fault.PLUGIN_ERROR, str(exc))
+        except BaseException as exc:  # a bug (or a native panic) must still answer DENY
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            log.exception("internal error while deciding %s", decision_id)
+            decision = self._denied(request, decision_id, Fault.INTERNAL, f"internal error: {type(exc).__name__}")
+        return self._record(request, decision, caller)
+
+    def refuse(self, request: DecisionRequest, reason: str, caller: str = "") -> Decision:
+        """An audited DENY for a request that could not even be read (e.g. an unknown enum value)."""
+        return self._record(request, self._denied(request, new_decision_id(), Fault.INVALID_REQUEST, reason), caller)
+
+    def decide_batch(self, requests: Sequence[DecisionRequest], caller: str = "") -> list[Decision]:
+        if len(requests) > self.max_batch:
+            raise InvalidRequest("requests", f"{len(requests)} requests; the maximum per batch is {self.max_batch}")
+        return [self.decide(request, caller) for request in requests]
+
+    def _record(self, request: DecisionRequest, decision: Decision, caller: str) -> Decision:
+        if self.audit is None:
+            return decision
+        resource = request.resource
+        event = AuditEvent(
+            service="policy",
+            action="decide",
+            outcome=decision.outcome.name,
+            caller_spiffe_id=caller,
+            subject=request.subject.id,
+            resource=f"{resource.type}/{resource.id}" if resource.id else resource.type,
+            decision_id=decision.decision_id,
+            trace_id=decision.request_id,
+            details={
+                "action": request.action,
+                "classification": resource.classification,
+                "purpose": request.context.purpose,
+                "source_ip": request.context.source_ip,
+                "device_id": request.device.id if request.device else "",
+                "trust_score": decision.trust_score,
+                "factors": {f.name: f.score for f in decision.factors},
+                "reasons": list(decision.reasons),
+                "obligations": list(decision.obligations),
+                "step_up": list(decision.step_up),
+                "policy_revision": decision.policy_revision,
+                "engine": self.engine.name,
+                "fault": decision.fault.value,
+                "cached": decision.cached,
+            },
+        )
+        try:
+            self.audit.emit(event)
+        except Exception as exc:  # no durable record, no permission
+            log.error("audit record of decision %s failed: %s", decision.decision_id, exc)
+            reason = f"audit trail unavailable, decision not recorded: {exc}"
+            return self._denied(request, decision.decision_id, Fault.AUDIT_ERROR, reason)
+        return decision
+
+    # --- signals, info, reload -----------------------------------------------------------------
+
+    def report_signal(self, signal: Signal) -> float:
+        """Record a behaviour signal; return the subject's behaviour factor (0-1) after it.
+        Raises InvalidRequest for a bad signal and SignalStoreError when the store fails."""
+        now = self.clock()
+        kinds = self.scorer.model.config.behaviour.kinds
+        self.validator.validate_signal(signal, kinds.keys(), now)
+        at = signal.time.timestamp() if signal.time is not None else now
+        kind = kinds[signal.kind]
+        self.signals.record(signal.subject_id, signal.kind, signal.severity, at, kind.half_life_s)
+        half_lives = self.scorer.model.config.behaviour.half_lives
+        return self.scorer.behaviour_score(self.signals.state(signal.subject_id, now, half_lives))
+
+    def info(self) -> PolicyInfo:
+        bundle = self.bundles.current if self.bundles.loaded else None
+        return PolicyInfo(
+            engine=self.engine.name,
+            revision=bundle.revision if bundle else "",
+            packages=bundle.packages if bundle else (),
+            loaded_at=bundle.loaded_at if bundle else 0.0,
+            trust_revision=self.scorer.model.revision,
+            last_error=self.bundles.last_error,
+        )
+
+    def reload(self) -> ReloadResult:
+        """Load the bundle folder again (BundleError if it is refused; the old bundle keeps serving)."""
+        return self.bundles.reload()

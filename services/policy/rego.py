@@ -1,0 +1,321 @@
+"""The Rego engine seam and its embedded implementation on regorus (the `gordon-to-regorus` package).
+
+`RegoEngine` is what the decision path calls: `install` a checked bundle, `evaluate` the decision
+rule of an installed bundle. `RegorusEngine` runs in process: one compiled template per bundle,
+cloned once per thread (a regorus Engine holds its input, so threads must not share one). The OPA
+server implementation lives in opa_server.py. Why regorus and not regopy: docs/policy-pack.md.
+
+Also here, because they need the engine's parser: mapping regorus errors to file:line, the input
+paths a bundle's policies can read (so the service hands Rego only those, which is faster and
+makes the decision cache key exact), and the runner of `test_` rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import regorus
+
+from ztmesh.policy.errors import BundleError, EngineError, StaleBundle
+
+_LOCATION = re.compile(r"-->\s*(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+)")
+_MESSAGE = re.compile(r"^error:\s*(?P<message>.+)$", re.MULTILINE)
+_TEST_RULE = re.compile(r"^(?P<name>(?:todo_)?test_[A-Za-z0-9_]*)\b", re.MULTILINE)
+_PACKAGE = re.compile(r"^package\s+(?P<name>[\w.]+)", re.MULTILINE)
+
+
+class CompiledBundle(Protocol):
+    """What engines need of a bundle: its identity, its modules and data, and the rule to query."""
+
+    revision: str
+    modules: Mapping[str, str]
+    data: Mapping[str, Any]
+    entrypoint: str  # e.g. data.ztmesh.authz.decision
+
+
+class RegoEngine(Protocol):
+    name: str
+
+    def install(self, bundle: CompiledBundle) -> None:
+        """Make `bundle` the one evaluated; raise BundleError/EngineError and keep the old one on failure."""
+        ...
+
+    def evaluate(self, bundle: CompiledBundle, document: Mapping[str, Any], pruned: Mapping[str, Any]) -> Any:
+        """The raw value of the bundle's entrypoint for this input (None when undefined).
+
+        `document` is the full input, `pruned` only the paths the policies read: an engine may use
+        either. Raises StaleBundle when `bundle` is no longer installed, EngineError on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def regorus_error(exc: BaseException, default_file: str = "") -> BundleError:
+    """A regorus exception as a BundleError with file and line; the Rust backtrace is dropped."""
+    text = str(exc).split("Stack backtrace:", 1)[0].strip()
+    where = _LOCATION.search(text)
+    message = _MESSAGE.search(text)
+    problem = message.group("message").strip() if message else text.splitlines()[0] if text else repr(exc)
+    if where:
+        return BundleError(problem, where.group("file"), int(where.group("line")))
+    return BundleError(problem, default_file)
+
+
+def new_engine(modules: Mapping[str, str], data: Mapping[str, Any]) -> regorus.Engine:
+    """Parse every module (BundleError naming file:line on a syntax error) and add the data.
+
+    On failure the half-built engine is dropped before raising: an exception's traceback keeps its
+    frames' locals alive, and a regorus Engine freed later by another thread cannot be dropped."""
+    engine = regorus.Engine()
+    error: BundleError | None = None
+    for path, source in sorted(modules.items()):
+        try:
+            engine.add_policy(path, source)
+        except RuntimeError as exc:
+            error = regorus_error(exc, path)
+            break
+    if error is None:
+        try:
+            engine.add_data(dict(data))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            error = BundleError(f"data cannot be loaded: {regorus_error(exc).problem}")
+    if error is not None:
+        del engine
+        raise error
+    return engine
+
+
+def rule_path(entrypoint: str) -> str:
+    return entrypoint if entrypoint.startswith("data.") else "data." + entrypoint.replace("/", ".")
+
+
+def evaluate_rule(engine: regorus.Engine, entrypoint: str, document: Mapping[str, Any]) -> Any:
+    """Set the input and evaluate one rule; None when the rule is undefined for this input."""
+    try:
+        engine.set_input(document)
+        return engine.eval_rule(entrypoint)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        error = regorus_error(exc)
+        raise EngineError(f"rego evaluation failed: {error}") from None
+    except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException, a BaseException
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise EngineError(
+            f"rego engine panicked: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+
+
+# --- which input paths the policies read --------------------------------------------------------
+
+InputPaths = tuple[tuple[str, ...], ...]
+
+
+def _ref_segments(node: dict[str, Any], visit: list[Any]) -> tuple[Any, list[str | None]]:
+    """Unwind a chain of RefDot/RefBrack down to its root; segments from the root, None = dynamic."""
+    segments: list[str | None] = []
+    current: Any = node
+    while isinstance(current, dict) and len(current) == 1:
+        ((kind, body),) = current.items()
+        if kind == "RefDot":
+            segments.append(body["field"][1])
+        elif kind == "RefBrack":
+            index = body["index"]
+            literal = index.get("String") if isinstance(index, dict) else None
+            segments.append(literal["value"] if literal else None)
+            if not literal:
+                visit.append(index)  # the index expression may itself read input
+        else:
+            break
+        current = body["refr"]
+    segments.reverse()
+    return current, segments
+
+
+def input_paths(modules_ast: list[Any]) -> InputPaths | None:
+    """The input paths the modules read, as prefixes (a read of input.a.b[x] reads all of input.a.b).
+    None when some reference cannot be bounded (bare `input`, `input[x]`): then the whole input counts."""
+    paths: set[tuple[str, ...]] = set()
+    pending: list[Any] = [m.get("ast") for m in modules_ast]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if len(node) == 1:
+            ((kind, body),) = node.items()
+            if kind in ("RefDot", "RefBrack"):
+                root, segments = _ref_segments(node, pending)
+                if isinstance(root, dict) and root.get("Var", {}).get("value") == "input":
+                    prefix = []
+                    for segment in segments:
+                        if segment is None:
+                            break
+                        prefix.append(segment)
+                    if not prefix:
+                        return None
+                    paths.add(tuple(prefix))
+                else:
+                    pending.append(root)
+                continue
+            if kind == "Var" and isinstance(body, dict) and body.get("value") == "input":
+                return None
+        pending.extend(node.values())
+    # Keep only the shortest prefixes: reading input.a covers input.a.b.
+    kept = sorted(paths, key=len)
+    minimal: list[tuple[str, ...]] = []
+    for path in kept:
+        if not any(path[: len(p)] == p for p in minimal):
+            minimal.append(path)
+    return tuple(sorted(minimal))
+
+
+def analyse_input_paths(modules: Mapping[str, str]) -> InputPaths | None:
+    engine = new_engine(modules, {})
+    return input_paths(json.loads(engine.get_ast_as_json()))
+
+
+def pruning_tree(paths: InputPaths) -> dict[str, Any]:
+    """{"a": {"b": True}} for the path a.b: True means take the whole value."""
+    tree: dict[str, Any] = {}
+    for path in paths:
+        node = tree
+        for segment in path[:-1]:
+            node = node.setdefault(segment, {})
+        node[path[-1]] = True
+    return tree
+
+
+def prune(document: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, sub in tree.items():
+        if key in document:
+            value = document[key]
+            if sub is True:
+                out[key] = value
+            elif isinstance(value, Mapping):
+                out[key] = prune(value, sub)
+    return out
+
+
+# --- the embedded engine ------------------------------------------------------------------------
+
+
+# Per-thread engines of every RegorusEngine, in one module-level thread-local: a regorus Engine may
+# only be dropped by its own thread, and a thread's locals are dropped by that thread when it ends.
+# (A thread-local owned by a RegorusEngine would be dropped by whichever thread collects it.)
+_THREAD_ENGINES = threading.local()
+_retired: set[int] = set()  # tokens of closed RegorusEngines: each thread drops their engines on next use
+
+
+class RegorusEngine:
+    """In-process Rego on regorus: the default engine, no sidecar.
+
+    A regorus Engine is bound to the thread that made it (pyo3 `unsendable`: using, cloning or even
+    dropping it from another thread fails), so each thread compiles its own engine from the installed
+    bundle's sources, once per revision (under a millisecond for the default pack); installing only
+    records the bundle, after a parse check (check_bundle ran the full checks)."""
+
+    name = "regorus"
+    _tokens = iter(range(1, 1 << 62))
+
+    def __init__(self) -> None:
+        self._bundles: dict[str, CompiledBundle] = {}  # revision -> bundle: the current and the previous
+        self._current = ""
+        self._lock = threading.Lock()
+        self._token = next(self._tokens)
+
+    def install(self, bundle: CompiledBundle) -> None:
+        new_engine(bundle.modules, bundle.data)  # refuse what does not parse before anything changes
+        with self._lock:
+            # Keep the previous bundle too: a decision that picked it just before the swap finishes on it.
+            keep = {rev: b for rev, b in self._bundles.items() if rev == self._current}
+            keep[bundle.revision] = bundle
+            self._bundles = keep
+            self._current = bundle.revision
+
+    def _engine_for(self, revision: str) -> regorus.Engine:
+        engines: dict[tuple[int, str], regorus.Engine] | None = getattr(_THREAD_ENGINES, "engines", None)
+        if engines is None:
+            engines = _THREAD_ENGINES.engines = {}
+        engine = engines.get((self._token, revision))
+        if engine is None:
+            bundle = self._bundles.get(revision)
+            if bundle is None:
+                raise StaleBundle(f"bundle {revision} is no longer installed")
+            try:
+                engine = new_engine(bundle.modules, bundle.data)
+            except BundleError as exc:  # it parsed at install: only a broken engine gets here
+                raise EngineError(f"cannot compile bundle {revision}: {exc}") from exc
+            for token, rev in list(engines):  # this thread's engines of replaced bundles or closed engines
+                if token in _retired or (token == self._token and rev not in self._bundles):
+                    del engines[(token, rev)]
+            engines[(self._token, revision)] = engine
+        return engine
+
+    def evaluate(self, bundle: CompiledBundle, document: Mapping[str, Any], pruned: Mapping[str, Any]) -> Any:
+        return evaluate_rule(self._engine_for(bundle.revision), bundle.entrypoint, pruned)
+
+    def close(self) -> None:
+        self._bundles = {}
+        _retired.add(self._token)
+
+
+# --- Rego unit tests (`test_` rules), run in process -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestResult:
+    name: str  # data.<package>.<rule>
+    file: str
+    line: int
+    passed: bool
+    skipped: bool = False
+    error: str = ""
+
+
+def discover_tests(tests: Mapping[str, str]) -> list[tuple[str, str, int]]:
+    """(rule path, file, line) of every test rule, as `opa test` finds them (rules named test_*)."""
+    found: dict[str, tuple[str, str, int]] = {}
+    for path, source in sorted(tests.items()):
+        package = _PACKAGE.search(source)
+        if not package:
+            continue
+        for match in _TEST_RULE.finditer(source):
+            rule = f"data.{package.group('name')}.{match.group('name')}"
+            line = source.count("\n", 0, match.start()) + 1
+            found.setdefault(rule, (rule, path, line))  # several bodies of one test: the first names it
+    return list(found.values())
+
+
+def run_tests(modules: Mapping[str, str], tests: Mapping[str, str], data: Mapping[str, Any]) -> list[TestResult]:
+    """Evaluate every test rule against the policies and data: a test passes when its rule is true."""
+    engine = new_engine({**modules, **tests}, data)
+    results = []
+    for rule, file, line in discover_tests(tests):
+        if rule.rsplit(".", 1)[1].startswith("todo_"):
+            results.append(TestResult(rule, file, line, passed=True, skipped=True))
+            continue
+        try:
+            engine.set_input({})
+            value = engine.eval_rule(rule)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            error = regorus_error(exc, file)
+            results.append(TestResult(rule, error.file or file, error.line or line, passed=False, error=error.problem))
+            continue
+        # As `opa test`: a test fails when undefined or false; any other value passes.
+        failed = value is None or value is False
+        error = ("undefined" if value is None else "false") if failed else ""
+        results.append(TestResult(rule, file, line, passed=not failed, error=error))
+    return results
+
+
+def packages_of(modules: Iterable[str]) -> tuple[str, ...]:
+    names = {m.group("name") for source in modules for m in _PACKAGE.finditer(source)}
+    return tuple(sorted(names))

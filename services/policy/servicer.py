@@ -1,0 +1,204 @@
+"""PolicyService over gRPC: convert protobuf <-> core types, call the PolicyEngine, map errors.
+
+Decide answers INVALID_ARGUMENT for a malformed request (the decision, a DENY, is audited all the
+same); every other failure is already a DENY with its reason and fault, made by the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+
+from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
+from ztmesh.mesh.interceptors import current_caller
+from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.errors import BundleError, EngineError, InvalidRequest, SignalStoreError
+from ztmesh.policy.model import (
+    Assurance,
+    Decision,
+    DecisionRequest,
+    Device,
+    Fault,
+    Outcome,
+    Registration,
+    RegistrationStatus,
+    RequestContext,
+    Resource,
+    Signal,
+    Subject,
+)
+
+_ASSURANCE = {
+    policy_pb2.ASSURANCE_LEVEL_UNSPECIFIED: Assurance.UNSPECIFIED,
+    policy_pb2.ASSURANCE_LEVEL_LOW: Assurance.LOW,
+    policy_pb2.ASSURANCE_LEVEL_MEDIUM: Assurance.MEDIUM,
+    policy_pb2.ASSURANCE_LEVEL_HIGH: Assurance.HIGH,
+}
+# An unspecified status is no standing at all: only an explicit ACTIVE licenses clinical acts.
+_STATUS = {
+    policy_pb2.REGISTRATION_STATUS_UNSPECIFIED: RegistrationStatus.NONE,
+    policy_pb2.REGISTRATION_STATUS_ACTIVE: RegistrationStatus.ACTIVE,
+    policy_pb2.REGISTRATION_STATUS_SUSPENDED: RegistrationStatus.SUSPENDED,
+    policy_pb2.REGISTRATION_STATUS_EXPIRED: RegistrationStatus.EXPIRED,
+}
+_OUTCOME = {
+    Outcome.ALLOW: policy_pb2.DECISION_ALLOW,
+    Outcome.DENY: policy_pb2.DECISION_DENY,
+    Outcome.CHALLENGE: policy_pb2.DECISION_CHALLENGE,
+}
+_FAULT = {
+    Fault.NONE: policy_pb2.FAULT_UNSPECIFIED,
+    Fault.INVALID_REQUEST: policy_pb2.FAULT_INVALID_REQUEST,
+    Fault.ENGINE_ERROR: policy_pb2.FAULT_ENGINE_ERROR,
+    Fault.ENGINE_UNAVAILABLE: policy_pb2.FAULT_ENGINE_UNAVAILABLE,
+    Fault.MALFORMED_DECISION: policy_pb2.FAULT_MALFORMED_DECISION,
+    Fault.SIGNAL_STORE_ERROR: policy_pb2.FAULT_SIGNAL_STORE_ERROR,
+    Fault.PLUGIN_ERROR: policy_pb2.FAULT_PLUGIN_ERROR,
+    Fault.AUDIT_ERROR: policy_pb2.FAULT_AUDIT_ERROR,
+    Fault.INTERNAL: policy_pb2.FAULT_INTERNAL,
+}
+
+
+def _enum(table: dict[int, Any], value: int, field: str) -> Any:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidRequest(field, f"unknown enum value {value}") from None
+
+
+def request_from_proto(msg: policy_pb2.DecideRequest) -> DecisionRequest:
+    s = msg.subject
+    registration = None
+    if s.HasField("registration"):
+        r = s.registration
+        registration = Registration(
+            r.council, r.region, r.number, _enum(_STATUS, r.status, "subject.registration.status")
+        )
+    device = None
+    if msg.HasField("device"):
+        d = msg.device
+        age = d.patch_age_days if d.HasField("patch_age_days") else None
+        device = Device(d.id, d.managed, d.compliant, d.os, age, d.disk_encrypted, d.endpoint_protection)
+    c = msg.context
+    attributes: dict[str, Any] = {}
+    if msg.HasField("attributes"):
+        attributes = json_format.MessageToDict(msg.attributes)
+    return DecisionRequest(
+        subject=Subject(s.id, tuple(s.roles), s.auth_method, _enum(_ASSURANCE, s.assurance, "subject.assurance"),
+                        registration),
+        resource=Resource(msg.resource.type, msg.resource.classification, msg.resource.id, msg.resource.owner,
+                          tuple(msg.resource.consented_purposes)),
+        action=msg.action,
+        device=device,
+        context=RequestContext(c.source_ip, c.user_agent, c.time.ToDatetime(tzinfo=UTC) if c.HasField("time") else None,
+                               c.purpose, c.request_id),
+        attributes=attributes,
+    )  # fmt: skip
+
+
+def decision_to_proto(decision: Decision) -> policy_pb2.DecideResponse:
+    return policy_pb2.DecideResponse(
+        decision=_OUTCOME[decision.outcome],
+        trust_score=decision.trust_score,
+        factors=[
+            policy_pb2.Factor(name=f.name, score=f.score, weight=f.weight, contribution=f.contribution,
+                              explanation=f.explanation)
+            for f in decision.factors
+        ],
+        reasons=decision.reasons,
+        obligations=decision.obligations,
+        step_up=decision.step_up,
+        policy_revision=decision.policy_revision,
+        decision_id=decision.decision_id,
+        fault=_FAULT[decision.fault],
+        request_id=decision.request_id,
+    )  # fmt: skip
+
+
+def _caller() -> str:
+    caller = current_caller()
+    return str(caller) if caller else ""
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+
+    def decide_proto(self, msg: policy_pb2.DecideRequest, caller: str) -> policy_pb2.DecideResponse:
+        """One decision from a protobuf request (also what ext_authz Check calls). Never raises."""
+        try:
+            request = request_from_proto(msg)
+        except (InvalidRequest, ValueError) as exc:
+            request = DecisionRequest(Subject(msg.subject.id), Resource(msg.resource.type, ""), msg.action)
+            return decision_to_proto(self.engine.refuse(request, f"invalid request: {exc}", caller))
+        return decision_to_proto(self.engine.decide(request, caller))
+
+    def Decide(self, request: policy_pb2.DecideRequest, context: grpc.ServicerContext) -> policy_pb2.DecideResponse:
+        reply = self.decide_proto(request, _caller())
+        if reply.fault == policy_pb2.FAULT_INVALID_REQUEST:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.reasons[0])
+        return reply
+
+    def DecideBatch(
+        self, request: policy_pb2.DecideBatchRequest, context: grpc.ServicerContext
+    ) -> policy_pb2.DecideBatchResponse:
+        if len(request.requests) > self.engine.max_batch:
+            _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT,
+                f"requests: {len(request.requests)} requests; the maximum per batch is {self.engine.max_batch}",
+            )  # fmt: skip
+        caller = _caller()
+        return policy_pb2.DecideBatchResponse(responses=[self.decide_proto(r, caller) for r in request.requests])
+
+    def ReportSignal(
+        self, request: policy_pb2.ReportSignalRequest, context: grpc.ServicerContext
+    ) -> policy_pb2.ReportSignalResponse:
+        signal = Signal(
+            subject_id=request.subject_id,
+            kind=request.kind,
+            severity=request.severity or 1.0,
+            time=request.time.ToDatetime(tzinfo=UTC) if request.HasField("time") else None,
+            source=request.source or _caller(),
+        )
+        try:
+            score = self.engine.report_signal(signal)
+        except InvalidRequest as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except SignalStoreError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        return policy_pb2.ReportSignalResponse(behaviour_score=score)
+
+    def GetPolicyInfo(
+        self, request: policy_pb2.GetPolicyInfoRequest, context: grpc.ServicerContext
+    ) -> policy_pb2.PolicyInfo:
+        info = self.engine.info()
+        loaded = timestamp_pb2.Timestamp()
+        loaded.FromNanoseconds(int(info.loaded_at * 1e9))
+        return policy_pb2.PolicyInfo(
+            engine=info.engine, revision=info.revision, packages=info.packages, loaded_time=loaded,
+            trust_revision=info.trust_revision, last_error=info.last_error,
+        )  # fmt: skip
+
+    def ReloadPolicy(
+        self, request: policy_pb2.ReloadPolicyRequest, context: grpc.ServicerContext
+    ) -> policy_pb2.ReloadPolicyResponse:
+        try:
+            result = self.engine.reload()
+        except BundleError as exc:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, the old one keeps serving: {exc}")
+        except EngineError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        if result.changed and self.on_reload is not None:
+            self.on_reload(result.revision)
+        return policy_pb2.ReloadPolicyResponse(revision=result.revision, changed=result.changed)
+
+    on_reload: Callable[[str], None] | None = None  # e.g. announce the revision to the other replicas

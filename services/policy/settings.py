@@ -1,0 +1,30 @@
+"""Settings of the policy service (environment `ZTMESH_*`, YAML section `policy:`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ztmesh.mesh.settings import one_of, positive, setting
+
+# The shipped pack and trust data beside the sources (a checkout, installed editable): `ztmesh up`
+# works from any folder. An installed image sets ZTMESH_POLICY_DIR & co. to its mounted copies.
+_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    policy_dir: Path = setting(_POLICIES / "rego", doc="Rego bundle folder (OPA layout), hot-reloaded")
+    trust_weights: Path = setting(
+        _POLICIES / "trust" / "weights.json", doc="trust algorithm weights and thresholds (JSON), hot-reloaded"
+    )
+    threat_dir: Path = setting(_POLICIES / "threat", doc="folder of the IP/CIDR lists named in the weights file")
+    rego_engine: str = setting(
+        "embedded", doc="embedded (regorus, in process) or opa (an OPA server at ZTMESH_OPA_URL)",
+        check=one_of("embedded", "opa"),
+    )  # fmt: skip
+    opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")
+    opa_timeout: float = setting(1.0, doc="seconds one OPA query may take before the decision is DENY", check=positive)
+    decision_cache: bool = setting(True, doc="cache policy answers (in Redis when ZTMESH_REDIS_URL is set)")
+    max_batch: int = setting(100, doc="maximum requests in one DecideBatch call", check=positive)
+    reload_interval: float = setting(2.0, doc="seconds between looks at the policy and trust files", check=positive)

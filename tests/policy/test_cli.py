@@ -1,0 +1,65 @@
+"""`ztmesh policy check|test` offline and `ztmesh decide` (in process and against the service)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ztmesh.cli import main
+
+PHYSICIAN = ["--subject", "dr.ana", "--role", "physician", "--auth-method", "pwd,otp", "--assurance", "medium",
+             "--council", "CRM", "--registration", "active", "--type", "chart", "--consent", "treatment",
+             "--purpose", "treatment", "--source-ip", "10.1.2.3", "--device", "d1", "--managed", "--compliant",
+             "--encrypted", "--protected", "--patch-age", "3"]  # fmt: skip
+
+
+def test_policy_test_and_check_on_the_pack(bundle_dir, capsys):
+    assert main(["policy", "test", str(bundle_dir), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "authz_test.rego:" in out and out.strip().endswith("PASS: 16/16")
+    assert main(["policy", "check", str(bundle_dir)]) == 0
+    assert "OK, revision" in capsys.readouterr().out
+
+
+def test_policy_test_names_the_failing_test(bundle_dir, capsys):
+    data = bundle_dir / "data.json"
+    data.write_text(data.read_text().replace('"patient_data": 75', '"patient_data": 80'))
+    assert main(["policy", "test", str(bundle_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "authz_test.rego:46: data.ztmesh.authz_test.test_patient_data_boundary: FAIL (undefined)" in out
+    assert "FAIL: 2/16" in out
+    assert main(["policy", "check", str(bundle_dir)]) == 1
+    assert "authz_test.rego:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("classification", "code", "outcome"),
+    [("patient_data", 0, "allow"), ("research_data", 0, "allow"), ("top_secret", 2, "deny")],
+)
+def test_decide_locally(capsys, classification, code, outcome):
+    assert main(["decide", "--local", "--classification", classification, *PHYSICIAN]) == code
+    assert json.loads(capsys.readouterr().out)["outcome"] == outcome
+
+
+def test_decide_from_a_file_against_the_service(pki, policy_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ZTMESH_CERT_DIR", str(pki.directory))
+    monkeypatch.setenv("ZTMESH_POLICY_ADDR", f"localhost:{policy_server.port}")
+    request = {
+        "subject": {"id": "dr.ana", "roles": ["physician", "on_call"], "auth_method": "pwd", "assurance": "low",
+                    "registration": {"council": "CRM", "status": "active"}},
+        "device": {"id": "d1", "managed": True, "compliant": True, "patch_age_days": 3, "disk_encrypted": True,
+                   "endpoint_protection": True},
+        "resource": {"type": "chart", "classification": "critical_patient_data", "consented_purposes": ["treatment"]},
+        "action": "read",
+        "context": {"source_ip": "10.1.2.3", "user_agent": "cli", "purpose": "treatment"},
+    }  # fmt: skip
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    assert main(["decide", "--file", str(path)]) == 3
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["decision"] == "DECISION_CHALLENGE" and reply["step_up"] == ["mfa", "supervisor_approval"]
+    assert main(["policy", "info"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == "regorus"
+    assert main(["policy", "signal", "dr.ana", "impossible_travel"]) == 0
+    assert json.loads(capsys.readouterr().out)["behaviour_score"] == pytest.approx(0.4)

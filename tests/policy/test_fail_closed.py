@@ -1,0 +1,183 @@
+"""Fail closed: whatever breaks — the OPA server killed mid-run, a policy that errors or answers
+nonsense at run time, an audit trail that cannot record, a failing data source, a bug — the
+decision is DENY with a reason, and no exception escapes."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.policy.conftest import EventLog, physician, with_resource
+from tests.support.servers import start_opa
+from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.model import DecisionRequest, Fault, Outcome
+from ztmesh.policy.opa_server import OpaServerEngine
+
+# A bundle whose decision misbehaves only for some inputs, so it passes its checks and serves.
+TRICKY = """package ztmesh.authz
+
+decision := {"outcome": "permit"} if input.action == "malform"
+else := {"outcome": "allow", "reasons": [sprintf("risk %v", [input.plugins.lgpd.risk])], "obligations": [],
+	"step_up": []} if {
+	input.action == "scan"
+}
+else := {"outcome": "allow", "reasons": ["ok"], "obligations": [], "step_up": []} if {
+	input.action != "vanish"
+	1 / count(input.resource.consented_purposes) > 0
+}
+"""
+TRICKY_TEST = """package ztmesh.authz_test
+
+test_allows if {
+	allowed := {"action": "read", "resource": {"consented_purposes": ["x"]}}
+	data.ztmesh.authz.decision.outcome == "allow" with input as allowed
+}
+"""
+
+
+@pytest.fixture
+def tricky(tmp_path: Path) -> Path:
+    root = tmp_path / "tricky"
+    root.mkdir()
+    (root / "authz.rego").write_text(TRICKY)
+    (root / "authz_test.rego").write_text(TRICKY_TEST)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("action", "consents", "fault", "reason"),
+    [
+        ("read", ("treatment",), Fault.NONE, "ok"),
+        ("malform", ("treatment",), Fault.MALFORMED_DECISION, "malformed policy decision: 'outcome' must be"),
+        ("vanish", ("treatment",), Fault.MALFORMED_DECISION, "malformed policy decision: the decision is undefined"),
+        (
+            "read",
+            (),
+            Fault.ENGINE_ERROR,
+            r"policy engine error: rego evaluation failed: authz.rego:\d+: divide by zero",
+        ),
+    ],
+)
+def test_policy_misbehaving_at_run_time_is_a_deny(make_engine, tricky, action, consents, fault, reason):
+    decision = make_engine(bundle_root=tricky).decide(
+        with_resource(physician(action=action), consented_purposes=consents)
+    )
+    assert decision.fault is fault
+    assert re.match(reason, decision.reasons[0]), decision.reasons
+    assert decision.outcome is (Outcome.ALLOW if fault is Fault.NONE else Outcome.DENY)
+
+
+class Lgpd:
+    """A data source standing in for the lgpd-analyzer plugin client (the plugins service is tested on its own)."""
+
+    name = "lgpd"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def enrich(self, request: DecisionRequest) -> dict[str, Any]:
+        if self.fail:
+            raise ConnectionError("plugins service unreachable")
+        return {"risk": 42}
+
+
+def test_plugin_data_reaches_the_policy_and_a_failing_plugin_denies(make_engine, tricky):
+    assert make_engine(bundle_root=tricky, plugins=[Lgpd()]).decide(physician(action="scan")).reasons == ("risk 42",)
+    decision = make_engine(bundle_root=tricky, plugins=[Lgpd(fail=True)]).decide(physician(action="scan"))
+    assert (decision.outcome, decision.fault) == (Outcome.DENY, Fault.PLUGIN_ERROR)
+    assert decision.reasons == ("plugin lgpd failed: plugins service unreachable",)
+
+
+def test_every_decision_is_audited_before_it_is_returned(make_engine):
+    log = EventLog()
+    engine = make_engine(audit=log)
+    decision = engine.decide(physician(), caller="spiffe://ztmesh.local/ns/ztmesh/sa/envoy")
+    event = log.events[-1]
+    assert (event.decision_id, event.outcome, event.subject, event.resource) == (
+        decision.decision_id, "ALLOW", "dr.ana", "patient_record/p-42",
+    )  # fmt: skip
+    assert event.caller_spiffe_id == "spiffe://ztmesh.local/ns/ztmesh/sa/envoy" and event.trace_id == "req-1"
+    details = event.details
+    assert details["policy_revision"] == decision.policy_revision and details["trust_score"] == decision.trust_score
+    assert details["factors"] == {f.name: f.score for f in decision.factors}
+    assert details["obligations"] == ["encrypt_transmission", "log_all_access"]
+    engine.decide(physician(action=""))
+    assert log.events[-1].outcome == "DENY" and log.events[-1].details["fault"] == "invalid_request"
+
+
+class BrokenAudit:
+    def emit(self, event: object) -> None:
+        raise OSError("spool disk full")
+
+
+def test_no_durable_audit_record_means_deny(make_engine):
+    decision = make_engine(audit=BrokenAudit()).decide(physician())
+    assert (decision.outcome, decision.fault) == (Outcome.DENY, Fault.AUDIT_ERROR)
+    assert decision.reasons == ("audit trail unavailable, decision not recorded: spool disk full",)
+
+
+class ExplodingStore:
+    def state(self, *args: object) -> object:
+        raise ZeroDivisionError("a bug")
+
+    def record(self, *args: object) -> int:
+        raise ZeroDivisionError("a bug")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_bug_is_a_deny_not_an_exception(make_engine):
+    decision = make_engine(signals=ExplodingStore()).decide(physician())
+    assert (decision.outcome, decision.fault, decision.reasons) == (
+        Outcome.DENY, Fault.INTERNAL, ("internal error: ZeroDivisionError",),
+    )  # fmt: skip
+
+
+def test_opa_server_killed_mid_run_denies_with_a_reason(make_engine, opa_bin, tmp_path):
+    # The shared helper's own server (not the opa_server fixture) because this test must kill it.
+    server = start_opa(opa_bin, tmp_path)
+    try:
+        engine: PolicyEngine = make_engine(rego=OpaServerEngine(server.url, timeout_s=0.5))
+        results: list[Any] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    results.append(engine.decide(physician()))
+                except BaseException as exc:  # must never happen: recorded to fail the test
+                    results.append(exc)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        time.sleep(0.3)
+        server.stop()
+        time.sleep(0.5)
+        stop.set()
+        worker.join()
+    finally:
+        server.stop()
+    assert all(not isinstance(r, BaseException) for r in results), [r for r in results if isinstance(r, BaseException)]
+    outcomes = [(r.outcome, r.fault) for r in results]
+    assert (Outcome.ALLOW, Fault.NONE) in outcomes
+    assert outcomes[-1] == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE)
+    assert results[-1].reasons[0].startswith(f"policy engine unavailable: OPA at {server.url} unreachable")
+    # Once down, never an ALLOW again.
+    first_down = outcomes.index((Outcome.DENY, Fault.ENGINE_UNAVAILABLE))
+    assert all(o == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE) for o in outcomes[first_down:])
+
+
+def test_opa_that_lost_the_policies_denies_then_gets_them_again(make_engine, opa_server):
+    engine = make_engine(rego=OpaServerEngine(opa_server))
+    assert engine.decide(physician()).outcome is Outcome.ALLOW
+    requests.delete(f"{opa_server}/v1/policies/ztmesh/authz.rego", timeout=5).raise_for_status()  # as after a restart
+    lost = engine.decide(physician())
+    assert (lost.outcome, lost.fault) == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE)
+    assert engine.decide(physician()).outcome is Outcome.ALLOW
