@@ -30,13 +30,21 @@ RUN groupadd --system --gid 10001 ztmesh \
  && mkdir -p /var/lib/ztmesh \
  && chown 10001:10001 /var/lib/ztmesh
 COPY --from=build /opt/ztmesh /opt/ztmesh
+# The default pack and trust data, so the image answers on its own; Kubernetes mounts the
+# ConfigMaps ztmesh-policies and ztmesh-trust over these paths' settings (k8s/base/policy.yaml).
+COPY policies/rego /usr/share/ztmesh/policies/rego
+COPY policies/trust /usr/share/ztmesh/policies/trust
+COPY policies/threat /usr/share/ztmesh/policies/threat
 # Bytecode was compiled at build time; nothing may be written next to the code at run time.
 ENV PATH=/opt/ztmesh/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     ZTMESH_HOST=0.0.0.0 \
-    ZTMESH_DATA_DIR=/var/lib/ztmesh
+    ZTMESH_DATA_DIR=/var/lib/ztmesh \
+    ZTMESH_POLICY_DIR=/usr/share/ztmesh/policies/rego \
+    ZTMESH_TRUST_WEIGHTS=/usr/share/ztmesh/policies/trust/weights.json \
+    ZTMESH_THREAT_DIR=/usr/share/ztmesh/policies/threat
 WORKDIR /var/lib/ztmesh
 USER 10001:10001
 EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104

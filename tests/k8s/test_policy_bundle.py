@@ -26,6 +26,24 @@ def test_rendered_policy_configmap_equals_policies_rego(render: Callable[[str], 
         assert shipped[path] == content, f"{path} differs between the ConfigMap and policies/rego/"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trust_data_is_mounted_where_the_policy_service_reads_it(
+    render: Callable[[str], Objects], overlay: str
+) -> None:
+    objects = render(overlay)
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ztmesh-trust"]
+    on_disk = {p.name: p.read_text() for folder in sync.TRUST_DIRS for p in folder.iterdir() if p.is_file()}
+    assert configmap["data"] == on_disk, "ztmesh-trust differs from policies/trust/ + policies/threat/"
+    (policy,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "policy"]
+    pod = policy["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "policy"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "ztmesh-trust"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert env["ZTMESH_THREAT_DIR"] == mount["mountPath"]
+    assert env["ZTMESH_TRUST_WEIGHTS"] == f"{mount['mountPath']}/weights.json"
+
+
 @pytest.fixture()
 def repo_copy(tmp_path: Path) -> Path:
     """The kustomize tree (k8s/, deploy/envoy/, policies/) in a scratch folder with its own bundle."""
