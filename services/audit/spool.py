@@ -1,10 +1,14 @@
 """The emitter side of the audit trail: `emit` returns only once an event is durable, and nothing
 acknowledged is ever lost or stored twice.
 
-`emit` hands the event to a committer thread that makes a whole group of concurrent events durable at
-once: straight into audit when the spool is empty and audit answers, otherwise appended to a local
-append-only spool file and fsync'd. A shipper thread sends spooled events in order with retries and
-exponential back-off, and persists its position only after audit acknowledged them. After a crash the
+Concurrent `emit` calls are made durable as a group (leader/follower group commit): the first caller
+with no commit in progress becomes the leader and commits everything queued so far, the others wait and
+the next in line leads the following group. A group goes straight into audit when the spool is empty
+and audit answers, otherwise it is appended to a local append-only spool file and fsync'd. (A committer
+thread would cost two thread wake-ups per event; this costs one per follower and none alone.)
+
+A shipper thread sends spooled events in order with retries and exponential back-off, and persists
+its position only after audit acknowledged them. After a crash the
 spool is replayed from that position: events may be sent twice, and audit's idempotent Append (by event
 id) stores them once — at-least-once delivery plus idempotent storage is exactly-once storage.
 """
@@ -50,12 +54,18 @@ class SpoolSettings:
 
 
 class _Pending:
-    __slots__ = ("event", "done", "error")
+    """One emitted event and its waiting caller. `wake` is a bare lock held until the caller may go on
+    (its event is durable or refused, or it is to lead the next group): a threading.Event's Condition
+    costs several times more, and there is one per decision."""
+
+    __slots__ = ("event", "wake", "error", "lead")
 
     def __init__(self, event: EventV1) -> None:
         self.event = event
-        self.done = threading.Event()
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.error: BaseException | None = None
+        self.lead = False
 
 
 class SpoolEmitter:
@@ -75,16 +85,15 @@ class SpoolEmitter:
             self._lock_file.close()
             raise SpoolLocked(str(settings.directory)) from None
         self.files = SpoolFiles(settings.directory, settings.segment_bytes)  # replays: repairs a torn tail
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # spool space and shipping progress
+        self._queued = threading.Lock()  # guards the queue and the leader flag
         self._queue: list[_Pending] = []
+        self._committing = False  # a leader is committing a group
         self._stopping = threading.Event()
         self._sink_healthy = True
         self.shipped = 0
         self.rejected = 0
-        self._threads = [
-            threading.Thread(target=self._commit_loop, name="audit-spool-commit", daemon=True),
-            threading.Thread(target=self._ship_loop, name="audit-spool-ship", daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._ship_loop, name="audit-spool-ship", daemon=True)]
         for thread in self._threads:
             thread.start()
 
@@ -98,34 +107,39 @@ class SpoolEmitter:
         if self._stopping.is_set():
             raise SpoolError("audit spool is closed")
         pending = _Pending(event)
-        with self._cond:
+        with self._queued:
             self._queue.append(pending)
-            self._cond.notify_all()
-        pending.done.wait()
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            pending.wake.acquire()  # the leader committed our event, or handed us the lead
+            lead = pending.lead
+        if lead:
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
 
-    def _take(self) -> list[_Pending]:
-        with self._cond:
-            while not self._queue and not self._stopping.is_set():
-                self._cond.wait(0.5)
+    def _lead(self, leader: _Pending) -> None:
+        """Commit everything queued (the leader's own event among it), wake those callers, and hand the
+        lead to the first caller that queued meanwhile."""
+        with self._queued:
             batch, self._queue = self._queue, []
-            return batch
-
-    def _commit_loop(self) -> None:
-        while True:
-            batch = self._take()
-            if not batch:
-                if self._stopping.is_set():
-                    return
-                continue
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # each waiter learns why its operation must fail
-                for p in batch:
-                    p.error = exc
+        try:
+            self._commit(batch)
+        except BaseException as exc:  # each waiter learns why its operation must fail
             for p in batch:
-                p.done.set()
+                p.error = exc
+        finally:
+            for p in batch:
+                if p is not leader:
+                    p.wake.release()
+            with self._queued:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.wake.release()
+                else:
+                    self._committing = False
 
     def _commit(self, batch: list[_Pending]) -> None:
         events = [p.event for p in batch]

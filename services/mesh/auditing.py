@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -21,13 +20,23 @@ SCHEMA_VERSION = 1
 log = logging.getLogger("ztmesh.audit.events")
 
 
+_RANDOM_HIGH = (1 << 12) - 1
+_RANDOM_LOW = (1 << 62) - 1
+
+
 def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7): 48-bit Unix milliseconds, then randomness."""
-    millis = time.time_ns() // 1_000_000
-    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
-    raw[6] = (raw[6] & 0x0F) | 0x70
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(raw)))
+    """A time-ordered UUID (RFC 9562 version 7): 48-bit Unix milliseconds, version, 74 random bits.
+
+    Formatted by hand (uuid.UUID costs more than the rest). The bits come from `random`, seeded from
+    the OS and reseeded in every forked child by CPython: ids need to be unique, not secret, and
+    os.urandom is a ~12 us system call on our VMs, paid twice per decision."""
+    bits = random.getrandbits(74)
+    value = (
+        (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (bits >> 62 & _RANDOM_HIGH) << 64 | 0b10 << 62
+        | bits & _RANDOM_LOW
+    )  # fmt: skip
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

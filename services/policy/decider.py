@@ -7,13 +7,12 @@ cannot take the record — the answer is DENY with the reason, and no exception 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
+from ztmesh.mesh.auditing import AuditEmitter, AuditEvent, uuid7
 from ztmesh.policy.answer import Answer, parse_answer
 from ztmesh.policy.bundle import Bundle, BundleManager, ReloadResult
 from ztmesh.policy.cache import DecisionCache, cache_key
@@ -34,16 +33,11 @@ from ztmesh.policy.validation import RequestValidator
 log = logging.getLogger("ztmesh.policy.decider")
 
 DEFAULT_CLASSIFICATIONS_PATH = ("ztmesh_pack", "minimum_trust")
-_LOW62 = (1 << 62) - 1
 
 
 def new_decision_id() -> str:
-    """A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, version, 74 random bits), time-ordered like the
-    audit event ids; formatted by hand because uuid.UUID costs more than the rest of the id."""
-    value = int.from_bytes(os.urandom(10), "big")
-    value = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (value >> 64 & 0xFFF) << 64 | 0b10 << 62 | value & _LOW62
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A UUIDv7, time-ordered like the audit event ids."""
+    return uuid7()
 
 
 class PluginClient(Protocol):
