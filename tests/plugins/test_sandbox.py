@@ -15,7 +15,9 @@ TIGHT = Limits(fuel=50_000_000, timeout_ms=2000, memory_bytes=8 * 1024 * 1024, m
 
 @pytest.fixture
 def sandbox(tmp_path):
-    box = Sandbox(Limits(), cache_dir=tmp_path / "cache")
+    # Fuel maxima far above any call's: a test asking for a deadline must not run out of fuel first on a
+    # fast, idle machine (200M instructions take well under a second).
+    box = Sandbox(Limits(fuel=10**15), cache_dir=tmp_path / "cache")
     yield box
     box.close()
 
