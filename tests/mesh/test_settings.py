@@ -133,3 +133,9 @@ def test_certs_init_writes_a_pki_with_spiffe_ids(tmp_path):
         assert oct((tmp_path / "out" / f"{name}.key").stat().st_mode & 0o777) == "0o600"
     again = run_ztmesh("certs", "init", "--dir", "out", env={}, cwd=tmp_path)
     assert again.returncode == 1 and "pass --force" in again.stderr
+
+
+def test_readme_settings_tables_are_current() -> None:
+    from scripts import settings_tables
+
+    assert settings_tables.main(["--check"]) == 0, "run `python scripts/settings_tables.py`"
