@@ -1,7 +1,9 @@
-"""`ztmesh up` on a fresh folder: a dev PKI is created, all four services come up over mTLS."""
+"""`ztmesh up` on a fresh folder: a dev PKI is created, all four services come up over mTLS, and a
+decision asked with `ztmesh decide` lands in the audit trail (`ztmesh audit query`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,9 +52,35 @@ def test_up_starts_all_four_services_over_mtls(tmp_path):
                 raise AssertionError("plaintext health check on the mTLS port succeeded")
             except grpc.RpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
+        decision_id = _decide_and_find_in_audit(tmp_path, env)
+        assert decision_id
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _ztmesh(cwd, env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ztmesh.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def _decide_and_find_in_audit(cwd, env) -> str:
+    decided = _ztmesh(
+        cwd, env, "decide", "--subject", "dr.up", "--role", "physician", "--auth-method", "pwd,otp",
+        "--assurance", "medium", "--council", "CRM", "--registration", "active", "--device", "laptop-1",
+        "--managed", "--compliant", "--encrypted", "--protected", "--patch-age", "2",
+        "--classification", "internal", "--type", "schedule", "--purpose", "treatment", "--action", "read",
+    )  # fmt: skip
+    assert decided.returncode == 0, decided.stdout + decided.stderr  # exit 0 = ALLOW
+    decision_id = json.loads(decided.stdout)["decision_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the policy service's spool ships to audit in the background
+        found = _ztmesh(cwd, env, "audit", "query", "--subject", "dr.up")
+        assert found.returncode == 0, found.stderr
+        if decision_id in found.stdout:
+            return str(decision_id)
+        time.sleep(0.3)
+    raise AssertionError(f"decision {decision_id} never reached the audit trail")
