@@ -290,11 +290,15 @@ def grpc_section() -> None:
 
     print("-- Decide over gRPC with mTLS, beside the bare echo on the same stack (same request repeated) --")
     paths = {"ZTMESH_POLICY_DIR": str(PACK), "ZTMESH_TRUST_WEIGHTS": str(TRUST.weights),
-             "ZTMESH_THREAT_DIR": str(TRUST.threat_dir)}  # fmt: skip
+             "ZTMESH_THREAT_DIR": str(TRUST.threat_dir), "ZTMESH_LOG_LEVEL": "ERROR"}  # fmt: skip
+    # Each decision is durable before it is answered: with no audit service in this run, in the policy
+    # service's local spool (fsync per group of concurrent decisions), as when audit is unreachable.
+    serve = ["ztmesh.cli", "serve", "policy"]
     setups = [
-        ("Decide, cache off, 1 process", {"ZTMESH_DECISION_CACHE": "false", "ZTMESH_PROCESSES": "1"}),
-        ("Decide, cache on (default), 1 process", {"ZTMESH_PROCESSES": "1"}),
-        ("Decide, cache on (default), 2 processes", {"ZTMESH_PROCESSES": "2"}),
+        ("Decide, cache off, 1 process", serve, {"ZTMESH_DECISION_CACHE": "false", "ZTMESH_PROCESSES": "1"}),
+        ("Decide, cache on (default), 1 process", serve, {"ZTMESH_PROCESSES": "1"}),
+        ("Decide, cache on (default), 2 processes", serve, {"ZTMESH_PROCESSES": "2"}),
+        ("(no audit record: its cost), 1 process", ["bench.policy_without_audit"], {"ZTMESH_PROCESSES": "1"}),
     ]
     with dev_pki() as certs:
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
@@ -305,9 +309,12 @@ def grpc_section() -> None:
                 echo[concurrency] = measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call,
                                                  concurrency)  # fmt: skip
                 print(echo[concurrency].row())
-        for name, env in setups:
+        for name, args, env in setups:
             port = free_port()
-            with server_process(["ztmesh.cli", "serve", "policy"], certs, port, **paths, **env):
+            with (
+                tempfile.TemporaryDirectory(prefix="ztmesh-bench-policy-") as data_dir,
+                server_process(args, certs, port, **paths, **env, ZTMESH_DATA_DIR=data_dir),
+            ):
                 for concurrency in (1, 16, 64):
                     result = measure_grpc(f"{name}, c={concurrency}", f"localhost:{port}", files, decide_call,
                                           concurrency)  # fmt: skip
