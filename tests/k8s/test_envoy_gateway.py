@@ -48,14 +48,23 @@ def _connection_manager(listener: dict[str, Any]) -> dict[str, Any]:
 def test_ext_authz_fails_closed_with_a_deadline() -> None:
     hcm = _connection_manager(_listener(_config(), "gateway"))
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == ["envoy.filters.http.lua", "envoy.filters.http.ext_authz", "envoy.filters.http.router"]
-    ext_authz = hcm["http_filters"][1]["typed_config"]
+    assert names == [
+        "envoy.filters.http.lua",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
+    ext_authz = hcm["http_filters"][2]["typed_config"]
     assert ext_authz["failure_mode_allow"] is False
     assert ext_authz["transport_api_version"] == "V3"
     assert ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "ztmesh_policy"
     assert ext_authz["grpc_service"]["timeout"].endswith("s")
     assert "x-ztmesh-" in hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
     assert hcm["forward_client_cert_details"] == "SANITIZE"
+    # Only a token the jwt_authn filter verified names a user, and the token itself stays at the gateway.
+    assert ext_authz["metadata_context_namespaces"] == ["envoy.filters.http.jwt_authn"]
+    jwt = hcm["http_filters"][1]["typed_config"]
+    assert all(p["forward"] is False and p["payload_in_metadata"] for p in jwt["providers"].values())
 
 
 def test_policy_is_reached_over_mtls_and_only_its_identity_is_trusted() -> None:
@@ -64,6 +73,8 @@ def test_policy_is_reached_over_mtls_and_only_its_identity_is_trusted() -> None:
     assert tls["@type"].endswith("UpstreamTlsContext")
     common = tls["common_tls_context"]
     assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_3"
+    # An Envoy client's default maximum is TLS 1.2: without this bound no version is left to offer.
+    assert common["tls_params"]["tls_maximum_protocol_version"] == "TLSv1_3"
     assert common["tls_certificate_sds_secret_configs"][0]["name"] == "ztmesh_identity"
     sans = common["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
     assert sans == [{"san_type": "URI", "matcher": {"exact": POLICY_ID}}]
