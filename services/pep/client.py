@@ -1,17 +1,23 @@
 """Typed clients of PolicyService.Decide with deadlines, retries on UNAVAILABLE only, and a local
-fail-closed default: when the policy service cannot answer, the verdict is DENY with the reason."""
+fail-closed default: when the policy service cannot answer, the verdict is DENY with the reason.
+
+`PolicyClient`/`AsyncPolicyClient` ask a policy service over gRPC (mTLS). `LocalPolicyClient`/
+`AsyncLocalPolicyClient` ask a decide function in this process (e.g. `PolicyServicer.decide_proto`),
+with the same verdicts and the same fail-closed default, for services that embed the engine and for
+tests. The interceptors take any of them (`Decider` / `AsyncDecider`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 
@@ -60,9 +66,22 @@ class Verdict:
         return cls(Outcome.DENY, reasons=(reason,), local=True)
 
 
+ASSURANCE_LEVELS = {
+    "": policy_pb2.ASSURANCE_LEVEL_UNSPECIFIED,
+    "low": policy_pb2.ASSURANCE_LEVEL_LOW,
+    "medium": policy_pb2.ASSURANCE_LEVEL_MEDIUM,
+    "high": policy_pb2.ASSURANCE_LEVEL_HIGH,
+}
+
+
 @dataclass(frozen=True)
 class AccessRequest:
-    """The common fields of a decision request, without protobuf. `extra` is merged last."""
+    """The common fields of a decision request, without protobuf.
+
+    `auth_method` is how the subject authenticated (`mtls`, `pwd,otp`...), `assurance` one of
+    low/medium/high (empty: unspecified), `device` the posture fields of policy.v1.Device by name
+    (`managed`, `compliant`, `patch_age_days`...): the trust score is computed from them, so a
+    request that leaves them out is trusted little."""
 
     subject_id: str
     action: str
@@ -70,17 +89,34 @@ class AccessRequest:
     classification: str
     resource_id: str = ""
     roles: Sequence[str] = ()
+    auth_method: str = ""
+    assurance: str = ""
+    device: Mapping[str, Any] | None = None
     purpose: str = ""
     consented_purposes: Sequence[str] = ()
     source_ip: str = ""
+    user_agent: str = ""
     request_id: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.assurance not in ASSURANCE_LEVELS:
+            raise ValueError(f"assurance must be one of low, medium, high or empty, not {self.assurance!r}")
 
     def to_proto(self) -> policy_pb2.DecideRequest:
         attributes = struct_pb2.Struct()
         attributes.update(self.attributes)
+        device = None
+        if self.device is not None:
+            device = json_format.ParseDict(dict(self.device), policy_pb2.Device())
         return policy_pb2.DecideRequest(
-            subject=policy_pb2.Subject(id=self.subject_id, roles=list(self.roles)),
+            subject=policy_pb2.Subject(
+                id=self.subject_id,
+                roles=list(self.roles),
+                auth_method=self.auth_method,
+                assurance=ASSURANCE_LEVELS[self.assurance],
+            ),
+            device=device,
             resource=policy_pb2.Resource(
                 type=self.resource_type,
                 id=self.resource_id,
@@ -89,7 +125,10 @@ class AccessRequest:
             ),
             action=self.action,
             context=policy_pb2.RequestContext(
-                purpose=self.purpose, source_ip=self.source_ip, request_id=self.request_id
+                purpose=self.purpose,
+                source_ip=self.source_ip,
+                user_agent=self.user_agent,
+                request_id=self.request_id,
             ),
             attributes=attributes,
         )
@@ -106,7 +145,50 @@ class RetryPolicy:
     backoff: float = 0.05  # doubled after each failed attempt
 
 
+class Decider(Protocol):
+    """What the sync interceptor needs: a verdict for a request, never an exception."""
+
+    def decide(self, request: AccessRequest | policy_pb2.DecideRequest) -> Verdict: ...
+
+
+class AsyncDecider(Protocol):
+    async def decide(self, request: AccessRequest | policy_pb2.DecideRequest) -> Verdict: ...
+
+
+DecideFunction = Callable[[policy_pb2.DecideRequest, str], policy_pb2.DecideResponse]
+
+
+class LocalPolicyClient:
+    """Decisions from a decide function in this process, e.g. `PolicyServicer(engine).decide_proto`;
+    `caller` is the SPIFFE ID recorded as the asker. Anything it raises is a local DENY."""
+
+    def __init__(self, decide: DecideFunction, caller: str = "") -> None:
+        self._decide = decide
+        self._caller = caller
+
+    def decide(self, request: AccessRequest | policy_pb2.DecideRequest) -> Verdict:
+        try:
+            return Verdict.from_proto(self._decide(_as_proto(request), self._caller))
+        except Exception as exc:  # fail closed, whatever broke
+            return Verdict.fail_closed(f"local policy engine error {type(exc).__name__}: {exc}")
+
+
+class AsyncLocalPolicyClient:
+    """`LocalPolicyClient` for asyncio: the decision runs in a worker thread, off the event loop."""
+
+    def __init__(self, decide: DecideFunction, caller: str = "") -> None:
+        self._local = LocalPolicyClient(decide, caller)
+
+    async def decide(self, request: AccessRequest | policy_pb2.DecideRequest) -> Verdict:
+        return await asyncio.to_thread(self._local.decide, request)
+
+
 class PolicyClient:
+    """PolicyService.Decide over a (mTLS) channel. Each attempt has `retry.timeout` as its deadline;
+    only UNAVAILABLE is tried again (up to `retry.attempts`, with backoff). Every other error, and
+    UNAVAILABLE on the last attempt, is a local DENY whose reason names the status: a request the
+    service refuses as malformed (INVALID_ARGUMENT) is therefore a DENY, never an exception."""
+
     def __init__(self, channel: grpc.Channel, retry: RetryPolicy | None = None) -> None:
         self._stub = policy_pb2_grpc.PolicyServiceStub(channel)
         self._retry = retry or RetryPolicy()
@@ -127,6 +209,8 @@ class PolicyClient:
 
 
 class AsyncPolicyClient:
+    """`PolicyClient` for a `grpc.aio` channel, with the same retries and fail-closed verdicts."""
+
     def __init__(self, channel: grpc.aio.Channel, retry: RetryPolicy | None = None) -> None:
         self._stub = policy_pb2_grpc.PolicyServiceStub(channel)
         self._retry = retry or RetryPolicy()

@@ -7,52 +7,103 @@ Which RPC means which action on which kind of resource is a declarative table:
 A DENY aborts with PERMISSION_DENIED, a CHALLENGE with UNAUTHENTICATED; both carry the decision id
 (and the step-up for a challenge) in trailing metadata. Methods not in the table are refused unless
 listed in `public`, so a new RPC is never silently unprotected.
+
+Who the caller is comes from `subject_of(context)`: by default the SPIFFE ID of its mTLS certificate,
+as a workload authenticated by mTLS (high assurance). A service whose callers carry an end user's
+verified token passes its own function returning a `Caller` (roles, authentication, device posture).
+The decision client is any `Decider` (sync) / `AsyncDecider` (aio): a `PolicyClient` over the
+network or a `LocalPolicyClient` around an engine in this process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from ztmesh.mesh.tls import peer_spiffe_id
-from ztmesh.pep.client import AccessRequest, AsyncPolicyClient, Outcome, PolicyClient, Verdict
+from ztmesh.pep.client import AccessRequest, AsyncDecider, Decider, Outcome, Verdict
 
 DECISION_ID_KEY = "x-ztmesh-decision-id"
 STEP_UP_KEY = "x-ztmesh-step-up"
+PURPOSE_KEYS = ("x-processing-purpose", "x-ztmesh-purpose")  # the caller's declared processing purpose
 
 
 @dataclass(frozen=True)
 class Protect:
-    """How one RPC maps onto a decision request."""
+    """How one RPC maps onto a decision request. `consented_purposes`: the purposes the data behind
+    this RPC may be processed for (the pack refuses health data without a consented purpose)."""
 
     action: str
     resource_type: str
     classification: str
     purpose: str = ""
+    consented_purposes: tuple[str, ...] = ()
 
 
-def default_subject(context: grpc.ServicerContext) -> str:
-    """The caller's SPIFFE ID from its mTLS certificate (empty when it has none)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as this service established it."""
+
+    id: str
+    roles: Sequence[str] = ()
+    auth_method: str = ""
+    assurance: str = ""  # low / medium / high, empty when unknown
+    device: Mapping[str, Any] | None = None
+
+
+def default_caller(context: Any) -> Caller:
+    """The caller's SPIFFE ID from its verified mTLS certificate: a workload, strongly authenticated.
+    No certificate is an empty subject, which the policy service refuses."""
     caller = peer_spiffe_id(context)
-    return str(caller) if caller else ""
+    if caller is None:
+        return Caller("")
+    return Caller(str(caller), roles=("workload",), auth_method="mtls", assurance="high")
+
+
+def default_subject(context: Any) -> str:
+    """The caller's SPIFFE ID from its mTLS certificate (empty when it has none)."""
+    return default_caller(context).id
 
 
 def _metadata(context: Any) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def build_request(rule: Protect, method: str, context: Any, subject_of: Callable[[Any], str]) -> AccessRequest:
+def peer_address(context: Any) -> str:
+    """The caller's IP address from `context.peer()` (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`), or empty."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
+def build_request(rule: Protect, method: str, context: Any, subject_of: Callable[[Any], str | Caller]) -> AccessRequest:
     metadata = _metadata(context)
+    caller = subject_of(context)
+    if isinstance(caller, str):
+        caller = Caller(caller)
+    purpose = next((metadata[k] for k in PURPOSE_KEYS if metadata.get(k)), rule.purpose)
     return AccessRequest(
-        subject_id=subject_of(context),
+        subject_id=caller.id,
+        roles=tuple(caller.roles),
+        auth_method=caller.auth_method,
+        assurance=caller.assurance,
+        device=caller.device,
         action=rule.action,
         resource_type=rule.resource_type,
         classification=rule.classification,
         resource_id=method,
-        purpose=metadata.get("x-ztmesh-purpose", rule.purpose),
+        purpose=purpose,
+        consented_purposes=rule.consented_purposes,
+        source_ip=peer_address(context),
+        user_agent=metadata.get("user-agent", ""),
         request_id=metadata.get("x-request-id", ""),
         attributes={"grpc_method": method},
     )
@@ -67,6 +118,10 @@ def _refusal(verdict: Verdict) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
     return grpc.StatusCode.PERMISSION_DENIED, f"denied (decision {verdict.decision_id or 'local'}): {reason}", trailers
 
 
+def _unprotected(method: str) -> Verdict:
+    return Verdict.fail_closed(f"{method} has no enforcement rule")
+
+
 class _Enforcement:
     """What both interceptors share: the method table and how a caller becomes a subject."""
 
@@ -74,7 +129,7 @@ class _Enforcement:
         self,
         rules: Mapping[str, Protect],
         public: Iterable[str] = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"),
-        subject_of: Callable[[Any], str] = default_subject,
+        subject_of: Callable[[Any], str | Caller] = default_caller,
     ) -> None:
         self.rules = dict(rules)
         self.public = frozenset(public)
@@ -95,7 +150,7 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Callable[..., Any]) -> grpc.Rpc
 class PolicyInterceptor(grpc.ServerInterceptor):
     """For `grpc.server(...)` (thread-pool servers)."""
 
-    def __init__(self, client: PolicyClient, rules: Mapping[str, Protect], **options: Any) -> None:
+    def __init__(self, client: Decider, rules: Mapping[str, Protect], **options: Any) -> None:
         self._client = client
         self._enforcement = _Enforcement(rules, **options)
 
@@ -107,10 +162,11 @@ class PolicyInterceptor(grpc.ServerInterceptor):
 
         def check(behavior: Callable[..., Any], kind: str) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-                access = self._enforcement.request(method, context)
-                if access is None:
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} has no enforcement rule")
-                verdict = self._client.decide(access)
+                try:
+                    access = self._enforcement.request(method, context)
+                    verdict = self._client.decide(access) if access is not None else _unprotected(method)
+                except Exception as exc:  # fail closed: a broken enforcement step is a refusal
+                    verdict = Verdict.fail_closed(f"enforcement error {type(exc).__name__}: {exc}")
                 if not verdict.allowed:
                     code, details, trailers = _refusal(verdict)
                     context.set_trailing_metadata(trailers)
@@ -126,7 +182,7 @@ class PolicyInterceptor(grpc.ServerInterceptor):
 class AsyncPolicyInterceptor(grpc.aio.ServerInterceptor):
     """For `grpc.aio.server(...)`; unary-response handlers only need the check once per call."""
 
-    def __init__(self, client: AsyncPolicyClient, rules: Mapping[str, Protect], **options: Any) -> None:
+    def __init__(self, client: AsyncDecider, rules: Mapping[str, Protect], **options: Any) -> None:
         self._client = client
         self._enforcement = _Enforcement(rules, **options)
 
@@ -138,18 +194,17 @@ class AsyncPolicyInterceptor(grpc.aio.ServerInterceptor):
 
         def check(behavior: Callable[..., Any], kind: str) -> Callable[..., Any]:
             async def admit(context: grpc.aio.ServicerContext) -> None:
-                access = self._enforcement.request(method, context)
-                if access is None:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} has no enforcement rule")
-                    return
-                verdict = await self._client.decide(access)
+                try:
+                    access = self._enforcement.request(method, context)
+                    verdict = await self._client.decide(access) if access is not None else _unprotected(method)
+                except Exception as exc:  # fail closed: a broken enforcement step is a refusal
+                    verdict = Verdict.fail_closed(f"enforcement error {type(exc).__name__}: {exc}")
                 if not verdict.allowed:
                     code, details, trailers = _refusal(verdict)
-                    context.set_trailing_metadata(trailers)
-                    await context.abort(code, details)
+                    await context.abort(code, details, trailing_metadata=trailers)
                 context.set_trailing_metadata(((DECISION_ID_KEY, verdict.decision_id),))
 
-            if kind.endswith("_stream"):
+            if kind.endswith("_stream") and inspect.isasyncgenfunction(behavior):
 
                 async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     await admit(context)
@@ -158,9 +213,11 @@ class AsyncPolicyInterceptor(grpc.aio.ServerInterceptor):
 
                 return guarded_stream
 
+            # Unary responses, and streaming handlers written with `await context.write(...)`.
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await admit(context)
-                return await behavior(request, context)
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
 
             return guarded
 

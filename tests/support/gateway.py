@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,24 @@ def listener(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in config["static_resources"]["clusters"] if c["name"] == name)
+
+
+def http_filters(config: dict[str, Any], listener_name: str = "gateway") -> list[dict[str, Any]]:
+    """The HTTP filter chain of a listener's connection manager (a live list: edit it in place)."""
+    hcm = listener(config, listener_name)["filter_chains"][0]["filters"][0]["typed_config"]
+    filters: list[dict[str, Any]] = hcm["http_filters"]
+    return filters
+
+
+def trust_token_keys(jwks: str) -> Callable[[dict[str, Any]], None]:
+    """A config edit that puts an identity provider's keys (JWKS JSON) in place of the shipped placeholder."""
+
+    def edit(config: dict[str, Any]) -> None:
+        jwt = next(f for f in http_filters(config) if f["name"] == "envoy.filters.http.jwt_authn")
+        for provider in jwt["typed_config"]["providers"].values():
+            provider["local_jwks"] = {"inline_string": jwks}
+
+    return edit
 
 
 def wait_for(condition: Any, what: str, deadline_s: float = 30.0) -> None:
@@ -122,8 +140,19 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def run_gateway(envoy_binary: str, root: Path, pki: Path, *, policy_port: int, upstream_port: int) -> Iterator[Gateway]:
-    """Start Envoy on the shipped config with its `envoy` identity from `pki`; stop it afterwards."""
+def run_gateway(
+    envoy_binary: str,
+    root: Path,
+    pki: Path,
+    *,
+    policy_port: int,
+    upstream_port: int,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    concurrency: int = 2,
+) -> Iterator[Gateway]:
+    """Start Envoy on the shipped config with its `envoy` identity from `pki`; stop it afterwards.
+
+    `edit` changes the parsed config after the paths and ports are rewritten (e.g. the token keys)."""
     etc, tls = root / "etc", root / "tls"
     kubelet_secret_volume(
         tls, "v1", {"tls.crt": pki / "envoy.crt", "tls.key": pki / "envoy.key", "ca.crt": pki / "ca.crt"}
@@ -143,6 +172,8 @@ def run_gateway(envoy_binary: str, root: Path, pki: Path, *, policy_port: int, u
         endpoint = cluster(config, name)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
         cluster(config, name)["type"] = "STATIC"
+    if edit is not None:
+        edit(config)
     (etc / CONFIG_NAME).write_text(yaml.safe_dump(config))
     validate = subprocess.run(
         [envoy_binary, "--mode", "validate", "-c", str(etc / CONFIG_NAME), "--disable-hot-restart"],
@@ -162,7 +193,7 @@ def run_gateway(envoy_binary: str, root: Path, pki: Path, *, policy_port: int, u
             "--log-level",
             "warn",
             "--concurrency",
-            "2",
+            str(concurrency),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
