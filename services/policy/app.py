@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -24,11 +25,12 @@ from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.spiffe import authorize_member_of, authorize_service_accounts
 from ztmesh.policy.bundle import BundleManager
 from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
-from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.decider import PluginClient, PolicyEngine
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
 from ztmesh.policy.extauthz import AuthorizationServicer
 from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.opa_server import OpaServerEngine
+from ztmesh.policy.plugin_source import PluginDataSource, parse_specs
 from ztmesh.policy.rego import RegoEngine, RegorusEngine
 from ztmesh.policy.servicer import PolicyServicer
 from ztmesh.policy.settings import PolicySettings
@@ -42,7 +44,17 @@ AUTHORIZATION = "envoy.service.auth.v3.Authorization"
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: MeshSettings, policy: PolicySettings, audit: AuditEmitter) -> PolicyEngine:
+def decision_plugins(policy: PolicySettings, peers: PeerChannels) -> list[PluginDataSource]:
+    try:
+        specs = parse_specs(policy.decision_plugins)
+    except ValueError as exc:
+        raise SettingsError("ZTMESH_DECISION_PLUGINS", str(exc)) from None
+    return [PluginDataSource(spec, lambda: peers.channel("plugins"), policy.plugin_timeout) for spec in specs]
+
+
+def build_engine(
+    settings: MeshSettings, policy: PolicySettings, audit: AuditEmitter, plugins: Sequence[PluginClient] = ()
+) -> PolicyEngine:
     """The PolicyEngine of these settings; SettingsError (one line naming the setting) if they are wrong."""
     if not policy.policy_dir.is_dir():
         raise SettingsError("ZTMESH_POLICY_DIR", f"{policy.policy_dir} is not a folder")
@@ -71,7 +83,7 @@ def build_engine(settings: MeshSettings, policy: PolicySettings, audit: AuditEmi
         raise SettingsError("ZTMESH_POLICY_DIR", f"policy bundle refused: {exc}") from None
     except EngineError as exc:  # OPA not up yet: not ready until the watcher gets the bundle in
         log.warning("policy bundle not loaded yet, the service is not ready: %s", exc)
-    return PolicyEngine(bundles, scorer, signals, cache=cache, audit=audit, max_batch=policy.max_batch)
+    return PolicyEngine(bundles, scorer, signals, cache=cache, audit=audit, plugins=plugins, max_batch=policy.max_batch)
 
 
 def build_app(settings: MeshSettings) -> ServiceApp:
@@ -80,7 +92,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     # Every decision is durable in the local spool before it is answered; the spool ships to audit.
     audit = audit_emitter(settings, "policy", peers)
     try:
-        engine = build_engine(settings, policy, audit)
+        engine = build_engine(settings, policy, audit, decision_plugins(policy, peers))
     except BaseException:
         audit.close()
         peers.close()

@@ -28,3 +28,8 @@ class PolicySettings:
     decision_cache: bool = setting(True, doc="cache policy answers (in Redis when ZTMESH_REDIS_URL is set)")
     max_batch: int = setting(100, doc="maximum requests in one DecideBatch call", check=positive)
     reload_interval: float = setting(2.0, doc="seconds between looks at the policy and trust files", check=positive)
+    decision_plugins: tuple[str, ...] = setting(
+        (), doc="plugins consulted on every decision, `name=plugin:function` (output at input.plugins.<name>)"
+    )
+    plugin_timeout: float = setting(0.5, doc="seconds a decision plugin may take before the decision is DENY",
+                                    check=positive)  # fmt: skip
