@@ -17,6 +17,7 @@ from ztmesh.policy.answer import Answer, parse_answer
 from ztmesh.policy.bundle import Bundle, BundleManager, ReloadResult
 from ztmesh.policy.cache import DecisionCache, cache_key
 from ztmesh.policy.errors import (
+    BundleError,
     EngineError,
     EngineUnavailable,
     InvalidRequest,
@@ -236,7 +237,7 @@ class PolicyEngine:
 
     # --- signals, info, reload -----------------------------------------------------------------
 
-    def report_signal(self, signal: Signal) -> float:
+    def report_signal(self, signal: Signal, caller: str = "") -> float:
         """Record a behaviour signal; return the subject's behaviour factor (0-1) after it.
         Raises InvalidRequest for a bad signal and SignalStoreError when the store fails."""
         now = self.clock()
@@ -246,7 +247,11 @@ class PolicyEngine:
         kind = kinds[signal.kind]
         self.signals.record(signal.subject_id, signal.kind, signal.severity, at, kind.half_life_s)
         half_lives = self.scorer.model.config.behaviour.half_lives
-        return self.scorer.behaviour_score(self.signals.state(signal.subject_id, now, half_lives))
+        score = self.scorer.behaviour_score(self.signals.state(signal.subject_id, now, half_lives))
+        details = {"kind": signal.kind, "severity": signal.severity, "source": signal.source, "at": at,
+                   "behaviour_score": score}  # fmt: skip
+        self._record_admin("policy.signal", "OK", caller, details, subject=signal.subject_id)
+        return score
 
     def info(self) -> PolicyInfo:
         bundle = self.bundles.current if self.bundles.loaded else None
@@ -259,6 +264,27 @@ class PolicyEngine:
             last_error=self.bundles.last_error,
         )
 
-    def reload(self) -> ReloadResult:
-        """Load the bundle folder again (BundleError if it is refused; the old bundle keeps serving)."""
-        return self.bundles.reload()
+    def reload(self, caller: str = "") -> ReloadResult:
+        """Load the bundle folder again (BundleError if it is refused; the old bundle keeps serving).
+        A swap and a refusal are both audited; an engine that is not up yet is not an event."""
+        try:
+            result = self.bundles.reload()
+        except BundleError as exc:
+            self._record_admin("policy.bundle.load", "REFUSED", caller, {"error": str(exc)})
+            raise
+        if result.changed:
+            details = {"revision": result.revision, "previous": result.previous, "engine": self.engine.name}
+            self._record_admin("policy.bundle.load", "OK", caller, details)
+        return result
+
+    def _record_admin(self, action: str, outcome: str, caller: str, details: dict[str, Any], subject: str = "") -> None:
+        """Audit a change to what decisions depend on. Best effort: the change has happened (a signal
+        only lowers trust, a swapped bundle serves), so a failed record is logged, not undone."""
+        if self.audit is None:
+            return
+        event = AuditEvent(service="policy", action=action, outcome=outcome, caller_spiffe_id=caller,
+                           subject=subject, details=details)  # fmt: skip
+        try:
+            self.audit.emit(event)
+        except Exception as exc:
+            log.error("audit record of %s failed: %s", action, exc)

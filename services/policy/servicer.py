@@ -170,7 +170,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             source=request.source or _caller(),
         )
         try:
-            score = self.engine.report_signal(signal)
+            score = self.engine.report_signal(signal, _caller())
         except InvalidRequest as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SignalStoreError as exc:
@@ -192,7 +192,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ReloadPolicyRequest, context: grpc.ServicerContext
     ) -> policy_pb2.ReloadPolicyResponse:
         try:
-            result = self.engine.reload()
+            result = self.engine.reload(_caller())
         except BundleError as exc:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, the old one keeps serving: {exc}")
         except EngineError as exc:

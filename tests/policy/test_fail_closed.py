@@ -111,6 +111,38 @@ def test_every_decision_is_audited_before_it_is_returned(make_engine):
     assert log.events[-1].outcome == "DENY" and log.events[-1].details["fault"] == "invalid_request"
 
 
+def test_signals_and_bundle_changes_are_audited_too(make_engine, bundle_dir):
+    """What decisions depend on is on the record: who lowered whose trust, which bundle came in or was
+    refused, and at whose request."""
+    from ztmesh.policy.errors import BundleError
+    from ztmesh.policy.model import Signal
+
+    log = EventLog()
+    engine = make_engine(bundle_root=bundle_dir, audit=log)
+    operator = "spiffe://ztmesh.local/ns/ztmesh/sa/client"
+    score = engine.report_signal(Signal("dr.ana", "failed_login", 0.5, None, "idp"), caller=operator)
+    signal = log.events[-1]
+    assert (signal.action, signal.outcome, signal.subject, signal.caller_spiffe_id) == (
+        "policy.signal", "OK", "dr.ana", operator,
+    )  # fmt: skip
+    assert signal.details["kind"] == "failed_login" and signal.details["behaviour_score"] == score
+
+    old = engine.bundles.current.revision
+    data = bundle_dir / "data.json"
+    data.write_text(data.read_text().replace('"public": 30', '"public": 31'))
+    engine.reload(caller=operator)
+    loaded = log.events[-1]
+    assert (loaded.action, loaded.outcome) == ("policy.bundle.load", "OK")
+    assert loaded.details["previous"] == old and loaded.details["revision"] == engine.bundles.current.revision
+
+    (bundle_dir / "authz.rego").write_text("package ztmesh.authz\n\ndecision := {")
+    with pytest.raises(BundleError):
+        engine.reload(caller=operator)
+    refused = log.events[-1]
+    assert (refused.action, refused.outcome, refused.caller_spiffe_id) == ("policy.bundle.load", "REFUSED", operator)
+    assert "authz.rego" in refused.details["error"]
+
+
 class BrokenAudit:
     def emit(self, event: object) -> None:
         raise OSError("spool disk full")
