@@ -40,7 +40,7 @@ def _query(args: argparse.Namespace) -> int:
 
     request = audit_pb2.QueryRequest(
         service=args.service, subject=args.subject, action=args.action, outcome=args.outcome,
-        order=_ORDER[args.order], page_size=min(args.limit, 1000),
+        decision_id=args.decision, order=_ORDER[args.order], page_size=min(args.limit, 1000),
     )  # fmt: skip
     if args.since:
         request.start_time.CopyFrom(_time(args.since))
@@ -172,6 +172,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     query = actions.add_parser("query", help="print records as JSON lines (operator certificate)")
     for name in ("service", "subject", "action", "outcome"):
         query.add_argument(f"--{name}", default="", help=f"only records with this {name}")
+    query.add_argument("--decision", default="", help="only the record of this decision id (x-ztmesh-decision-id)")
     query.add_argument("--since", help="event time from (ISO 8601, inclusive)")
     query.add_argument("--until", help="event time until (ISO 8601, exclusive)")
     query.add_argument("--order", choices=list(_ORDER), default="newest")

@@ -30,6 +30,7 @@ CREATE TABLE audit_records (
 CREATE INDEX audit_records_event_id ON audit_records (event_id);
 CREATE INDEX audit_records_time ON audit_records (time);
 CREATE INDEX audit_records_subject ON audit_records (subject, sequence);
+CREATE INDEX audit_records_decision ON audit_records (decision_id) WHERE decision_id <> '';
 CREATE TABLE audit_checkpoints (
     checkpoint_id uuid PRIMARY KEY, kind text NOT NULL CHECK (kind IN ('head', 'prune')),
     sequence bigint NOT NULL, head_hash bytea NOT NULL, time timestamptz NOT NULL, key_id text NOT NULL,

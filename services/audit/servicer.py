@@ -169,7 +169,7 @@ class AuditServicer:
                 start=_datetime(request.start_time) if request.HasField("start_time") else None,
                 end=_datetime(request.end_time) if request.HasField("end_time") else None,
                 service=request.service, subject=request.subject, action=request.action, outcome=request.outcome,
-                newest_first=_ORDERS[request.order],
+                decision_id=request.decision_id, newest_first=_ORDERS[request.order],
             )  # fmt: skip
             page = self.trail.query(where, request.page_token, request.page_size)
         records = [record_to_proto(r) for r in page.records]

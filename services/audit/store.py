@@ -40,6 +40,7 @@ class QueryFilter:
     subject: str = ""
     action: str = ""
     outcome: str = ""
+    decision_id: str = ""
     newest_first: bool = True  # by sequence, i.e. the order audit recorded them
 
 

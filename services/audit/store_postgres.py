@@ -243,7 +243,7 @@ class PostgresAuditStore:
 
     def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
         clauses, params = [], []
-        for column in ("service", "subject", "action", "outcome"):
+        for column in ("service", "subject", "action", "outcome", "decision_id"):
             value = getattr(where, column)
             if value:
                 clauses.append(f"{column} = %s")

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     hash BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time);
 CREATE INDEX IF NOT EXISTS audit_records_subject ON audit_records (subject, sequence);
+CREATE INDEX IF NOT EXISTS audit_records_decision ON audit_records (decision_id) WHERE decision_id <> '';
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     checkpoint_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sequence INTEGER NOT NULL, head_hash BLOB NOT NULL,
     time TEXT NOT NULL, key_id TEXT NOT NULL, key_version INTEGER NOT NULL, algorithm TEXT NOT NULL,
@@ -202,7 +203,7 @@ class SqliteAuditStore:
 
     def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
         clauses, params = [], []
-        for column in ("service", "subject", "action", "outcome"):
+        for column in ("service", "subject", "action", "outcome", "decision_id"):
             value = getattr(where, column)
             if value:
                 clauses.append(f"{column} = ?")

@@ -58,7 +58,7 @@ class PruneResult:
 
 def _fingerprint(where: QueryFilter) -> str:
     body = json.dumps([where.start and where.start.isoformat(), where.end and where.end.isoformat(), where.service,
-                       where.subject, where.action, where.outcome, where.newest_first])  # fmt: skip
+                       where.subject, where.action, where.outcome, where.newest_first, where.decision_id])  # fmt: skip
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

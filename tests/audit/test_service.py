@@ -247,6 +247,20 @@ def _serving(pki, server: MeshServer) -> bool:
     return status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_query_by_decision_id(pki, audit: AuditServer) -> None:
+    """A decision id from an Envoy header or a 403 body finds its record (and only it)."""
+    batch = events(9)
+    GrpcAuditSink(pki.channel("policy", audit.port)).append(batch)
+    wanted = batch[4]
+    stub = audit.stub(pki, "client")
+    found = [r for page in stub.Query(audit_pb2.QueryRequest(decision_id=wanted.decision_id), timeout=10)
+             for r in page.records]  # fmt: skip
+    assert [(r.event.event_id, r.event.decision_id) for r in found] == [(wanted.event_id, wanted.decision_id)]
+    nothing = [r for page in stub.Query(audit_pb2.QueryRequest(decision_id="no-such-decision"), timeout=10)
+               for r in page.records]  # fmt: skip
+    assert nothing == []
+
+
 def test_query_command(pki, audit: AuditServer) -> None:
     GrpcAuditSink(pki.channel("policy", audit.port)).append(events(12))
     env = {**__import__("os").environ, "ZTMESH_CERT_DIR": str(pki.directory),

@@ -78,9 +78,11 @@ def _decide_and_find_in_audit(cwd, env) -> str:
     decision_id = json.loads(decided.stdout)["decision_id"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the policy service's spool ships to audit in the background
-        found = _ztmesh(cwd, env, "audit", "query", "--subject", "dr.up")
+        found = _ztmesh(cwd, env, "audit", "query", "--decision", decision_id)
         assert found.returncode == 0, found.stderr
-        if decision_id in found.stdout:
+        records = [json.loads(line) for line in found.stdout.splitlines()]
+        if records:
+            assert [r["event"]["subject"] for r in records] == ["dr.up"], records
             return str(decision_id)
         time.sleep(0.3)
     raise AssertionError(f"decision {decision_id} never reached the audit trail")
