@@ -291,12 +291,16 @@ def grpc_section() -> None:
     print("-- Decide over gRPC with mTLS, beside the bare echo on the same stack (same request repeated) --")
     paths = {"ZTMESH_POLICY_DIR": str(PACK), "ZTMESH_TRUST_WEIGHTS": str(TRUST.weights),
              "ZTMESH_THREAT_DIR": str(TRUST.threat_dir), "ZTMESH_LOG_LEVEL": "ERROR"}  # fmt: skip
-    # Each decision is durable before it is answered: with no audit service in this run, in the policy
-    # service's local spool (fsync per group of concurrent decisions), as when audit is unreachable.
+    # Each decision is durable before it is answered: stored by the audit service when it answers (the
+    # production path; here an audit service on SQLite shares the two cores), otherwise in the policy
+    # service's local spool, fsync'd per group of concurrent decisions (audit unreachable: the other rows).
+    audit_port = free_port()
     serve = ["ztmesh.cli", "serve", "policy"]
+    to_audit = {"ZTMESH_AUDIT_ADDR": f"localhost:{audit_port}"}
     setups = [
         ("Decide, cache off, 1 process", serve, {"ZTMESH_DECISION_CACHE": "false", "ZTMESH_PROCESSES": "1"}),
         ("Decide, cache on (default), 1 process", serve, {"ZTMESH_PROCESSES": "1"}),
+        ("Decide, cache on, audit service up, 1 process", serve, {"ZTMESH_PROCESSES": "1", **to_audit}),
         ("Decide, cache on (default), 2 processes", serve, {"ZTMESH_PROCESSES": "2"}),
         ("(no audit record: its cost), 1 process", ["bench.policy_without_audit"], {"ZTMESH_PROCESSES": "1"}),
     ]
@@ -309,16 +313,21 @@ def grpc_section() -> None:
                 echo[concurrency] = measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call,
                                                  concurrency)  # fmt: skip
                 print(echo[concurrency].row())
-        for name, args, env in setups:
-            port = free_port()
-            with (
-                tempfile.TemporaryDirectory(prefix="ztmesh-bench-policy-") as data_dir,
-                server_process(args, certs, port, **paths, **env, ZTMESH_DATA_DIR=data_dir),
-            ):
-                for concurrency in (1, 16, 64):
-                    result = measure_grpc(f"{name}, c={concurrency}", f"localhost:{port}", files, decide_call,
-                                          concurrency)  # fmt: skip
-                    print(result.row(echo[concurrency]), "of echo")
+        with (
+            tempfile.TemporaryDirectory(prefix="ztmesh-bench-audit-") as audit_dir,
+            server_process(["ztmesh.cli", "serve", "audit"], certs, audit_port, ZTMESH_DATA_DIR=audit_dir,
+                           ZTMESH_LOG_LEVEL="ERROR"),
+        ):  # fmt: skip
+            for name, args, env in setups:
+                port = free_port()
+                with (
+                    tempfile.TemporaryDirectory(prefix="ztmesh-bench-policy-") as data_dir,
+                    server_process(args, certs, port, **paths, **env, ZTMESH_DATA_DIR=data_dir),
+                ):
+                    for concurrency in (1, 16, 64):
+                        result = measure_grpc(f"{name}, c={concurrency}", f"localhost:{port}", files, decide_call,
+                                              concurrency)  # fmt: skip
+                        print(result.row(echo[concurrency]), "of echo")
     print("   target: Decide at 64 callers >= 0.70x the echo")
 
 
