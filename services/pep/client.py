@@ -62,8 +62,20 @@ class Verdict:
         )
 
     @classmethod
-    def fail_closed(cls, reason: str) -> Verdict:
-        return cls(Outcome.DENY, reasons=(reason,), local=True)
+    def fail_closed(cls, reason: str, decision_id: str = "") -> Verdict:
+        """A DENY made here. `decision_id` is the server's when it refused the request but audited it."""
+        return cls(Outcome.DENY, reasons=(reason,), decision_id=decision_id, local=True)
+
+
+DECISION_ID_TRAILER = "x-ztmesh-decision-id"
+
+
+def _refusal(code: grpc.StatusCode, err: Any) -> Verdict:
+    """The local DENY for a failed call, keeping the decision id the policy service sent in a trailer
+    when it refused a malformed request (its audit record carries the same id)."""
+    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    decision_id = next((str(v) for k, v in trailers or () if k == DECISION_ID_TRAILER), "")
+    return Verdict.fail_closed(f"policy service error {code.name}: {err.details()}", decision_id)
 
 
 ASSURANCE_LEVELS = {
@@ -202,7 +214,7 @@ class PolicyClient:
             except grpc.RpcError as err:
                 # Only UNAVAILABLE is safe and useful to retry; anything else is the answer.
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._retry.attempts:
-                    return Verdict.fail_closed(f"policy service error {err.code().name}: {err.details()}")
+                    return _refusal(err.code(), err)
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
@@ -224,7 +236,7 @@ class AsyncPolicyClient:
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
                 if code != grpc.StatusCode.UNAVAILABLE or attempt == self._retry.attempts:
-                    return Verdict.fail_closed(f"policy service error {code.name}: {err.details()}")
+                    return _refusal(code, err)
             await asyncio.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")

@@ -32,6 +32,7 @@ from ztmesh.policy.model import (
     Subject,
 )
 
+DECISION_ID_TRAILER = "x-ztmesh-decision-id"
 _ASSURANCE = {
     policy_pb2.ASSURANCE_LEVEL_UNSPECIFIED: Assurance.UNSPECIFIED,
     policy_pb2.ASSURANCE_LEVEL_LOW: Assurance.LOW,
@@ -145,6 +146,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def Decide(self, request: policy_pb2.DecideRequest, context: grpc.ServicerContext) -> policy_pb2.DecideResponse:
         reply = self.decide_proto(request, _caller())
         if reply.fault == policy_pb2.FAULT_INVALID_REQUEST:
+            # The refusal is audited as a DENY: its id lets the caller find that record.
+            context.set_trailing_metadata(((DECISION_ID_TRAILER, reply.decision_id),))
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.reasons[0])
         return reply
 

@@ -388,6 +388,7 @@ def test_invalid_argument_is_not_retried_and_is_a_deny(kind, clinic_identity, po
     assert verdict.outcome.name == "DENY" and verdict.local and not verdict.allowed
     assert verdict.reasons[0].startswith("policy service error INVALID_ARGUMENT: ")
     assert "unknown classification 'top_secret'" in verdict.reasons[0]
+    assert len(verdict.decision_id) == 36  # the id of the audited refusal, from the trailer
 
 
 @pytest.mark.parametrize("kind", KINDS)

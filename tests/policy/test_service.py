@@ -78,6 +78,8 @@ def test_bad_request_is_invalid_argument(pki, policy_server, change, message):
         stub(pki, policy_server).Decide(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
+    trailers = dict(info.value.trailing_metadata())
+    assert len(trailers["x-ztmesh-decision-id"]) == 36  # the refusal is audited under this id
 
 
 def test_decide_batch(pki, policy_server):
