@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
+from ztmesh.policy import headers
 
 
 class Outcome(enum.Enum):
@@ -67,14 +68,12 @@ class Verdict:
         return cls(Outcome.DENY, reasons=(reason,), decision_id=decision_id, local=True)
 
 
-DECISION_ID_TRAILER = "x-ztmesh-decision-id"
-
 
 def _refusal(code: grpc.StatusCode, err: Any) -> Verdict:
     """The local DENY for a failed call, keeping the decision id the policy service sent in a trailer
     when it refused a malformed request (its audit record carries the same id)."""
     trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    decision_id = next((str(v) for k, v in trailers or () if k == DECISION_ID_TRAILER), "")
+    decision_id = next((str(v) for k, v in trailers or () if k == headers.DECISION_ID), "")
     return Verdict.fail_closed(f"policy service error {code.name}: {err.details()}", decision_id)
 
 

@@ -26,9 +26,10 @@ import grpc
 
 from ztmesh.mesh.tls import peer_spiffe_id
 from ztmesh.pep.client import AccessRequest, AsyncDecider, Decider, Outcome, Verdict
+from ztmesh.policy import headers
 
-DECISION_ID_KEY = "x-ztmesh-decision-id"
-STEP_UP_KEY = "x-ztmesh-step-up"
+DECISION_ID_KEY = headers.DECISION_ID
+STEP_UP_KEY = headers.STEP_UP
 PURPOSE_KEYS = ("x-processing-purpose", "x-ztmesh-purpose")  # the caller's declared processing purpose
 
 

@@ -22,11 +22,11 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2
+from ztmesh.policy.headers import DECISION_ID, OBLIGATIONS, PREFIX, STEP_UP, TRUST_SCORE
 
 DecideFn = Callable[[policy_pb2.DecideRequest, str], policy_pb2.DecideResponse]
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
-HEADER_PREFIX = "x-ztmesh-"
 PURPOSE_HEADER = "x-processing-purpose"
 METHOD_ACTIONS = {
     "GET": "read",
@@ -140,14 +140,14 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 def decide_to_check(
     decision: policy_pb2.DecideResponse, incoming: Mapping[str, str]
 ) -> external_auth_pb2.CheckResponse:
-    forged = sorted(name for name in incoming if name.lower().startswith(HEADER_PREFIX))
+    forged = sorted(name for name in incoming if name.lower().startswith(PREFIX))
     if decision.decision == policy_pb2.DECISION_ALLOW:
         headers = [
-            _header("x-ztmesh-decision-id", decision.decision_id),
-            _header("x-ztmesh-trust-score", f"{decision.trust_score:.1f}"),
+            _header(DECISION_ID, decision.decision_id),
+            _header(TRUST_SCORE, f"{decision.trust_score:.1f}"),
         ]
         if decision.obligations:
-            headers.append(_header("x-ztmesh-obligations", ",".join(decision.obligations)))
+            headers.append(_header(OBLIGATIONS, ",".join(decision.obligations)))
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=forged),
@@ -155,11 +155,11 @@ def decide_to_check(
     challenge = decision.decision == policy_pb2.DECISION_CHALLENGE
     reason = "; ".join(decision.reasons) or ("step-up required" if challenge else "denied by policy")
     body = {"decision": "CHALLENGE" if challenge else "DENY", "decision_id": decision.decision_id, "reason": reason}
-    headers = [_header("content-type", "application/json"), _header("x-ztmesh-decision-id", decision.decision_id)]
+    headers = [_header("content-type", "application/json"), _header(DECISION_ID, decision.decision_id)]
     if challenge:
         step_up = ",".join(decision.step_up) or "mfa"
         headers += [
-            _header("x-ztmesh-step-up", step_up),
+            _header(STEP_UP, step_up),
             _header("www-authenticate", f'ztmesh-step-up methods="{step_up}"'),
         ]
         body["step_up"] = list(decision.step_up)

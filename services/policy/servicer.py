@@ -15,6 +15,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 from ztmesh.mesh.interceptors import current_caller
+from ztmesh.policy import headers
 from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.errors import BundleError, EngineError, InvalidRequest, SignalStoreError
 from ztmesh.policy.model import (
@@ -32,7 +33,6 @@ from ztmesh.policy.model import (
     Subject,
 )
 
-DECISION_ID_TRAILER = "x-ztmesh-decision-id"
 _ASSURANCE = {
     policy_pb2.ASSURANCE_LEVEL_UNSPECIFIED: Assurance.UNSPECIFIED,
     policy_pb2.ASSURANCE_LEVEL_LOW: Assurance.LOW,
@@ -147,7 +147,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         reply = self.decide_proto(request, _caller())
         if reply.fault == policy_pb2.FAULT_INVALID_REQUEST:
             # The refusal is audited as a DENY: its id lets the caller find that record.
-            context.set_trailing_metadata(((DECISION_ID_TRAILER, reply.decision_id),))
+            context.set_trailing_metadata(((headers.DECISION_ID, reply.decision_id),))
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.reasons[0])
         return reply
 
