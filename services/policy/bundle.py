@@ -9,6 +9,7 @@ serving. The revision is a hash of the content, so the same files always give th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -208,18 +209,7 @@ def check_bundle(
     if problem:
         raise BundleError(problem, file, line)
     paths = analyse_input_paths(bundle.modules)
-    checked = Bundle(
-        root=bundle.root,
-        modules=bundle.modules,
-        tests=bundle.tests,
-        data=bundle.data,
-        revision=bundle.revision,
-        entrypoint=bundle.entrypoint,
-        packages=bundle.packages,
-        input_paths=paths,
-        loaded_at=bundle.loaded_at,
-        _tree=None if paths is None else pruning_tree(paths),
-    )
+    checked = dataclasses.replace(bundle, input_paths=paths, _tree=None if paths is None else pruning_tree(paths))
     return CheckReport(checked, results)
 
 

@@ -36,11 +36,6 @@ log = logging.getLogger("ztmesh.policy.decider")
 DEFAULT_CLASSIFICATIONS_PATH = ("ztmesh_pack", "minimum_trust")
 
 
-def new_decision_id() -> str:
-    """A UUIDv7, time-ordered like the audit event ids."""
-    return uuid7()
-
-
 class PluginClient(Protocol):
     """An extra data source for the Rego input (e.g. the lgpd-analyzer plugin's risk), under
     input.plugins.<name>. An error fails the decision closed."""
@@ -166,7 +161,7 @@ class PolicyEngine:
 
     def decide(self, request: DecisionRequest, caller: str = "") -> Decision:
         """The decision for one request, recorded to audit before it is returned. Never raises."""
-        decision_id = new_decision_id()
+        decision_id = uuid7()
         try:
             decision = self._decide(request, self.clock(), decision_id)
         except InvalidRequest as exc:
@@ -190,7 +185,7 @@ class PolicyEngine:
 
     def refuse(self, request: DecisionRequest, reason: str, caller: str = "") -> Decision:
         """An audited DENY for a request that could not even be read (e.g. an unknown enum value)."""
-        return self._record(request, self._denied(request, new_decision_id(), Fault.INVALID_REQUEST, reason), caller)
+        return self._record(request, self._denied(request, uuid7(), Fault.INVALID_REQUEST, reason), caller)
 
     def decide_batch(self, requests: Sequence[DecisionRequest], caller: str = "") -> list[Decision]:
         if len(requests) > self.max_batch:
