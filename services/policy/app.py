@@ -102,8 +102,6 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         engine, TrustFiles(policy.trust_weights, policy.threat_dir), policy.reload_interval, notifier
     )
     servicer = PolicyServicer(engine)
-    if notifier is not None:
-        servicer.on_reload = notifier.publish
     members = authorize_member_of(settings.trust_domain)
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     rules = {

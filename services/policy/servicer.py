@@ -6,7 +6,6 @@ same); every other failure is already a DENY with its reason and fault, made by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC
 from typing import Any, NoReturn
 
@@ -195,13 +194,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.ReloadPolicyRequest, context: grpc.ServicerContext
     ) -> policy_pb2.ReloadPolicyResponse:
         try:
-            result = self.engine.reload(_caller())
+            result = self.engine.reload(_caller())  # the watcher announces a swap to the other replicas
         except BundleError as exc:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, the old one keeps serving: {exc}")
         except EngineError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        if result.changed and self.on_reload is not None:
-            self.on_reload(result.revision)
         return policy_pb2.ReloadPolicyResponse(revision=result.revision, changed=result.changed)
-
-    on_reload: Callable[[str], None] | None = None  # e.g. announce the revision to the other replicas

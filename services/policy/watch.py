@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ztmesh.policy.bundle import fingerprint
+from ztmesh.policy.bundle import Bundle, fingerprint
 from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
 from ztmesh.policy.trust_config import TrustFiles
@@ -93,9 +93,7 @@ class PolicyWatcher:
             if bundle_print != self._bundle_print or not self.engine.bundles.loaded:
                 self._bundle_print = bundle_print
                 try:
-                    result = self.engine.reload()
-                    if result.changed and self.notifier is not None:
-                        self.notifier.publish(result.revision)
+                    self.engine.reload()
                 except (BundleError, EngineError) as exc:
                     log.error("policy bundle change refused: %s", exc)
             trust_print = self._trust_fingerprint()
@@ -124,9 +122,16 @@ class PolicyWatcher:
             except Exception:  # the watcher must outlive any one bad look
                 log.exception("policy watcher check failed")
 
+    def _announce(self, bundle: Bundle) -> None:
+        if self.notifier is not None and not self._stop.is_set():
+            self.notifier.publish(bundle.revision)
+
     def start(self) -> None:
         if self.notifier is not None:
             self.notifier.subscribe(self._peer_revision)
+            # Every swap is announced, whatever caused it (a file change, ReloadPolicy, a peer's
+            # message: the peers that already serve it ignore the echo).
+            self.engine.bundles.on_swap(self._announce)
         self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
         self._thread.start()
 
