@@ -68,13 +68,7 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
-def sync_handlers() -> grpc.GenericRpcHandler:
-    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-        return b"ok:" + request
-
-    def beds(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        yield from (b"bed-1", b"bed-2")
-
+def _handlers(unary: Callable[..., Any], beds: Callable[..., Any]) -> grpc.GenericRpcHandler:
     unary_handler = grpc.unary_unary_rpc_method_handler(unary)
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -86,6 +80,16 @@ def sync_handlers() -> grpc.GenericRpcHandler:
             "ListBeds": grpc.unary_stream_rpc_method_handler(beds),
         },
     )
+
+
+def sync_handlers() -> grpc.GenericRpcHandler:
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b"ok:" + request
+
+    def beds(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from (b"bed-1", b"bed-2")
+
+    return _handlers(unary, beds)
 
 
 def aio_handlers() -> grpc.GenericRpcHandler:
@@ -96,17 +100,7 @@ def aio_handlers() -> grpc.GenericRpcHandler:
         for bed in (b"bed-1", b"bed-2"):
             yield bed
 
-    unary_handler = grpc.unary_unary_rpc_method_handler(unary)
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "GetStaff": unary_handler,
-            "GetInvoice": unary_handler,
-            "GetIcuChart": unary_handler,
-            "Unlisted": unary_handler,
-            "ListBeds": grpc.unary_stream_rpc_method_handler(beds),
-        },
-    )
+    return _handlers(unary, beds)
 
 
 @dataclass

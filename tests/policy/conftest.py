@@ -186,11 +186,16 @@ def policy_dir(tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture
-def policy_server(pki, tmp_path, policy_dir, monkeypatch):
+def serve_policy_from(monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> None:
+    """Point a policy service built in this test at `policy_dir` and the shipped trust data."""
     monkeypatch.setenv("ZTMESH_POLICY_DIR", str(policy_dir))
     monkeypatch.setenv("ZTMESH_TRUST_WEIGHTS", str(TRUST_FILES.weights))
     monkeypatch.setenv("ZTMESH_THREAT_DIR", str(TRUST_FILES.threat_dir))
+
+
+@pytest.fixture
+def policy_server(pki, tmp_path, policy_dir, monkeypatch):
+    serve_policy_from(monkeypatch, policy_dir)
     settings = settings_for(pki, tmp_path)
     with running(build_app(settings), settings) as server:
         yield server

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from google.protobuf import struct_pb2
 
-from tests.policy.conftest import TRUST_FILES
+from tests.policy.conftest import serve_policy_from
 from tests.policy.test_service import physician, stub
 from tests.support.mesh import running, settings_for
 from tests.support.processes import free_port
@@ -74,9 +74,7 @@ def pii_bundle(tmp_path: Path) -> Path:
 
 
 def policy_settings(pki, tmp_path, monkeypatch, bundle: Path, plugins_port: int, specs: str):
-    monkeypatch.setenv("ZTMESH_POLICY_DIR", str(bundle))
-    monkeypatch.setenv("ZTMESH_TRUST_WEIGHTS", str(TRUST_FILES.weights))
-    monkeypatch.setenv("ZTMESH_THREAT_DIR", str(TRUST_FILES.threat_dir))
+    serve_policy_from(monkeypatch, bundle)
     monkeypatch.setenv("ZTMESH_DECISION_PLUGINS", specs)
     return settings_for(pki, tmp_path / "policy", plugins_addr=f"localhost:{plugins_port}")
 

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
-from tests.policy.conftest import TRUST_FILES
+from tests.policy.conftest import serve_policy_from
 from tests.support.mesh import settings_for
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 from ztmesh.mesh.errors import SettingsError
@@ -142,9 +142,7 @@ def test_ext_authz_check_on_the_same_port(pki, policy_server):
 
 def test_a_bad_bundle_stops_start_up_naming_the_setting(pki, tmp_path, policy_dir, monkeypatch):
     (policy_dir / "authz.rego").write_text("package ztmesh.authz\n\ndecision := {\n")
-    monkeypatch.setenv("ZTMESH_POLICY_DIR", str(policy_dir))
-    monkeypatch.setenv("ZTMESH_TRUST_WEIGHTS", str(TRUST_FILES.weights))
-    monkeypatch.setenv("ZTMESH_THREAT_DIR", str(TRUST_FILES.threat_dir))
+    serve_policy_from(monkeypatch, policy_dir)
     with pytest.raises(SettingsError, match=r"ZTMESH_POLICY_DIR: policy bundle refused: authz.rego:\d+"):
         build_app(settings_for(pki, tmp_path))
 
@@ -155,9 +153,7 @@ def test_decisions_land_in_the_audit_trail(pki, tmp_path, policy_dir, monkeypatc
     from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
     from ztmesh.audit.app import build_app as build_audit_app
 
-    monkeypatch.setenv("ZTMESH_POLICY_DIR", str(policy_dir))
-    monkeypatch.setenv("ZTMESH_TRUST_WEIGHTS", str(TRUST_FILES.weights))
-    monkeypatch.setenv("ZTMESH_THREAT_DIR", str(TRUST_FILES.threat_dir))
+    serve_policy_from(monkeypatch, policy_dir)
     audit_settings = settings_for(pki, tmp_path / "audit")
     with running(build_audit_app(audit_settings), audit_settings) as audit_server:
         settings = settings_for(pki, tmp_path / "policy", audit_addr=f"localhost:{audit_server.port}")
