@@ -36,7 +36,6 @@ from ztmesh.policy.servicer import PolicyServicer
 from ztmesh.policy.settings import PolicySettings
 from ztmesh.policy.signals import MemorySignalStore, RedisSignalStore, SignalStore
 from ztmesh.policy.trust import TrustScorer
-from ztmesh.policy.trust_config import TrustFiles
 from ztmesh.policy.watch import PolicyWatcher, RedisReloadNotifier
 
 SERVICE = "ztmesh.policy.v1.PolicyService"
@@ -58,9 +57,8 @@ def build_engine(
     """The PolicyEngine of these settings; SettingsError (one line naming the setting) if they are wrong."""
     if not policy.policy_dir.is_dir():
         raise SettingsError("ZTMESH_POLICY_DIR", f"{policy.policy_dir} is not a folder")
-    trust_files = TrustFiles(policy.trust_weights, policy.threat_dir)
     try:
-        scorer = TrustScorer(trust_files.load())
+        scorer = TrustScorer(policy.trust_files.load())
     except ConfigError as exc:
         raise SettingsError("ZTMESH_TRUST_WEIGHTS", str(exc)) from None
     rego: RegoEngine
@@ -98,9 +96,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         peers.close()
         raise
     notifier = RedisReloadNotifier(settings.redis_url) if settings.redis_url else None
-    watcher = PolicyWatcher(
-        engine, TrustFiles(policy.trust_weights, policy.threat_dir), policy.reload_interval, notifier
-    )
+    watcher = PolicyWatcher(engine, policy.trust_files, policy.reload_interval, notifier)
     servicer = PolicyServicer(engine)
     members = authorize_member_of(settings.trust_domain)
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)

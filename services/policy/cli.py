@@ -132,13 +132,12 @@ def _decide_locally(request: DecisionRequest) -> int:
     from ztmesh.policy.rego import RegorusEngine
     from ztmesh.policy.signals import MemorySignalStore
     from ztmesh.policy.trust import TrustScorer
-    from ztmesh.policy.trust_config import TrustFiles
 
     settings = _DEFAULTS
     try:
         bundles = BundleManager(settings.policy_dir, RegorusEngine(), probe_inputs())
         bundles.reload()
-        scorer = TrustScorer(TrustFiles(settings.trust_weights, settings.threat_dir).load())
+        scorer = TrustScorer(settings.trust_files.load())
     except (BundleError, ConfigError) as exc:
         return _fail(str(exc))
     decision = PolicyEngine(bundles, scorer, MemorySignalStore()).decide(request)

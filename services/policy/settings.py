@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ztmesh.mesh.settings import one_of, positive, setting
+from ztmesh.policy.trust_config import TrustFiles
 
 # The shipped pack and trust data beside the sources (a checkout, installed editable): `ztmesh up`
 # works from any folder. An installed image sets ZTMESH_POLICY_DIR & co. to its mounted copies.
@@ -33,3 +34,7 @@ class PolicySettings:
     )
     plugin_timeout: float = setting(0.5, doc="seconds a decision plugin may take before the decision is DENY",
                                     check=positive)  # fmt: skip
+
+    @property
+    def trust_files(self) -> TrustFiles:
+        return TrustFiles(self.trust_weights, self.threat_dir)
