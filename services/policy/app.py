@@ -48,7 +48,7 @@ def decision_plugins(policy: PolicySettings, peers: PeerChannels) -> list[Plugin
         specs = parse_specs(policy.decision_plugins)
     except ValueError as exc:
         raise SettingsError("ZTMESH_DECISION_PLUGINS", str(exc)) from None
-    return [PluginDataSource(spec, lambda: peers.channel("plugins"), policy.plugin_timeout) for spec in specs]
+    return [PluginDataSource(spec, peers.channel("plugins"), policy.plugin_timeout) for spec in specs]
 
 
 def build_engine(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,22 +49,20 @@ def parse_specs(specs: tuple[str, ...]) -> list[PluginSpec]:
 
 
 class PluginDataSource:
-    """One plugin function called through PluginService.Execute over mTLS (`channel_of` returns the
-    current channel, so rotated certificates are picked up)."""
+    """One plugin function called through PluginService.Execute over mTLS."""
 
-    def __init__(self, spec: PluginSpec, channel_of: Callable[[], grpc.Channel], timeout_s: float) -> None:
+    def __init__(self, spec: PluginSpec, channel: grpc.Channel, timeout_s: float) -> None:
         self.name = spec.name
         self.spec = spec
-        self._channel_of = channel_of
+        self._stub = plugins_pb2_grpc.PluginServiceStub(channel)
         self._timeout = timeout_s
 
     def enrich(self, request: DecisionRequest) -> Mapping[str, Any]:
-        stub = plugins_pb2_grpc.PluginServiceStub(self._channel_of())
         call = plugins_pb2.ExecuteRequest(
             name=self.spec.plugin, function=self.spec.function, input_json=json.dumps(request.attributes)
         )
         try:
-            reply = stub.Execute(call, timeout=self._timeout)
+            reply = self._stub.Execute(call, timeout=self._timeout)
         except grpc.RpcError as err:
             raise RuntimeError(f"{err.code().name}: {err.details()}") from None  # type: ignore[attr-defined]
         output = json.loads(reply.output_json)

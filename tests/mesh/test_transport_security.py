@@ -101,3 +101,26 @@ def _server_certificate_serial(pki, port: int) -> int:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             der = tls.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_stubs_on_peer_channels_follow_a_client_certificate_rotation(pki, server, tmp_path):
+    """A client built once (e.g. the audit emitter's sink) keeps working after its workload's certificate
+    is rotated and the connection made with the old one is closed."""
+    import time
+
+    from ztmesh.mesh.peers import PeerChannels
+
+    cert_dir = tmp_path / "client-certs"
+    shutil.copytree(pki.directory, cert_dir)
+    settings = settings_for(pki, tmp_path, cert_dir=cert_dir, keys_addr=f"localhost:{server.port}")
+    peers = PeerChannels(settings, "policy", recheck_s=0.0, retire_after_s=0.05)
+    try:
+        stub = echo_pb2_grpc.EchoServiceStub(peers.channel("keys"))
+        assert stub.Echo(echo_pb2.EchoRequest(message="before"), timeout=5).message == "before"
+        Pki(cert_dir).issue("policy")  # cert-manager writes the renewed certificate in place
+        time.sleep(0.05)
+        assert stub.Echo(echo_pb2.EchoRequest(message="rotated"), timeout=5).message == "rotated"
+        time.sleep(0.3)  # the connection made with the old certificate is closed by now
+        assert stub.Echo(echo_pb2.EchoRequest(message="after"), timeout=5).message == "after"
+    finally:
+        peers.close()
