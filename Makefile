@@ -38,7 +38,7 @@ bench:
 
 lint:
 	ruff check services tests bench scripts
-	mypy services
+	mypy services tests
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache plugins/build

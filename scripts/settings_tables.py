@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ztmesh.audit.settings import AuditSettings
@@ -39,12 +40,16 @@ def table(cls: type) -> str:
     return "\n".join(rows)
 
 
+def _block_filler(rendered: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: m.group(1) + rendered + "\n" + m.group(2)
+
+
 def render(readme: str) -> str:
     for name, cls in TABLES.items():
         pattern = re.compile(rf"(<!-- settings:{name} -->\n).*?(<!-- /settings:{name} -->)", re.DOTALL)
         if not pattern.search(readme):
             raise SystemExit(f"settings_tables: README.md has no <!-- settings:{name} --> block")
-        readme = pattern.sub(lambda m, c=cls: m.group(1) + table(c) + "\n" + m.group(2), readme)
+        readme = pattern.sub(_block_filler(table(cls)), readme)
     return readme
 
 

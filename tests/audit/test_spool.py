@@ -29,7 +29,8 @@ def settings(tmp_path: Path, **overrides) -> SpoolSettings:
 
 def stored_ids(backend: Backend) -> list[str]:
     store = backend.store()
-    ids, token_after = [], 0
+    ids: list[str] = []
+    token_after = 0
     while True:
         page = store.query(QueryFilter(newest_first=False), token_after, 1000)
         if not page:
@@ -126,7 +127,12 @@ def test_a_full_spool_can_block_until_audit_returns(backend: Backend, tmp_path: 
         emitter.emit_event(event(filled))
         filled += 1
     done = threading.Event()
-    blocked = threading.Thread(target=lambda: (emitter.emit_event(event(999)), done.set()))
+
+    def emit_then_signal() -> None:
+        emitter.emit_event(event(999))
+        done.set()
+
+    blocked = threading.Thread(target=emit_then_signal)
     blocked.start()
     assert not done.wait(0.5)  # waits for room instead of failing
     backend.end_outage(outage)

@@ -100,6 +100,7 @@ def _server_certificate_serial(pki, port: int) -> int:
     with socket.create_connection(("localhost", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
             der = tls.getpeercert(binary_form=True)
+    assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ class _TlsServer(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 tls.close()
 
-    def shutdown_request(self, request: socket.socket) -> None:  # the TLS socket was closed above
+    def shutdown_request(self, request: Any) -> None:  # the TLS socket was closed above
         with contextlib.suppress(OSError):
             request.close()
 
