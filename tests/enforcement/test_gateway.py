@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.enforcement.conftest import PolicyService
 from tests.support.gateway import Gateway, run_gateway, trust_token_keys, wait_for
 from tests.support.mesh import Pki
+from tests.support.policy_service import PolicyService
 from tests.support.tokens import TokenIssuer, clinician
 from tests.support.upstream import Upstream, run_upstream
 

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.enforcement.conftest import PolicyService
 from tests.support.mesh import Pki, settings_for
+from tests.support.policy_service import PolicyService
 from ztmesh.mesh.auditing import LogAuditEmitter
 from ztmesh.mesh.tls import TlsFiles, client_credentials
 from ztmesh.pep import (

@@ -85,18 +85,19 @@ def test_policy_is_reached_over_mtls_and_only_its_identity_is_trusted() -> None:
 def test_every_route_is_labelled_for_the_policy() -> None:
     hcm = _connection_manager(_listener(_config(), "gateway"))
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes[-1]["match"] == {"prefix": "/"}, "a catch-all route keeps unlabelled paths behind ext_authz"
-    for route in routes:
+    for route in routes[:-1]:
+        # Whole segments in any letter case: /api/icu, /API/ICU/7 and /api/icu?bed=7 are all the ICU route.
+        assert set(route["match"]) == {"path_separated_prefix", "case_sensitive"}, route["match"]
+        assert route["match"]["case_sensitive"] is False, route["match"]
         per_route = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
         assert not per_route.get("disabled"), route["match"]
         labels = per_route["check_settings"]["context_extensions"]
         assert labels["classification"] in CLASSIFICATIONS and labels["resource_type"], route["match"]
-    assert (
-        routes[-1]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"][
-            "classification"
-        ]
-        == "confidential"
-    )
+    # A path no route declares is answered 404 by the gateway, never served under a guessed label.
+    assert routes[-1]["match"] == {"prefix": "/"}
+    assert routes[-1]["direct_response"]["status"] == 404 and "route" not in routes[-1]
+    assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+    assert hcm["path_with_escaped_slashes_action"] in ("UNESCAPE_AND_REDIRECT", "REJECT_REQUEST")
 
 
 def test_admin_interface_stays_on_loopback() -> None:
@@ -142,7 +143,7 @@ def test_stats_listener_exposes_readiness_and_metrics_only(gateway: Gateway) -> 
 
 
 def test_unreachable_policy_service_fails_closed(gateway: Gateway) -> None:
-    for path in ("/api/patients/42", "/public/index.html", "/anything"):
+    for path in ("/api/patients/42", "/public/index.html", "/API/Staff"):
         status, _, _ = gateway.request("GET", path, {"x-ztmesh-decision-id": "forged", "x-ztmesh-trust-score": "100"})
         assert status == 503, path
     assert gateway.stat("http.gateway.ext_authz.error") >= 3
