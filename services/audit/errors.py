@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ztmesh.mesh.errors import AuditUnavailable
+
 
 class AuditError(Exception):
     """Root of every audit error."""
@@ -23,7 +25,10 @@ class InvalidEvent(AuditError):
 
 class BatchTooLarge(AuditError):
     def __init__(self, count: int, limit: int) -> None:
-        super().__init__(f"a batch holds {count} events; at most {limit} are accepted per call")
+        self.limit = limit
+        super().__init__(
+            f"a batch holds {count} events; at most {limit} are accepted per call (ZTMESH_AUDIT_MAX_BATCH)"
+        )
 
 
 class DuplicateInBatch(AuditError):
@@ -59,7 +64,7 @@ class PruneRefused(AuditError):
     """Retention would destroy records whose chain does not verify, or nothing old enough exists."""
 
 
-class SpoolError(AuditError):
+class SpoolError(AuditError, AuditUnavailable):
     """The emitter-side spool cannot make an event durable."""
 
 
@@ -76,8 +81,17 @@ class SpoolLocked(SpoolError):
         super().__init__(f"audit spool {path} is in use by another process; give each emitter its own spool")
 
 
-class SinkUnavailable(AuditError):
+class SinkUnavailable(AuditError, AuditUnavailable):
     """The audit sink could not be reached; the batch may or may not have been stored (retry it)."""
+
+
+class BatchRefused(SinkUnavailable):
+    """The sink refused a batch as a whole without naming an event (e.g. more events than it takes per
+    call): smaller batches will do. `limit` is the receiver's maximum batch when it said so, else 0."""
+
+    def __init__(self, problem: str, limit: int = 0) -> None:
+        self.limit = limit
+        super().__init__(problem)
 
 
 class EventRejected(AuditError):

@@ -25,6 +25,7 @@ from ztmesh.mesh.interceptors import current_caller
 
 SERVICE = "ztmesh.audit.v1.AuditService"
 EVENT_ID_METADATA = "ztmesh-event-id"  # trailing metadata naming the event a refusal is about
+MAX_BATCH_METADATA = "ztmesh-max-batch"  # trailing metadata of a too-large batch: how many events fit per call
 _RECORDS_PER_MESSAGE = 100
 
 # One place decides which core error becomes which status code.
@@ -74,6 +75,8 @@ def _status(context: grpc.ServicerContext) -> Iterator[None]:
         event_id = getattr(exc, "event_id", "")
         if event_id:
             context.set_trailing_metadata(((EVENT_ID_METADATA, event_id),))
+        if isinstance(exc, errors.BatchTooLarge):  # so an emitter can size its batches to this receiver
+            context.set_trailing_metadata(((MAX_BATCH_METADATA, str(exc.limit)),))
         context.abort(code, str(exc))
 
 

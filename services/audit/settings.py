@@ -45,3 +45,7 @@ class AuditSettings:
         check=one_of("fail", "block"),
     )  # fmt: skip
     audit_spool_block_timeout: float = setting(30.0, doc="`block` gives up after this many seconds", check=positive)
+    audit_append_timeout: float = setting(
+        0.5, doc="seconds an operation waits for audit itself before its event goes to the spool instead",
+        check=positive,
+    )  # fmt: skip

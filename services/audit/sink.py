@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ztmesh.audit.errors import AuditError, EventRejected, InvalidEvent, SinkUnavailable, StoreError
+from ztmesh.audit.errors import (
+    AuditError,
+    BatchRefused,
+    BatchTooLarge,
+    EventRejected,
+    InvalidEvent,
+    SinkUnavailable,
+    StoreError,
+)
 from ztmesh.audit.record import EventV1
 from ztmesh.audit.store import AppendResult
 
@@ -33,13 +41,15 @@ class LocalSink:
                 raise SinkUnavailable(str(exc)) from None
         return self.target
 
-    def append(self, events: Sequence[EventV1]) -> list[AppendResult]:
-        target = self._open()
+    def append(self, events: Sequence[EventV1], timeout: float | None = None) -> list[AppendResult]:
+        target = self._open()  # in-process: no deadline to apply
         try:
             return target.append(events, self.emitter)
         except InvalidEvent as exc:
             raise EventRejected(exc.event_id, str(exc)) from None
+        except BatchTooLarge as exc:
+            raise BatchRefused(str(exc), exc.limit) from None
         except StoreError as exc:
             raise SinkUnavailable(str(exc)) from None
-        except AuditError as exc:  # e.g. a batch over the limit: not the events' fault, retry smaller later
+        except AuditError as exc:  # not the events' fault: retry later
             raise SinkUnavailable(str(exc)) from None

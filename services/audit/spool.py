@@ -4,18 +4,22 @@ acknowledged is ever lost or stored twice.
 Concurrent `emit` calls are made durable as a group (leader/follower group commit): the first caller
 with no commit in progress becomes the leader and commits everything queued so far, the others wait and
 the next in line leads the following group. A group goes straight into audit when the spool is empty
-and audit answers, otherwise it is appended to a local append-only spool file and fsync'd. (A committer
-thread would cost two thread wake-ups per event; this costs one per follower and none alone.)
+and audit answers within a short per-attempt deadline, otherwise it is appended to a local append-only
+spool file and fsync'd. (A committer thread would cost two thread wake-ups per event; this costs one per
+follower and none alone.)
 
-A shipper thread sends spooled events in order with retries and exponential back-off, and persists
-its position only after audit acknowledged them. After a crash the
-spool is replayed from that position: events may be sent twice, and audit's idempotent Append (by event
-id) stores them once — at-least-once delivery plus idempotent storage is exactly-once storage.
+A shipper thread sends spooled events in order, in batches no larger than audit takes, retrying about
+once a second, and persists its position only after audit acknowledged them. After a crash the spool is
+replayed from that position: events may be sent twice, and audit's idempotent Append (by event id)
+stores them once — at-least-once delivery plus idempotent storage is exactly-once storage. Nothing ends
+the shipper; a shipper that makes no progress says so (log, `ztmesh_audit_spool_stalled`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import random
@@ -26,18 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ztmesh.audit.errors import EventRejected, SpoolError, SpoolFull, SpoolLocked
+from ztmesh.audit.errors import BatchRefused, EventRejected, SpoolError, SpoolFull, SpoolLocked
 from ztmesh.audit.record import DEFAULT_LIMITS, EventV1, Limits, from_emitted
-from ztmesh.audit.spoolfile import SpoolFiles
+from ztmesh.audit.spool_metrics import SpoolMetrics
+from ztmesh.audit.spoolfile import Damage, Position, SpoolFiles
+from ztmesh.mesh.auditing import AuditEvent
 
 log = logging.getLogger(__name__)
 
 
 class AuditSink(Protocol):
-    """Sends a batch to audit. Raises EventRejected for an event that will never be accepted, anything
-    else for "maybe not stored, try again" (the batch is idempotent by event id)."""
+    """Sends a batch to audit within `timeout` seconds (None: the sink's own). Raises EventRejected for an
+    event that will never be accepted, BatchRefused for a batch to send in smaller parts, anything else for
+    "maybe not stored, try again" (the batch is idempotent by event id)."""
 
-    def append(self, events: Sequence[EventV1]) -> Sequence[Any]: ...
+    def append(self, events: Sequence[EventV1], timeout: float | None = None) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,17 @@ class SpoolSettings:
     max_bytes: int = 256 * 1024 * 1024  # unshipped events kept on disk at most
     when_full: str = "fail"  # "fail": refuse the operation (fail closed); "block": wait for room
     block_timeout: float = 30.0  # "block" gives up (and refuses) after this long
-    batch_max: int = 500  # events per Append sent by the shipper
+    batch_max: int = 500  # events per Append, lowered to what the receiver takes once it says so
     retry_initial: float = 0.1  # seconds before the first retry…
-    retry_max: float = 30.0  # …doubling up to this
+    retry_max: float = 1.0  # …doubling up to this: shipping resumes within about this long of audit's return
     segment_bytes: int = 16 * 1024 * 1024
     direct: bool = True  # try audit first when nothing is spooled (no disk write when audit is up)
+    direct_timeout: float = 0.5  # what an operation waits for audit itself before its event is spooled
+    ship_timeout: float = 5.0  # per shipped batch (nobody waits on it)
+    stall_after: float = 30.0  # events waiting this long with nothing shipped: the shipper is reported stuck
+    service: str = ""  # emitting service, for the events the spool itself records (damage); "" = none
+    adopt: bool = False  # also drain sibling slots (folders beside `directory`) that no process holds
+    adopt_interval: float = 2.0
 
 
 class _Pending:
@@ -77,6 +90,9 @@ class SpoolEmitter:
         self.sink = sink
         self.settings = settings
         self.limits = limits
+        self.metrics = SpoolMetrics(str(settings.directory))
+        self._damaged: list[Damage] = []  # found while opening, recorded to the trail once shipping runs
+        self.damaged = 0
         settings.directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(settings.directory / "spool.lock", "a+")  # noqa: SIM115 - held for our lifetime
         try:
@@ -84,18 +100,34 @@ class SpoolEmitter:
         except BlockingIOError:
             self._lock_file.close()
             raise SpoolLocked(str(settings.directory)) from None
-        self.files = SpoolFiles(settings.directory, settings.segment_bytes)  # replays: repairs a torn tail
+        try:  # replays: repairs a torn tail
+            self.files = SpoolFiles(settings.directory, settings.segment_bytes, self._on_damage)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self._cond = threading.Condition()  # spool space and shipping progress
         self._queued = threading.Lock()  # guards the queue and the leader flag
         self._queue: list[_Pending] = []
         self._committing = False  # a leader is committing a group
         self._stopping = threading.Event()
         self._sink_healthy = True
+        self._batch_max = settings.batch_max
+        self.metrics.batch_max.set(settings.batch_max)
+        self._progress_at = time.monotonic()  # last time the spool was empty or a batch shipped
+        self._stall_reported = 0.0
+        self._last_error = ""
         self.shipped = 0
         self.rejected = 0
-        self._threads = [threading.Thread(target=self._ship_loop, name="audit-spool-ship", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._shipper = self._start(self._ship_loop, "audit-spool-ship")
+        self._threads = [self._shipper]
+        if settings.adopt:
+            self._threads.append(self._start(self._adopt_loop, "audit-spool-adopt"))
+
+    @staticmethod
+    def _start(target: Any, name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
 
     # --- emitting -----------------------------------------------------------------------------------------
 
@@ -128,7 +160,8 @@ class SpoolEmitter:
             self._commit(batch)
         except BaseException as exc:  # each waiter learns why its operation must fail
             for p in batch:
-                p.error = exc
+                if p.error is None:
+                    p.error = exc
         finally:
             for p in batch:
                 if p is not leader:
@@ -142,34 +175,68 @@ class SpoolEmitter:
                     self._committing = False
 
     def _commit(self, batch: list[_Pending]) -> None:
-        events = [p.event for p in batch]
         if self.settings.direct and self._sink_healthy and self.files.empty():
-            try:
-                self.sink.append(events)
+            batch = self._append_direct(batch)
+            if not batch:
                 return
-            except EventRejected as exc:  # refused as it is: the emitter's operation fails, nothing is spooled
-                bad = [p for p in batch if p.event.event_id == exc.event_id]
-                if bad and len(batch) > 1:
-                    bad[0].error = exc
-                    rest = [p for p in batch if p is not bad[0]]
-                    self._commit(rest)
-                    return
-                raise
-            except Exception as exc:
-                log.warning("audit unreachable (%s); spooling to %s", exc, self.settings.directory)
-                self._sink_healthy = False
-        self._spool(events)
+        self._spool(batch)
 
-    def _spool(self, events: list[EventV1]) -> None:
-        frames = [json.dumps(e.to_json(), separators=(",", ":"), ensure_ascii=False).encode() for e in events]
-        needed = sum(len(f) + 8 for f in frames)
+    def _append_direct(self, batch: list[_Pending]) -> list[_Pending]:
+        """Send the group straight to audit, in parts it accepts, each within the short per-attempt deadline
+        (a stalled audit costs an operation that much, then its event is spooled). Returns what is left to
+        spool: nothing when audit took everything; a refused event's caller is failed, not spooled."""
+        left = [p for p in batch if p.error is None]
+        while left:
+            chunk = left[: self._batch_max]
+            try:
+                self.sink.append([p.event for p in chunk], timeout=self.settings.direct_timeout)
+            except EventRejected as exc:  # refused as it is: that operation fails, nothing is spooled
+                bad = next((p for p in chunk if p.event.event_id == exc.event_id), None)
+                if bad is None and len(chunk) == 1:
+                    bad = chunk[0]
+                if bad is None:
+                    return left  # which one is unknown: the shipper finds it and sets it aside
+                bad.error = exc
+                left.remove(bad)
+                continue
+            except BatchRefused as exc:
+                if len(chunk) > 1:
+                    self._learn_batch_limit(exc, len(chunk))
+                    continue
+                self._sink_down(exc)
+                return left
+            except Exception as exc:
+                self._sink_down(exc)
+                return left
+            del left[: len(chunk)]
+        return left
+
+    def _sink_down(self, exc: Exception) -> None:
+        if self._sink_healthy:
+            log.warning("audit unreachable (%s); spooling to %s", exc, self.settings.directory)
+        self._sink_healthy = False
+        self._last_error = str(exc)
+
+    def _spool(self, batch: list[_Pending]) -> None:
+        if not self._shipper.is_alive() and not self._stopping.is_set():
+            self._restart_shipper()
         deadline = time.monotonic() + self.settings.block_timeout
-        with self._cond:
-            while self.files.used_bytes() + needed > self.settings.max_bytes:
-                if self.settings.when_full == "fail" or time.monotonic() >= deadline:
-                    raise SpoolFull(self.files.used_bytes(), self.settings.max_bytes)
+        while True:
+            frames = [json.dumps(p.event.to_json(), separators=(",", ":"), ensure_ascii=False).encode() for p in batch]
+            needed = sum(len(f) + 8 for f in frames)
+            if self.files.used_bytes() + needed <= self.settings.max_bytes:
+                break
+            if self.settings.direct:  # no room here, but audit itself may answer again
+                batch = self._append_direct(batch)
+                if not batch:
+                    return
+            if self.settings.when_full == "fail" or time.monotonic() >= deadline:
+                self.metrics.refused_full.inc(len(batch))
+                raise SpoolFull(self.files.used_bytes(), self.settings.max_bytes)
+            with self._cond:
                 self._cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
         self.files.append(frames)  # written and fsync'd before anyone is told it is durable
+        self.metrics.spooled.inc(len(frames))
         with self._cond:
             self._cond.notify_all()
 
@@ -178,56 +245,203 @@ class SpoolEmitter:
     def _ship_loop(self) -> None:
         delay = self.settings.retry_initial
         while True:
-            frames = self.files.read_batch(self.settings.batch_max)
-            if not frames:
-                self._sink_healthy = True
-                if self._stopping.is_set():
-                    return
-                with self._cond:
-                    self._cond.wait(0.2)
-                continue
-            events = [EventV1.from_json(json.loads(payload)) for _, payload in frames]
             try:
-                self.sink.append(events)
-            except EventRejected as exc:
-                self._dead_letter(frames, events, exc)
-                continue
-            except Exception as exc:
+                shipped = self._ship_once()
+            except Exception as exc:  # nothing ends the shipper: audit down, a refusal, a bug in a frame
                 self._sink_healthy = False
-                log.warning("audit spool: shipping %d events failed (%s); retrying in %.1fs", len(events), exc, delay)
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.ship_failures.inc()
+                log.warning("audit spool %s: shipping failed (%s); retrying in %.1fs",
+                            self.settings.directory, self._last_error, delay)  # fmt: skip
+                self._observe()
                 if self._stopping.wait(delay * random.uniform(0.5, 1.0)):
                     return  # closing: whatever is left stays spooled for the next start
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
             delay = self.settings.retry_initial
-            self.files.advance(frames[-1][0])  # persisted only now: a crash before here resends them
-            self.shipped += len(events)
-            with self._cond:
-                self._cond.notify_all()
-
-    def _dead_letter(self, frames: list[tuple[Any, bytes]], events: list[EventV1], exc: EventRejected) -> None:
-        """Move an event audit will never accept aside, so it cannot block the ones behind it."""
-        index = next((i for i, e in enumerate(events) if e.event_id == exc.event_id), None)
-        if index is None:  # the sink did not say which: ship one by one to find it
-            index = self._find_rejected(events) if len(frames) > 1 else 0
-            if index is None:
+            self._observe()
+            if shipped:
+                continue
+            self._sink_healthy = True
+            if self._stopping.is_set():
                 return
-        if index > 0:
-            self.sink.append(events[:index])
-            self.files.advance(frames[index - 1][0])
-        self.files.dead_letter(frames[index][1], str(exc))
-        self.files.advance(frames[index][0])
+            with self._cond:
+                self._cond.wait(0.2)
+
+    def _ship_once(self) -> int:
+        """Ship one batch from the cursor; the number of frames consumed (0: nothing waiting)."""
+        self._record_damage()
+        frames = self.files.read_batch(self._batch_max)
+        if not frames:
+            return 0
+        items: list[tuple[Position, EventV1]] = []
+        for position, payload in frames:
+            try:
+                items.append((position, EventV1.from_json(json.loads(payload))))
+            except (ValueError, KeyError, TypeError) as exc:  # intact checksum, not an event: set it aside
+                if items:
+                    self._send(items)
+                    items = []
+                log.error("audit spool %s: frame before %s is not an event (%s)", self.settings.directory,
+                          position, exc)  # fmt: skip
+                self.files.quarantine_frame(position, payload)
+                self.files.advance(position)
+        if items:
+            self._send(items)
+        return len(frames)
+
+    def _send(self, items: list[tuple[Position, EventV1]]) -> None:
+        """Append `items` in order, in parts audit accepts, advancing the cursor after each; raises (and the
+        loop retries from the cursor) when audit cannot be reached."""
+        try:
+            self.sink.append([e for _, e in items], timeout=self.settings.ship_timeout)
+        except BatchRefused as exc:
+            if len(items) == 1:
+                raise
+            size = self._learn_batch_limit(exc, len(items))
+            for start in range(0, len(items), size):
+                self._send(items[start : start + size])
+            return
+        except EventRejected as exc:
+            index = next((i for i, (_, e) in enumerate(items) if e.event_id == exc.event_id), None)
+            if index is None and len(items) > 1:  # the sink did not say which: halve until it is alone
+                half = len(items) // 2
+                self._send(items[:half])
+                self._send(items[half:])
+                return
+            index = index or 0
+            if index > 0:
+                self._send(items[:index])
+            self._dead_letter(items[index], exc)
+            if index + 1 < len(items):
+                self._send(items[index + 1 :])
+            return
+        self.files.advance(items[-1][0])  # persisted only now: a crash before here resends them
+        self.shipped += len(items)
+        self.metrics.shipped.inc(len(items))
+        self._progress_at = time.monotonic()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _learn_batch_limit(self, exc: BatchRefused, sent: int) -> int:
+        """Batches from now on are no larger than the receiver said it takes, else half of what it refused."""
+        size = exc.limit if 0 < exc.limit < sent else max(1, sent // 2)
+        if size < self._batch_max:
+            log.warning("audit refused a batch of %d events (%s); sending at most %d per Append from now on",
+                        sent, exc, size)  # fmt: skip
+            self._batch_max = size
+            self.metrics.batch_max.set(size)
+        return size
+
+    def _dead_letter(self, item: tuple[Position, EventV1], exc: EventRejected) -> None:
+        """Move an event audit will never accept aside, so it cannot block the ones behind it."""
+        position, event = item
+        payload = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        self.files.dead_letter(payload, str(exc))
+        self.files.advance(position)
         self.rejected += 1
-        log.error("audit refused spooled event %s for good (%s); kept in %s", exc.event_id, exc.problem,
+        self.metrics.rejected.inc()
+        log.error("audit refused spooled event %s for good (%s); kept in %s", event.event_id, exc.problem,
                   self.files.rejected_path)  # fmt: skip
 
-    def _find_rejected(self, events: list[EventV1]) -> int | None:
-        for i, event in enumerate(events):
-            try:
-                self.sink.append([event])
-            except EventRejected:
-                return i
-        return None
+    def _observe(self) -> None:
+        """Export the backlog, and report a shipper that has made no progress for `stall_after` seconds."""
+        used = self.files.used_bytes()
+        self.metrics.pending_bytes.set(used)
+        now = time.monotonic()
+        if self.files.empty():
+            if self._stall_reported:
+                log.warning("audit spool %s: shipping again; the backlog is gone", self.settings.directory)
+                self.metrics.stalled.set(0)
+            self._progress_at, self._stall_reported = now, 0.0
+            return
+        waited = now - self._progress_at
+        if waited < self.settings.stall_after:
+            if self._stall_reported:
+                log.warning("audit spool %s: shipping again after %.1fs", self.settings.directory, waited)
+                self.metrics.stalled.set(0)
+                self._stall_reported = 0.0
+            return
+        if now - self._stall_reported >= self.settings.stall_after:
+            self._stall_reported = now
+            self.metrics.stalled.set(1)
+            log.error("audit spool %s: %d bytes waiting and nothing shipped for %.0fs (last error: %s)",
+                      self.settings.directory, used, waited, self._last_error or "none")  # fmt: skip
+
+    def _restart_shipper(self) -> None:
+        log.error("audit spool %s: the shipper thread had ended; starting it again", self.settings.directory)
+        self._shipper = self._start(self._ship_loop, "audit-spool-ship")
+        self._threads.append(self._shipper)
+
+    # --- damage -------------------------------------------------------------------------------------------
+
+    def _on_damage(self, damage: Damage) -> None:
+        self.damaged += 1
+        self.metrics.damaged.inc()
+        if damage.torn:
+            log.warning("audit spool %s: segment %d ends in a torn write at frame %d (byte %d, %d bytes; never "
+                        "acknowledged); cut off, bytes kept in %s", self.settings.directory, damage.segment,
+                        damage.frame, damage.offset, damage.length, damage.quarantined)  # fmt: skip
+        else:
+            log.error("audit spool %s: segment %d frame %d (byte %d, %d bytes) fails its checksum: those events "
+                      "are not shipped; bytes kept in %s, the frames after it ship", self.settings.directory,
+                      damage.segment, damage.frame, damage.offset, damage.length, damage.quarantined)  # fmt: skip
+        self._damaged.append(damage)
+
+    def _record_damage(self) -> None:
+        """Put each damaged stretch in the trail itself (spooled like any event), so the loss is on record
+        where verify and queries look, not only in this pod's log."""
+        while self._damaged and self.settings.service:
+            damage = self._damaged.pop(0)
+            event = AuditEvent(
+                service=self.settings.service, action="audit.spool_damaged", outcome="ERROR",
+                resource=str(damage.quarantined),
+                details={"segment": damage.segment, "frame": damage.frame, "offset": damage.offset,
+                         "bytes": damage.length, "torn": damage.torn, "spool": str(self.settings.directory)},
+            )  # fmt: skip
+            # From another thread: with a full "block" spool an emit here would wait for this very shipper.
+            self._start(functools.partial(self._emit_quietly, event), "audit-spool-damage")
+
+    def _emit_quietly(self, event: AuditEvent) -> None:
+        try:
+            self.emit(event)
+        except Exception as exc:
+            log.error("audit spool %s: could not record the damage event (%s)", self.settings.directory, exc)
+
+    # --- unclaimed slots ----------------------------------------------------------------------------------
+
+    def _adopt_loop(self) -> None:
+        """Drain sibling slots that no process holds (a process count or pod name that changed after a
+        crash), one at a time, under the slot's own lock."""
+        while not self._stopping.wait(self.settings.adopt_interval):
+            for slot in sorted(self.settings.directory.parent.iterdir()):
+                if self._stopping.is_set():
+                    return
+                if slot == self.settings.directory or not (slot / "spool.lock").exists():
+                    continue
+                try:
+                    self._drain_slot(slot)
+                except Exception as exc:  # a broken sibling must not stop this one
+                    log.error("audit spool: could not drain unclaimed slot %s (%s)", slot, exc)
+
+    def _drain_slot(self, slot: Path) -> None:
+        settings = dataclasses.replace(self.settings, directory=slot, adopt=False, direct=False)
+        try:
+            orphan = SpoolEmitter(self.sink, settings, self.limits)
+        except SpoolLocked:
+            return  # a live process owns it
+        try:
+            if orphan.files.empty():
+                return
+            log.warning("audit spool: adopted unclaimed slot %s (%d events waiting); draining it",
+                        slot, orphan.pending())  # fmt: skip
+            self.metrics.adopted.inc()
+            while not self._stopping.is_set() and not orphan.flush(timeout=1.0):
+                pass
+            if orphan.files.empty():
+                log.warning("audit spool: unclaimed slot %s drained (%d shipped)", slot, orphan.shipped)
+        finally:
+            orphan.close(flush_timeout=0)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -248,10 +462,11 @@ class SpoolEmitter:
         return True
 
     def close(self, flush_timeout: float = 5.0) -> None:
-        """Stop: events already durable stay so; unshipped ones ship on the next start."""
+        """Stop: events already durable stay so; unshipped ones ship on the next start (or from a sibling
+        process that adopts this slot)."""
         if self._stopping.is_set():
             return
-        if self._sink_healthy:  # with audit unreachable, waiting would only delay shutdown: the spool keeps it
+        if self._sink_healthy and flush_timeout > 0:  # with audit unreachable, waiting would only delay shutdown
             self.flush(flush_timeout)
         self._stopping.set()
         with self._cond:

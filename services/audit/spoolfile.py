@@ -3,20 +3,38 @@ has acknowledged them.
 
 A frame is `u32 length | u32 CRC-32 | payload` (big-endian). Segments are only appended to and fsync'd;
 a crash can leave a torn last frame, which opening truncates (its emitter was never told it was durable).
+Damage anywhere else (a flipped bit, a bad sector) is not a torn write: the damaged bytes are copied to
+`corrupt/` beside the segments and reported, and reading resumes at the next frame whose checksum holds.
 The cursor (`segment offset`) is replaced atomically (write, fsync, rename, fsync the folder).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 _HEADER = struct.Struct(">II")
+_PAYLOAD_START = ord("{")  # every payload is a JSON object: where to look for the next intact frame
 Position = tuple[int, int]  # (segment number, byte offset)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes of a segment that are not intact frames, and where they were set aside."""
+
+    segment: int
+    frame: int  # number of the damaged frame in its segment, counting from 0
+    offset: int  # byte offset in the segment
+    length: int
+    quarantined: Path
+    torn: bool  # a torn write at the end of the last segment (never acknowledged), not corruption
 
 
 def _fsync_dir(path: Path) -> None:
@@ -27,27 +45,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _valid_prefix(data: bytes) -> list[tuple[int, bytes]]:
-    """Frames at the start of `data` as (end offset, payload), stopping at the first torn or corrupt one."""
-    frames, offset = [], 0
-    while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + length
-        if end > len(data):
-            break
-        payload = data[offset + _HEADER.size : end]
-        if zlib.crc32(payload) != crc:
-            break
-        frames.append((end, payload))
+def _frame_at(data: bytes, offset: int) -> bytes | None:
+    """The payload of the intact frame starting at `offset`, or None."""
+    if offset + _HEADER.size > len(data):
+        return None
+    length, crc = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if length == 0 or end > len(data):  # an empty frame is never written: zeros are not frames
+        return None
+    payload = data[offset + _HEADER.size : end]
+    return payload if zlib.crc32(payload) == crc else None
+
+
+def _next_intact(data: bytes, start: int) -> int:
+    """Offset of the first intact frame at or after `start`, else len(data). A false match needs a 32-bit
+    checksum to agree by chance, and payloads start with `{`, so only those offsets are tried."""
+    search = start + _HEADER.size
+    while True:
+        brace = data.find(_PAYLOAD_START, search)
+        if brace < 0:
+            return len(data)
+        if _frame_at(data, brace - _HEADER.size) is not None:
+            return brace - _HEADER.size
+        search = brace + 1
+
+
+def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
+    """(start, end, payload) of each frame in `data`; payload None for a damaged stretch, which ends where
+    the next intact frame begins (or at the end of `data`)."""
+    offset = 0
+    while offset < len(data):
+        payload = _frame_at(data, offset)
+        end = offset + _HEADER.size + len(payload) if payload is not None else _next_intact(data, offset + 1)
+        yield offset, end, payload
         offset = end
-    return frames
+
+
+def _is_torn(data: bytes, start: int) -> bool:
+    """A damaged stretch running to the end of the data that a write cut short (header or payload
+    incomplete), as opposed to a complete frame whose checksum fails."""
+    if start + _HEADER.size > len(data):
+        return True
+    length, _crc = _HEADER.unpack_from(data, start)
+    return length == 0 or start + _HEADER.size + length > len(data)
 
 
 class SpoolFiles:
-    def __init__(self, directory: Path, segment_bytes: int) -> None:
+    def __init__(self, directory: Path, segment_bytes: int, on_damage: Callable[[Damage], None] | None = None) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.rejected_path = directory / "rejected.jsonl"
+        self.corrupt_dir = directory / "corrupt"
+        self.on_damage = on_damage
+        self._reported: set[Position] = set()
+        self._damage_lock = threading.Lock()
         self._lock = threading.Lock()
         self._cursor: Position = self._load_cursor()
         segments = self._segments()
@@ -80,15 +131,48 @@ class SpoolFiles:
             raise OSError(f"{self.directory / 'cursor'} is corrupt; inspect the spool before restarting") from None
 
     def _repair(self, segment: int) -> None:
+        """Truncate a torn tail of the last segment (set aside first); damage before intact frames stays
+        for the reader, which quarantines and reports it and ships what follows."""
         path = self._path(segment)
         data = path.read_bytes()
-        frames = _valid_prefix(data)
-        good = frames[-1][0] if frames else 0
-        if good < len(data):
-            with open(path, "r+b") as handle:
-                handle.truncate(good)
-                handle.flush()
-                os.fsync(handle.fileno())
+        tail = collections.deque(_scan(data), maxlen=1)
+        if not tail:
+            return
+        start, _end, payload = tail[0]
+        if payload is not None or not _is_torn(data, start):
+            return
+        self._quarantine(segment, start, data[start:], torn=True)
+        with open(path, "r+b") as handle:
+            handle.truncate(start)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _frame_number(self, segment: int, offset: int) -> int:
+        try:
+            data = self._path(segment).read_bytes()[:offset]
+        except FileNotFoundError:
+            return -1
+        return sum(1 for _ in _scan(data))
+
+    def _quarantine(self, segment: int, offset: int, data: bytes, torn: bool = False) -> None:
+        """Copy damaged bytes to corrupt/ (durably, before the cursor may pass them) and report them once."""
+        with self._damage_lock:
+            if (segment, offset) in self._reported:
+                return
+            self._reported.add((segment, offset))
+        self.corrupt_dir.mkdir(exist_ok=True)
+        target = self.corrupt_dir / f"{segment:012d}-{offset}{'-torn' if torn else ''}.bin"
+        with open(target, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(self.corrupt_dir)
+        if self.on_damage is not None:
+            self.on_damage(Damage(segment, self._frame_number(segment, offset), offset, len(data), target, torn))
+
+    def quarantine_frame(self, position: Position, payload: bytes) -> None:
+        """Set aside an intact frame whose payload is not an event (its checksum held, its content not)."""
+        self._quarantine(position[0], position[1] - len(payload) - _HEADER.size, payload)
 
     def _measure(self) -> int:
         total = 0
@@ -122,10 +206,12 @@ class SpoolFiles:
     # --- reader (the shipper thread) ----------------------------------------------------------------------
 
     def _frames_from(self, seg: int, offset: int, limit: int) -> tuple[list[tuple[Position, bytes]], Position]:
-        """Up to `limit` durable frames from (seg, offset), and where reading stopped."""
+        """Up to `limit` durable frames from (seg, offset), and where reading stopped. Damaged stretches
+        are quarantined and passed over (reading stops after one, so the cursor can move past it)."""
         with self._lock:
             active, end = self._active, self._end
         out: list[tuple[Position, bytes]] = []
+        position = (seg, offset)
         while len(out) < limit and (seg < active or offset < end):
             try:
                 with open(self._path(seg), "rb") as handle:
@@ -133,14 +219,20 @@ class SpoolFiles:
                     data = handle.read((end - offset) if seg == active else -1)
             except FileNotFoundError:
                 data = b""
-            for frame_end, payload in _valid_prefix(data):
-                out.append(((seg, offset + frame_end), payload))
+            for start, frame_end, payload in _scan(data):
+                position = (seg, offset + frame_end)
+                if payload is None:
+                    self._quarantine(seg, offset + start, data[start:frame_end])
+                    return out, position
+                out.append((position, payload))
                 if len(out) == limit:
-                    return out, out[-1][0]
+                    return out, position
             if seg == active:
-                return out, (out[-1][0] if out else (seg, offset))
+                return out, position
             seg, offset = seg + 1, 0  # a finished segment: continue in the next one
-        return out, (out[-1][0] if out and out[-1][0][0] == seg else (seg, offset))
+            if not out:
+                position = (seg, 0)
+        return out, position
 
     def read_batch(self, limit: int) -> list[tuple[Position, bytes]]:
         """Up to `limit` durable frames after the cursor, each with the position just past it."""
@@ -180,10 +272,11 @@ class SpoolFiles:
             position = self._cursor
         count = 0
         while True:
-            frames, position = self._frames_from(*position, 10_000)
-            if not frames:
-                return count
+            frames, stopped = self._frames_from(*position, 10_000)
             count += len(frames)
+            if stopped <= position:
+                return count
+            position = stopped
 
     def dead_letter(self, payload: bytes, reason: str) -> None:
         line = json.dumps({"reason": reason, "event": json.loads(payload)}, ensure_ascii=False) + "\n"

@@ -22,5 +22,17 @@ class CertificateError(MeshError):
     """A certificate or key file cannot be read or does not fit the mesh's identity rules."""
 
 
-class SpiffeIdError(MeshError):
+class PeerIdentityError(CertificateError):
+    """A client certificate the CA vouches for carries a malformed SPIFFE ID, or more than one: the
+    caller cannot be identified (UNAUTHENTICATED at the edge)."""
+
+
+class SpiffeIdError(MeshError, ValueError):
     """A string is not a valid SPIFFE ID."""
+
+
+class AuditUnavailable(MeshError):
+    """An audit event could not be made durable, so the operation it records is refused (fail closed).
+
+    The audit client's own errors for this (a full spool, an unreachable sink) derive from it, so the
+    edge answers UNAVAILABLE without the mesh knowing the audit package."""

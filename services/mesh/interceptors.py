@@ -2,11 +2,12 @@
 
 Authorization is an allow-list per full method name (`/pkg.Service/Method`, or `/pkg.Service/*`);
 a method with no rule is refused, so a new RPC is closed until someone decides who may call it.
+It also holds the edge's last line (ztmesh.mesh.edge): a malformed peer identity is UNAUTHENTICATED,
+undecodable request bytes INVALID_ARGUMENT, and an error no servicer mapped INTERNAL, logged once.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 import uuid
@@ -15,18 +16,15 @@ from typing import Any
 
 import grpc
 
+from ztmesh.mesh.edge import Undecodable, caller_var, current_caller, lenient_deserializer
+from ztmesh.mesh.errors import PeerIdentityError
 from ztmesh.mesh.log import request_id_var
 from ztmesh.mesh.metrics import LATENCY, REQUESTS
-from ztmesh.mesh.spiffe import Authorizer, SpiffeId
-from ztmesh.mesh.tls import peer_spiffe_id
+from ztmesh.mesh.spiffe import Authorizer
+from ztmesh.mesh.tls import peer_identity
 
+__all__ = ["MeshInterceptor", "MethodRules", "current_caller"]
 log = logging.getLogger("ztmesh.access")
-caller_var: contextvars.ContextVar[SpiffeId | None] = contextvars.ContextVar("caller", default=None)
-
-
-def current_caller() -> SpiffeId | None:
-    """SPIFFE ID of the caller of the RPC being handled on this thread."""
-    return caller_var.get()
 
 
 class MethodRules:
@@ -61,11 +59,13 @@ class MeshInterceptor(grpc.ServerInterceptor):
         authorizer = self.rules.authorizer(method)
         if handler.unary_unary:
             return handler._replace(
-                unary_unary=self._wrap_unary(handler.unary_unary, method, incoming_request_id, authorizer)
+                unary_unary=self._wrap_unary(handler.unary_unary, method, incoming_request_id, authorizer),
+                request_deserializer=_lenient(handler.request_deserializer),
             )
         if handler.unary_stream:
             return handler._replace(
-                unary_stream=self._wrap_stream(handler.unary_stream, method, incoming_request_id, authorizer)
+                unary_stream=self._wrap_stream(handler.unary_stream, method, incoming_request_id, authorizer),
+                request_deserializer=_lenient(handler.request_deserializer),
             )
         if handler.stream_unary:
             return handler._replace(
@@ -76,14 +76,35 @@ class MeshInterceptor(grpc.ServerInterceptor):
         )
 
     def _admit(
-        self, context: grpc.ServicerContext, method: str, request_id: str, authorizer: Authorizer | None
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        method: str,
+        request_id: str,
+        authorizer: Authorizer | None,
     ) -> None:
         request_id_var.set(request_id or uuid.uuid4().hex)
-        caller = peer_spiffe_id(context)
+        caller_var.set(None)  # the worker thread's previous call must not lend this one its caller
+        try:
+            caller = peer_identity(context)
+        except PeerIdentityError as exc:  # logged once per certificate where it is decoded
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         caller_var.set(caller)
         if authorizer is None or not authorizer(caller):
             who = str(caller) if caller else "a caller without a SPIFFE ID"
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
+        if isinstance(request, Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+
+    @staticmethod
+    def _internal(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+        """Answer INTERNAL for an error nothing mapped (a bug), logged here once with its traceback;
+        return (so the caller re-raises) when the RPC was already aborted with a chosen status."""
+        if context.code() is not None:
+            return
+        request_id = request_id_var.get()
+        log.error("rpc %s failed: internal error (request id %s)", method, request_id, exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
     def _finish(self, context: grpc.ServicerContext, method: str, started: float, failed: BaseException | None) -> None:
         code = context.code() if hasattr(context, "code") else None
@@ -115,8 +136,12 @@ class MeshInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
-                self._admit(context, method, request_id, authorizer)
+                self._admit(request, context, method, request_id, authorizer)
                 return behavior(request, context)
+            except Exception as exc:
+                failed = exc
+                self._internal(context, method, exc)
+                raise
             except BaseException as exc:
                 failed = exc
                 raise
@@ -132,8 +157,12 @@ class MeshInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
-                self._admit(context, method, request_id, authorizer)
+                self._admit(request, context, method, request_id, authorizer)
                 yield from behavior(request, context)
+            except Exception as exc:
+                failed = exc
+                self._internal(context, method, exc)
+                raise
             except BaseException as exc:
                 failed = exc
                 raise
@@ -141,3 +170,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 self._finish(context, method, started, failed)
 
         return wrapped
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    return lenient_deserializer(deserializer) if deserializer is not None else None

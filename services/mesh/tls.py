@@ -18,7 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ztmesh.mesh.errors import CertificateError
+from ztmesh.mesh.errors import CertificateError, PeerIdentityError
 from ztmesh.mesh.spiffe import SpiffeId
 
 log = logging.getLogger(__name__)
@@ -111,26 +111,52 @@ def secure_channel(address: str, files: TlsFiles, **options: object) -> grpc.Cha
     return grpc.secure_channel(address, client_credentials(files), options=list(options.items()))
 
 
+@dataclass(frozen=True)
+class _PeerIdentity:
+    spiffe_id: SpiffeId | None
+    problem: str = ""  # why the certificate's SPIFFE ID cannot be trusted, when it cannot
+
+
 @lru_cache(maxsize=1024)
-def _spiffe_id_from_pem(pem: bytes) -> SpiffeId | None:
+def _identity_from_pem(pem: bytes) -> _PeerIdentity:
+    """What a verified client certificate says about its holder; a malformed one is logged here, once
+    per certificate, so a peer retrying with it does not flood the log."""
     try:
         cert = x509.load_pem_x509_certificate(pem)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        return _PeerIdentity(None)
+    except ValueError as exc:
+        identity = _PeerIdentity(None, f"its subject alternative names cannot be read ({exc})")
+    else:
+        spiffe = [u for u in uris if u.partition(":")[0].lower() == "spiffe"]
+        if not spiffe:
+            return _PeerIdentity(None)
+        if len(spiffe) > 1:  # the SPIFFE X509-SVID spec allows exactly one
+            identity = _PeerIdentity(None, f"it carries {len(spiffe)} SPIFFE IDs; an X509-SVID carries exactly one")
+        else:
+            try:
+                return _PeerIdentity(SpiffeId.parse(spiffe[0]))
+            except ValueError as exc:
+                identity = _PeerIdentity(None, str(exc))
+    log.warning("client certificate refused: %s", identity.problem)
+    return identity
+
+
+def peer_identity(context: grpc.ServicerContext) -> SpiffeId | None:
+    """The SPIFFE ID in the verified client certificate of this call; None when the certificate (if
+    any) carries none. Raises PeerIdentityError when it carries a malformed one, or several."""
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
         return None
-    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
-    if len(uris) != 1:  # the SPIFFE X509-SVID spec allows exactly one
-        return None
-    try:
-        return SpiffeId.parse(uris[0])
-    except ValueError:
-        return None
+    identity = _identity_from_pem(pem[0])
+    if identity.problem:
+        raise PeerIdentityError(f"the client certificate's SPIFFE ID is not usable: {identity.problem}")
+    return identity.spiffe_id
 
 
 def peer_spiffe_id(context: grpc.ServicerContext) -> SpiffeId | None:
-    """The SPIFFE ID in the verified client certificate of this call, or None."""
-    auth = context.auth_context()
-    pem = auth.get("x509_pem_cert")
-    if not pem:
-        return None
-    return _spiffe_id_from_pem(pem[0])
+    """The SPIFFE ID in the verified client certificate of this call, or None (also when malformed)."""
+    pem = context.auth_context().get("x509_pem_cert")
+    return _identity_from_pem(pem[0]).spiffe_id if pem else None

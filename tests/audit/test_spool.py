@@ -14,6 +14,7 @@ import pytest
 
 from tests.audit.factory import POLICY, Backend, event, events
 from ztmesh.audit.errors import SpoolFull, SpoolLocked
+from ztmesh.audit.record import EventV1
 from ztmesh.audit.sink import LocalSink
 from ztmesh.audit.spool import SpoolEmitter, SpoolSettings
 from ztmesh.audit.store import QueryFilter
@@ -203,3 +204,152 @@ def test_emit_refuses_bad_events_before_spooling(tmp_path: Path) -> None:
     assert emitter.pending() == 0
     emitter.close()
     time.sleep(0)
+
+
+# --- what issue 13 found: batch limits, a dying shipper, damaged frames, unclaimed slots -----------------
+
+
+def crash(emitter: SpoolEmitter) -> None:
+    """Stop an emitter the way SIGKILL would: threads end, nothing is flushed, the slot lock is let go."""
+    emitter._stopping.set()
+    for t in emitter._threads:
+        t.join()
+    emitter.files.close()
+    emitter._lock_file.close()
+
+
+def spooled_unshipped(db: Path, directory: Path, n: int) -> list[EventV1]:
+    """`n` events durable in the spool at `directory` and not in the SQLite trail at `db` (audit was down)."""
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    SqliteAuditStore(db).close()
+    outage = Backend("sqlite", str(db)).start_outage()
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db, busy_timeout=0.05)), SpoolSettings(directory))
+    batch = events(n)
+    for e in batch:
+        emitter.emit_event(e)
+    crash(emitter)
+    outage.execute("ROLLBACK")
+    outage.close()
+    return batch
+
+
+def trail_ids(db: Path) -> list[str]:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    store = SqliteAuditStore(db)
+    try:
+        return stored_ids(Backend("sqlite", str(db), stores=[store]))
+    finally:
+        store.close()
+
+
+def test_batches_follow_the_receivers_limit(tmp_path: Path, signer) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+    from ztmesh.audit.trail import AuditTrail, TrailSettings
+
+    emitted = spooled_unshipped(tmp_path / "a.db", tmp_path / "spool", 120)
+    store = SqliteAuditStore(tmp_path / "a.db")
+    trail = AuditTrail(store, signer, signer, TrailSettings(max_batch=10))
+    emitter = SpoolEmitter(LocalSink(trail, POLICY), settings(tmp_path, batch_max=50))
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    assert emitter._batch_max == 10
+    ids = [r.event.event_id for r in store.query(QueryFilter(newest_first=False), 0, 1000)]
+    assert sorted(ids) == sorted(e.event_id for e in emitted)
+
+
+def test_a_group_larger_than_the_receiver_takes_goes_in_parts(tmp_path: Path, signer) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+    from ztmesh.audit.trail import AuditTrail, TrailSettings
+
+    store = SqliteAuditStore(tmp_path / "a.db")
+    trail = AuditTrail(store, signer, signer, TrailSettings(max_batch=3))
+    emitter = SpoolEmitter(LocalSink(trail, POLICY), settings(tmp_path))
+    from ztmesh.audit.spool import _Pending
+
+    left = emitter._append_direct([_Pending(e) for e in events(8)])  # one group of 8 concurrent emits
+    assert left == [] and emitter._batch_max == 3
+    emitter.close()
+    assert len(store.query(QueryFilter(), 0, 100)) == 8
+
+
+def test_no_exception_ends_the_shipper(tmp_path: Path) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    batch = spooled_unshipped(db, tmp_path / "spool", 5)
+    failures = iter([RuntimeError("a bug, not an outage"), RuntimeError("again")])
+
+    def open_store() -> SqliteAuditStore:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return SqliteAuditStore(db)
+
+    emitter = SpoolEmitter(LocalSink(open_store), settings(tmp_path))
+    assert emitter.flush(timeout=30)
+    assert emitter._shipper.is_alive()
+    emitter.close()
+    assert sorted(trail_ids(db)) == sorted(e.event_id for e in batch)
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships(
+    tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ztmesh.audit.spoolfile import _scan
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    batch = spooled_unshipped(db, tmp_path / "spool", 100)
+    segment = sorted((tmp_path / "spool").glob("*.seg"))[-1]
+    data = bytearray(segment.read_bytes())
+    start = list(_scan(bytes(data)))[50][0]
+    data[start + (20 if where == "payload" else 1)] ^= 0x10  # one flipped bit in frame 50
+    segment.write_bytes(bytes(data))
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    stored = set(trail_ids(db))
+    assert stored >= {e.event_id for i, e in enumerate(batch) if i != 50}  # the 49 after it shipped too
+    assert batch[50].event_id not in stored
+    quarantined = list((tmp_path / "spool" / "corrupt").iterdir())
+    assert [p.name for p in quarantined] == [f"{1:012d}-{start}.bin"]
+    assert quarantined[0].read_bytes() == bytes(data[start : list(_scan(bytes(data)))[51][0]])
+    assert emitter.damaged == 1
+    assert any("frame 50" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    damage = SqliteAuditStore(db).query(QueryFilter(action="audit.spool_damaged"), 0, 10)
+    assert len(damage) == 1 and '"frame":50' in damage[0].event.details
+
+
+def test_unclaimed_slots_are_drained_by_a_live_process(tmp_path: Path) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    base = tmp_path / "spool" / "policy"
+    orphaned = spooled_unshipped(db, base / "1", 30)  # a second process that crashed and never came back
+    live = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY),
+                        SpoolSettings(base / "0", adopt=True, adopt_interval=0.05))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while set(e.event_id for e in orphaned) - set(trail_ids(db)):
+        assert time.monotonic() < deadline, "the unclaimed slot was never drained"
+        time.sleep(0.05)
+    live.close()
+    assert sorted(trail_ids(db)) == sorted(e.event_id for e in orphaned)
+    again = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), SpoolSettings(base / "1"))
+    assert again.pending() == 0  # the adopter let go of the slot, and left it empty
+    again.close()
+
+
+def test_a_full_spool_takes_events_again_once_audit_answers(backend: Backend, tmp_path: Path) -> None:
+    backend.store()
+    outage = backend.start_outage()
+    emitter = SpoolEmitter(LocalSink(backend.sink_store, POLICY), settings(tmp_path, max_bytes=4096, retry_max=60))
+    with pytest.raises(SpoolFull):
+        for i in range(100):
+            emitter.emit_event(event(i))
+    backend.end_outage(outage)
+    emitter.emit_event(event(1000))  # straight to audit: no waiting for the shipper's next attempt
+    assert emitter.flush(timeout=30)
+    emitter.close()
