@@ -61,6 +61,13 @@ DEFAULT_ALGORITHM = {Purpose.ENCRYPT: Algorithm.ML_KEM_768, Purpose.SIGN: Algori
 XWING_LABEL = b"\\.//^\\"
 
 
+def public_key_fingerprint(public_key: bytes) -> str:
+    """How a public key is pinned (e.g. a trusted plugin signer): `sha256:` and the hex SHA-256 of its raw bytes."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(public_key)
+    return "sha256:" + digest.finalize().hex()
+
+
 class CryptoProvider(Protocol):
     name: str
 

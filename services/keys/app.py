@@ -1,7 +1,8 @@
 """Wiring of the keys service into the shared server: its servicer, who may call which RPC, readiness.
 
 Any mesh workload may reach the RPCs; which caller may use which key for what is decided per key
-by the core (each key's access policy).
+by the core (each key's access policy), and which workload may create the mesh's own key ids by
+the reservations (ZTMESH_KEY_RESERVED_IDS).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ztmesh.keys.errors import KeysError
 from ztmesh.keys.kek import Kek
 from ztmesh.keys.ledger import ShredLedger
 from ztmesh.keys.manager import KeyManager
+from ztmesh.keys.model import parse_reservations
 from ztmesh.keys.servicer import KeyServicer
 from ztmesh.keys.settings import KeysSettings
 from ztmesh.keys.store import open_key_store
@@ -50,9 +52,13 @@ def load_kek(settings: MeshSettings, keys_settings: KeysSettings) -> Kek:
 def build_manager(settings: MeshSettings, keys_settings: KeysSettings, audit: AuditEmitter) -> KeyManager:
     kek = load_kek(settings, keys_settings)
     ledger_path = keys_settings.shred_ledger or settings.data_dir / "keys" / "shred-ledger.json"
+    try:
+        reserved = parse_reservations(keys_settings.key_reserved_ids, settings.trust_domain, settings.namespace)
+    except KeysError as exc:
+        raise SettingsError("ZTMESH_KEY_RESERVED_IDS", str(exc)) from None
     store = open_key_store(settings.database_url, settings.data_dir)
     try:
-        return KeyManager(store, OpenSslProvider(), kek, ShredLedger(ledger_path), audit)
+        return KeyManager(store, OpenSslProvider(), kek, ShredLedger(ledger_path), audit, reserved_ids=reserved)
     except KeysError as exc:
         store.close()
         raise SettingsError("ZTMESH_KEK", str(exc)) from None

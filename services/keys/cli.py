@@ -88,6 +88,14 @@ def _run(args: argparse.Namespace) -> int:
             )
             print("valid" if reply.valid else "INVALID")
             return 0 if reply.valid else 1
+        elif args.action == "fingerprint":
+            from ztmesh.keys.algorithms import public_key_fingerprint
+
+            public = stub.GetPublicKey(
+                keys_pb2.GetPublicKeyRequest(key_id=args.key_id, version=args.version), timeout=10
+            )
+            # The form ZTMESH_PLUGIN_TRUSTED_SIGNERS takes: trust exactly this public key under this id.
+            print(f"{public.key_id}@{public_key_fingerprint(public.public_key)}")
         elif args.action == "destroy":
             _print(
                 stub.DestroyKeyVersion(keys_pb2.KeyVersionRequest(key_id=args.key_id, version=args.version), timeout=10)
@@ -142,6 +150,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         parser.add_argument("--in", dest="input", default="-", help="input file (default stdin)")
     for parser in (encrypt, decrypt):
         parser.add_argument("--aad", default="", help="associated data bound to the envelope")
+    fingerprint = actions.add_parser("fingerprint", help="print KEY_ID@sha256:… of a version's public key (pinning)")
+    fingerprint.add_argument("key_id")
+    fingerprint.add_argument("--version", type=int, default=0, help="default: the primary version")
     destroy = actions.add_parser("destroy", help="erase a key version for good (crypto-shredding)")
     destroy.add_argument("key_id")
     destroy.add_argument("--version", type=int, required=True)

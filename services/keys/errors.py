@@ -17,6 +17,14 @@ class KeyNotFound(KeysError):
         super().__init__(f"{where} does not exist")
 
 
+class KeyNotAccessible(KeyNotFound):
+    """The key does not exist, or the caller holds no grant on it: one answer for both, so a caller
+    without grants cannot probe which key ids exist."""
+
+    def __init__(self, key_id: str) -> None:
+        KeysError.__init__(self, f"key {key_id!r} not found or not accessible")
+
+
 class KeyExists(KeysError):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"key {key_id!r} already exists")
@@ -33,6 +41,17 @@ class WrongPurpose(KeysError):
 class PermissionDenied(KeysError):
     def __init__(self, caller: str, operation: str, key_id: str) -> None:
         super().__init__(f"{caller or 'an unidentified caller'} may not {operation} with key {key_id!r}")
+
+
+class ReservedKeyId(PermissionDenied):
+    """The key id is reserved for one workload of the mesh (e.g. the audit checkpoint key)."""
+
+    def __init__(self, caller: str, key_id: str, owner: str) -> None:
+        KeysError.__init__(
+            self,
+            f"key id {key_id!r} is reserved for {owner} (ZTMESH_KEY_RESERVED_IDS); "
+            f"{caller or 'an unidentified caller'} may not create it",
+        )
 
 
 class EnvelopeError(KeysError):

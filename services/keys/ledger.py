@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ztmesh.keys.errors import KeysError
+from ztmesh.keys.errors import KeyExists, KeysError
 
 ID_ENTRY = "_ledger_id"
 
@@ -62,13 +62,25 @@ class ShredLedger:
     def entry(key_id: str, version: int) -> str:
         return f"{key_id}/{version}"
 
-    def create(self, key_id: str, version: int) -> bytes:
+    def create(self, key_id: str, version: int, *, exclusive: bool = False) -> bytes:
+        """A fresh secret for the version. `exclusive` refuses to replace an existing one: replacing the
+        secret of a live version would make it unusable, so a new key never overwrites one."""
         secret = os.urandom(32)
         with self._lock, self._file_lock():
             self._reload()
+            if exclusive and self.entry(key_id, version) in self._secrets:
+                raise KeyExists(key_id)
             self._secrets[self.entry(key_id, version)] = secret
             self._persist()
         return secret
+
+    def discard(self, key_id: str, version: int, secret: bytes) -> None:
+        """Remove the version's secret if it is still `secret` (undo a `create` whose key was not stored)."""
+        with self._lock, self._file_lock():
+            self._reload()
+            if self._secrets.get(self.entry(key_id, version)) == secret:
+                del self._secrets[self.entry(key_id, version)]
+                self._persist()
 
     def get(self, key_id: str, version: int) -> bytes | None:
         with self._lock:

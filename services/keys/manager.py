@@ -1,13 +1,17 @@
 """The keys core: key lifecycle, envelope encryption, signing and per-key authorization.
 
-Every operation takes the caller's SPIFFE ID, checks it against the key's access policy, and
-emits an audit event (who, key, version, operation, outcome) before returning.
+Every operation takes the caller's SPIFFE ID, checks it against the key's access policy before
+anything about the key is revealed, and emits an audit event (who, key, version, operation,
+outcome) before returning. Key ids are owned: created once, by their creator, and the ids the mesh
+relies on are reserved for the workload that owns them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,11 +20,14 @@ from ztmesh.keys.envelope import Envelope, open_sealed, seal
 from ztmesh.keys.errors import (
     EnvelopeError,
     InvalidArgument,
+    KeyExists,
+    KeyNotAccessible,
     KeyNotFound,
     KeysError,
     KeyVersionUnusable,
     LedgerMismatch,
     PermissionDenied,
+    ReservedKeyId,
     WrongPurpose,
 )
 from ztmesh.keys.kek import Kek
@@ -32,6 +39,8 @@ from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
 KEK_CHECK = "kek_check_value"
 LEDGER_ID = "shred_ledger_id"
 MAX_PLAINTEXT = 4 * 1024 * 1024
+LIST_BATCH = 200
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,16 +53,25 @@ class PublicKeyInfo:
 
 class KeyManager:
     def __init__(
-        self, store: KeyStore, provider: CryptoProvider, kek: Kek, ledger: ShredLedger, audit: AuditEmitter
+        self,
+        store: KeyStore,
+        provider: CryptoProvider,
+        kek: Kek,
+        ledger: ShredLedger,
+        audit: AuditEmitter,
+        *,
+        reserved_ids: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
         self._provider = provider
         self._kek = kek
         self._ledger = ledger
         self._audit = audit
+        self._reserved = dict(reserved_ids or {})
         self._private_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._check_kek()
+        self._check_reservations()
 
     def _check_kek(self) -> None:
         stored = self._store.get_meta(KEK_CHECK)
@@ -70,6 +88,21 @@ class KeyManager:
                 f"shred ledger {self._ledger.path} (id {self._ledger.ledger_id[:8]}…) is not the one these keys "
                 f"were created with (id {expected[:8]}…); restore it or point ZTMESH_SHRED_LEDGER at it"
             )
+
+    def _check_reservations(self) -> None:
+        """A reserved id taken by someone else before reservations existed must not pass unnoticed."""
+        for key_id, owner in self._reserved.items():
+            try:
+                key = self._store.get_key(key_id)
+            except KeyNotFound:
+                continue
+            if key.owner and key.owner != owner:
+                log.error(
+                    "key %r is reserved for %s but was created by %s: destroy its versions and let %s create it",
+                    key_id, owner, key.owner, owner,
+                )  # fmt: skip
+            elif not key.owner:
+                log.warning("key %r (reserved for %s) predates recorded owners: check its access policy", key_id, owner)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -88,11 +121,20 @@ class KeyManager:
         )
 
     def _authorized_key(self, caller: str, operation: Operation, key_id: str) -> Key:
-        key = self._store.get_key(check_key_id(key_id))
-        if not key.access_policy.allows(operation, caller):
-            self._record(caller, operation.value, key_id, None, "DENIED")
+        """The key, once `caller` is known to be allowed `operation` on it. A caller who holds no grant on
+        the key (and did not create it) gets the same answer whether or not it exists."""
+        try:
+            key: Key | None = self._store.get_key(check_key_id(key_id))
+        except KeyNotFound:
+            key = None
+        if key is not None and key.access_policy.allows(operation, caller):
+            return key
+        knows_key = key is not None and (key.owner == caller or key.access_policy.grants_anything(caller))
+        # Absent keys are audited too: probing is worth seeing, and both answers then take the same path.
+        self._record(caller, operation.value, key_id, None, "DENIED", reason="forbidden" if key else "absent")
+        if knows_key:
             raise PermissionDenied(caller, operation.value, key_id)
-        return key
+        raise KeyNotAccessible(key_id)
 
     @staticmethod
     def _usable(key: Key, number: int) -> KeyVersion:
@@ -127,11 +169,14 @@ class KeyManager:
         with self._cache_lock:
             self._private_cache.pop((key_id, version), None)
 
-    def _new_version(self, key_id: str, algorithm: Algorithm, number: int) -> KeyVersion:
+    def _new_version(
+        self, key_id: str, algorithm: Algorithm, number: int, *, new_key: bool = False
+    ) -> tuple[KeyVersion, bytes]:
+        """A fresh key pair as version `number`, wrapped under a new ledger secret (also returned)."""
         private, public = self._provider.generate(algorithm)
-        secret = self._ledger.create(key_id, number)
+        secret = self._ledger.create(key_id, number, exclusive=new_key)
         wrapped = self._kek.wrap(private, secret, self._label(key_id, number))
-        return KeyVersion(number, VersionState.ENABLED, public, wrapped, datetime.now(UTC))
+        return KeyVersion(number, VersionState.ENABLED, public, wrapped, datetime.now(UTC)), secret
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -147,36 +192,55 @@ class KeyManager:
         check_key_id(key_id)
         if not caller:
             raise PermissionDenied(caller, "create", key_id)
+        reserved_for = self._reserved.get(key_id)
+        if reserved_for is not None and caller != reserved_for:
+            self._record(caller, "create", key_id, None, "DENIED", reason="reserved", reserved_for=reserved_for)
+            raise ReservedKeyId(caller, key_id, reserved_for)
         algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
         if algorithm.purpose is not purpose:
             raise InvalidArgument(f"{algorithm.value} cannot be used for {purpose.value}")
         policy = access_policy if access_policy and access_policy.grants else AccessPolicy.owner_only(caller)
-        key = Key(
-            key_id,
-            purpose,
-            algorithm,
-            1,
-            policy,
-            dict(labels or {}),
-            datetime.now(UTC),
-            [self._new_version(key_id, algorithm, 1)],
-        )
-        self._store.create_key(key)
+        if self._exists(key_id):  # before any ledger write: a taken id's secrets are never touched
+            self._record(caller, "create", key_id, None, "DENIED", reason="exists")
+            raise KeyExists(key_id)
+        version, secret = self._new_version(key_id, algorithm, 1, new_key=True)
+        key = Key(key_id, purpose, algorithm, 1, policy, dict(labels or {}), datetime.now(UTC), [version], caller)
+        try:
+            self._store.create_key(key)
+        except BaseException:
+            self._ledger.discard(key_id, 1, secret)  # leave no secret behind that would block the id
+            raise
         self._record(caller, "create", key_id, 1, "OK", algorithm=algorithm.value)
         return key
+
+    def _exists(self, key_id: str) -> bool:
+        try:
+            self._store.get_key(key_id)
+        except KeyNotFound:
+            return False
+        return True
 
     def get_key(self, caller: str, key_id: str) -> Key:
         return self._authorized_key(caller, Operation.GET_PUBLIC_KEY, key_id)
 
     def list_keys(self, caller: str, page_size: int, page_token: str) -> tuple[list[Key], str]:
+        """The keys `caller` may read, a page at a time. The page token is the last *visible* key id, so it
+        never names a key the caller may not see."""
         size = min(max(page_size or 100, 1), 1000)
-        page = self._store.list_keys(page_token, size + 1)
-        visible = [k for k in page[:size] if k.access_policy.allows(Operation.GET_PUBLIC_KEY, caller)]
-        return visible, (page[size - 1].key_id if len(page) > size else "")
+        visible: list[Key] = []
+        after = page_token
+        while batch := self._store.list_keys(after, LIST_BATCH):
+            for key in batch:
+                if key.access_policy.allows(Operation.GET_PUBLIC_KEY, caller):
+                    visible.append(key)
+                    if len(visible) == size:
+                        return visible, key.key_id
+            after = batch[-1].key_id
+        return visible, ""
 
     def rotate(self, caller: str, key_id: str) -> Key:
         key = self._authorized_key(caller, Operation.ROTATE, key_id)
-        version = self._store.add_version(key_id, lambda n: self._new_version(key_id, key.algorithm, n))
+        version = self._store.add_version(key_id, lambda n: self._new_version(key_id, key.algorithm, n)[0])
         self._record(caller, "rotate", key_id, version.version, "OK")
         return self._store.get_key(key_id)
 

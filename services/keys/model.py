@@ -9,6 +9,8 @@ from datetime import datetime
 
 from ztmesh.keys.algorithms import Algorithm, Purpose
 from ztmesh.keys.errors import InvalidArgument
+from ztmesh.mesh.errors import SpiffeIdError
+from ztmesh.mesh.spiffe import SpiffeId
 
 KEY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
@@ -52,6 +54,10 @@ class AccessPolicy:
                 return True
         return False
 
+    def grants_anything(self, caller: str) -> bool:
+        """Whether `caller` holds at least one grant, i.e. may know that the key exists."""
+        return any(self.allows(operation, caller) for operation in self.grants)
+
     @classmethod
     def owner_only(cls, owner: str) -> AccessPolicy:
         return cls({op: (owner,) for op in Operation})
@@ -84,9 +90,30 @@ class Key:
     labels: dict[str, str]
     created_at: datetime
     versions: list[KeyVersion] = field(default_factory=list)
+    owner: str = ""  # the creating caller's SPIFFE ID; empty for keys created before owners were recorded
 
     def version(self, number: int) -> KeyVersion | None:
         return next((v for v in self.versions if v.version == number), None)
+
+
+def parse_reservations(entries: tuple[str, ...], trust_domain: str, namespace: str) -> dict[str, str]:
+    """`ID=SERVICE_ACCOUNT` or `ID=spiffe://…` entries as key id -> the one SPIFFE ID that may create it."""
+    reserved: dict[str, str] = {}
+    for entry in entries:
+        key_id, _, owner = entry.partition("=")
+        key_id, owner = key_id.strip(), owner.strip()
+        if not KEY_ID.match(key_id) or not owner:
+            raise InvalidArgument(f"{entry!r} must be KEY_ID=SERVICE_ACCOUNT or KEY_ID=spiffe://…")
+        try:
+            spiffe_id = (
+                SpiffeId.parse(owner)
+                if owner.startswith("spiffe://")
+                else SpiffeId.for_workload(trust_domain, namespace, owner)
+            )
+        except SpiffeIdError as exc:
+            raise InvalidArgument(f"{entry!r}: {exc}") from None
+        reserved[key_id] = str(spiffe_id)
+    return reserved
 
 
 def check_key_id(key_id: str) -> str:

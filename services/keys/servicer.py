@@ -90,6 +90,7 @@ def key_to_proto(key: Key) -> keys_pb2.Key:
         access_policy=keys_pb2.KeyAccessPolicy(grants=grants),
         labels=key.labels,
         create_time=_timestamp(key.created_at),
+        owner=key.owner,
     )
 
 

@@ -24,12 +24,15 @@ CREATE TABLE IF NOT EXISTS keys_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY, purpose TEXT NOT NULL, algorithm TEXT NOT NULL,
     primary_version INTEGER NOT NULL, access_policy TEXT NOT NULL, labels TEXT NOT NULL,
-    created_at TEXT NOT NULL);
+    created_at TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS key_versions (
     key_id TEXT NOT NULL REFERENCES keys (key_id), version INTEGER NOT NULL, state TEXT NOT NULL,
     public_key {blob} NOT NULL, wrapped_private {blob}, created_at TEXT NOT NULL, destroyed_at TEXT,
     PRIMARY KEY (key_id, version));
 """
+_KEY_COLUMNS = "key_id, purpose, algorithm, primary_version, access_policy, labels, created_at, owner"
+# Stores created before key ownership was recorded lack the column; their keys keep an unknown owner.
+_ADD_OWNER = "ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 
 
 def _now() -> str:
@@ -81,7 +84,7 @@ class _SqlKeyStore:
             if cur.fetchone():
                 raise KeyExists(key.key_id)
             cur.execute(
-                self._sql("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                self._sql(f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
                 (
                     key.key_id,
                     key.purpose.value,
@@ -90,6 +93,7 @@ class _SqlKeyStore:
                     json.dumps(key.access_policy.to_json()),
                     json.dumps(key.labels),
                     key.created_at.isoformat(),
+                    key.owner,
                 ),
             )
             for version in key.versions:
@@ -103,7 +107,7 @@ class _SqlKeyStore:
 
     def _load(self, cur: Any, rows: list[Any]) -> list[Key]:
         keys = []
-        for key_id, purpose, algorithm, primary, policy, labels, created in rows:
+        for key_id, purpose, algorithm, primary, policy, labels, created, owner in rows:
             cur.execute(
                 self._sql(
                     "SELECT version, state, public_key, wrapped_private, created_at, destroyed_at "
@@ -132,13 +136,14 @@ class _SqlKeyStore:
                     json.loads(labels),
                     datetime.fromisoformat(created),
                     versions,
+                    owner,
                 )
             )
         return keys
 
     def get_key(self, key_id: str) -> Key:
         with self._tx() as cur:
-            cur.execute(self._sql("SELECT * FROM keys WHERE key_id = ?"), (key_id,))
+            cur.execute(self._sql(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?"), (key_id,))
             found = self._load(cur, cur.fetchall())
         if not found:
             raise KeyNotFound(key_id)
@@ -146,7 +151,9 @@ class _SqlKeyStore:
 
     def list_keys(self, after: str, limit: int) -> list[Key]:
         with self._tx() as cur:
-            cur.execute(self._sql("SELECT * FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?"), (after, limit))
+            cur.execute(
+                self._sql(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?"), (after, limit)
+            )
             return self._load(cur, cur.fetchall())
 
     def add_version(self, key_id: str, make_version: Any) -> KeyVersion:
@@ -205,6 +212,8 @@ class SqliteKeyStore(_SqlKeyStore):
         self._conn.execute("PRAGMA secure_delete=ON")  # erased material is overwritten in the file
         self._lock = threading.RLock()
         self._conn.executescript(_SCHEMA.format(blob="BLOB"))
+        if "owner" not in {row[1] for row in self._conn.execute("PRAGMA table_info(keys)")}:
+            self._conn.execute(_ADD_OWNER)
 
     @contextlib.contextmanager
     def _tx(self, *, lock_key: str | None = None) -> Iterator[Any]:
@@ -234,6 +243,7 @@ class PostgresKeyStore(_SqlKeyStore):
             for statement in _SCHEMA.format(blob="BYTEA").split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            conn.execute(_ADD_OWNER.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
 
     @contextlib.contextmanager
     def _tx(self, *, lock_key: str | None = None) -> Iterator[Any]:

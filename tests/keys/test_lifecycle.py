@@ -6,7 +6,7 @@ import pytest
 
 from tests.keys.conftest import OTHER, OWNER
 from ztmesh.keys.algorithms import OpenSslProvider, Purpose
-from ztmesh.keys.errors import KeyVersionUnusable, PermissionDenied, WrongKek, WrongPurpose
+from ztmesh.keys.errors import KeyNotAccessible, KeyVersionUnusable, PermissionDenied, WrongKek, WrongPurpose
 from ztmesh.keys.kek import Kek
 from ztmesh.keys.ledger import ShredLedger
 from ztmesh.keys.manager import KeyManager
@@ -90,7 +90,7 @@ def test_callers_outside_the_access_policy_are_refused(manager, events):
 
 def test_default_policy_is_the_creator_only(manager):
     manager.create_key(OWNER, "mine", Purpose.ENCRYPT)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(KeyNotAccessible, match="key 'mine' not found or not accessible"):
         manager.encrypt(OTHER, "mine", b"x")
 
 
@@ -163,7 +163,7 @@ def test_callers_without_identity_get_nothing(manager):
     manager.create_key(
         OWNER, "open", Purpose.SIGN, access_policy=AccessPolicy({Operation.VERIFY: ("spiffe://ztmesh.local/*",)})
     )
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(KeyNotAccessible):
         manager.verify("", "open", 1, b"m", b"s")
 
 

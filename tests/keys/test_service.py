@@ -13,6 +13,9 @@ from tests.support.mesh import running, settings_for
 from ztmesh._proto.keys.v1 import keys_pb2, keys_pb2_grpc
 from ztmesh.keys.app import build_app
 
+CLIENT_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/client"
+PLUGINS_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/plugins"
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def keys_server(request, pki, tmp_path, monkeypatch):
@@ -67,14 +70,27 @@ def test_bad_requests_get_clear_status_codes(pki, keys_server, call, code):
     assert err.value.code().name == code and err.value.details()
 
 
-def test_caller_not_in_the_key_policy_gets_permission_denied(pki, keys_server):
+def test_caller_with_other_grants_gets_permission_denied(pki, keys_server):
     owner = stub(pki, "client", keys_server)
-    owner.CreateKey(keys_pb2.CreateKeyRequest(key_id="mine", purpose=keys_pb2.KEY_PURPOSE_ENCRYPT), timeout=10)
-    sealed = owner.Encrypt(keys_pb2.EncryptRequest(key_id="mine", plaintext=b"x"), timeout=10)
+    encrypt_only = keys_pb2.KeyAccessPolicy(
+        grants=[
+            keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_ENCRYPT, spiffe_ids=[PLUGINS_ID]),
+            keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_DECRYPT, spiffe_ids=[CLIENT_ID]),
+            keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_GET_PUBLIC_KEY, spiffe_ids=[CLIENT_ID]),
+        ]
+    )
+    owner.CreateKey(
+        keys_pb2.CreateKeyRequest(key_id="mine", purpose=keys_pb2.KEY_PURPOSE_ENCRYPT, access_policy=encrypt_only),
+        timeout=10,
+    )
+    plugins = stub(pki, "plugins", keys_server)
+    sealed = plugins.Encrypt(keys_pb2.EncryptRequest(key_id="mine", plaintext=b"x"), timeout=10)
     with pytest.raises(grpc.RpcError) as err:
-        stub(pki, "plugins", keys_server).Decrypt(keys_pb2.DecryptRequest(envelope=sealed.envelope), timeout=10)
+        plugins.Decrypt(keys_pb2.DecryptRequest(envelope=sealed.envelope), timeout=10)
+    # A caller that holds some grant knows the key exists: it is told what it may not do.
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "sa/plugins may not decrypt with key 'mine'" in err.value.details()
+    assert owner.GetKey(keys_pb2.GetKeyRequest(key_id="mine"), timeout=10).owner == CLIENT_ID
 
 
 def _serve_keys(pki, tmp_path, kek: str) -> subprocess.Popen[str]:
