@@ -1,7 +1,8 @@
 """Wiring of the plugins service into the shared server: its servicer, who may call which RPC.
 
-Policy (and operators) execute plugins; only operators register or remove them. Module signatures
-are verified by the keys service over mTLS with the plugins workload's own certificate.
+Policy (and operators) execute plugins; only operators register or remove them. A module signature
+counts only by a key on the operator's trusted-signer list (ZTMESH_PLUGIN_TRUSTED_SIGNERS); its
+public key comes from the keys service over mTLS with the plugins workload's own certificate.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from ztmesh._proto.plugins.v1 import plugins_pb2_grpc
 from ztmesh.audit.client import audit_emitter
 from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import SettingsError
 from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.settings import load_settings
@@ -18,7 +20,7 @@ from ztmesh.plugins.sandbox import Limits, Sandbox
 from ztmesh.plugins.servicer import PluginServicer
 from ztmesh.plugins.settings import PluginsSettings
 from ztmesh.plugins.store import open_plugin_store
-from ztmesh.plugins.verifier import KeyServiceVerifier
+from ztmesh.plugins.verifier import TRUSTED_SIGNERS, KeyServicePublicKeys, SignerTrust, parse_trusted_signers
 
 SERVICE = "ztmesh.plugins.v1.PluginService"
 
@@ -41,7 +43,14 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         if plugin_settings.plugin_signing_required is not None
         else not settings.dev_mode
     )
+    try:
+        trusted = parse_trusted_signers(plugin_settings.plugin_trusted_signers)
+    except ValueError as exc:
+        raise SettingsError(TRUSTED_SIGNERS, str(exc)) from None
     peers = PeerChannels(settings, "plugins")
+    signers = SignerTrust(
+        trusted, plugin_settings.plugin_signer_algorithms, KeyServicePublicKeys(peers.channel("keys"))
+    )
     sandbox = Sandbox(
         operator_maxima(plugin_settings),
         allowed_capabilities=frozenset(plugin_settings.plugin_capabilities),
@@ -51,7 +60,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     registry = PluginRegistry(
         open_plugin_store(settings.database_url, settings.data_dir),
         sandbox,
-        KeyServiceVerifier(peers.channel("keys")),
+        signers,
         require_signature=require_signature,
         audit=audit,
     )

@@ -1,5 +1,5 @@
-"""Plugin manifests: what a plugin claims to be and needs, validated field by field, and the exact
-bytes its signature covers."""
+"""Plugin manifests: what a plugin claims to be and needs, validated field by field, the exact bytes
+its signature covers, and the signature as it is kept with the module."""
 
 from __future__ import annotations
 
@@ -59,6 +59,18 @@ class Manifest:
             tuple(data.get("capabilities", ())),
             data.get("description", ""),
         )
+
+
+@dataclass(frozen=True)
+class ModuleSignature:
+    """A module's signature and its signer, kept with the module so that every load checks it again
+    without trusting anything but the trusted-signer list."""
+
+    key_id: str
+    key_version: int
+    algorithm: str  # e.g. "ML-DSA-65" (ztmesh.keys.algorithms.Algorithm values)
+    public_key: bytes
+    signature: bytes
 
 
 def signing_message(module: bytes, manifest: Manifest) -> bytes:

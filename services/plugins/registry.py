@@ -1,26 +1,26 @@
 """The plugins core: registration (validation, signature, compilation), listing, execution, removal.
 
 A plugin is compiled and its ABI checked before it is stored, so nothing broken is ever
-registered; on start-up every stored plugin is compiled again (from the on-disk cache)."""
+registered; on start-up every stored plugin has its kept signature checked again against the
+trusted-signer list and is compiled again (from the on-disk cache). A stored plugin that fails the
+check is not loaded, and says so loudly."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
-from typing import Protocol
 
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
 from ztmesh.plugins.errors import BadInput, InvalidPlugin, PluginNotFound, SignatureRejected
-from ztmesh.plugins.manifest import Manifest, signing_message
+from ztmesh.plugins.manifest import Manifest, ModuleSignature, signing_message
 from ztmesh.plugins.sandbox import CallResult, CompiledPlugin, Sandbox
 from ztmesh.plugins.store import PluginStore, StoredPlugin, now
+from ztmesh.plugins.verifier import TRUSTED_SIGNERS, SignerTrust
 
 MAX_MODULE_BYTES = 16 * 1024 * 1024
-
-
-class SignatureVerifier(Protocol):
-    def verify(self, key_id: str, key_version: int, message: bytes, signature: bytes) -> bool: ...
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,23 +40,49 @@ class PluginRegistry:
         self,
         store: PluginStore,
         sandbox: Sandbox,
-        verifier: SignatureVerifier | None,
+        signers: SignerTrust | None,
         *,
         require_signature: bool,
         audit: AuditEmitter | None = None,
     ) -> None:
-        if require_signature and verifier is None:
-            raise ValueError("signing is required but no verifier is configured")
+        if require_signature and signers is None:
+            raise ValueError("signing is required but no trusted-signer check is configured")
         self._store = store
         self._sandbox = sandbox
-        self._verifier = verifier
+        self._signers = signers
         self._require_signature = require_signature
         self._audit = audit
         self._plugins: dict[tuple[str, str], LoadedPlugin] = {}
         self._lock = threading.Lock()
+        if require_signature and signers is not None and signers.empty:
+            log.warning("plugin signing is required but %s is empty: no plugin can register or load", TRUSTED_SIGNERS)
         for stored in store.all():
+            if self._load_refused(stored):
+                continue
             compiled = sandbox.compile(stored.module, frozenset(stored.manifest.capabilities))
             self._plugins[(stored.manifest.name, stored.manifest.version)] = LoadedPlugin(stored, compiled)
+
+    def _load_refused(self, stored: StoredPlugin) -> bool:
+        """Check a stored plugin again as registration did: a row changed in the database, or a signer
+        since removed from the list, must not run."""
+        if not self._require_signature:
+            return False
+        manifest = stored.manifest
+        try:
+            if hashlib.sha256(stored.module).hexdigest() != stored.module_sha256:
+                raise SignatureRejected("the stored module does not match its recorded SHA-256")
+            if stored.signature is None:
+                raise SignatureRejected("it carries no signature (registered while signing was not required?)")
+            assert self._signers is not None
+            self._signers.check(stored.signature, signing_message(stored.module, manifest))
+        except SignatureRejected as exc:
+            log.error(
+                "plugin %s %s is NOT loaded: %s; re-register it signed by a trusted signer, or unregister it",
+                manifest.name, manifest.version, exc,
+            )  # fmt: skip
+            self._record("", "plugins.load", manifest, "DENIED", problem=str(exc))
+            return True
+        return False
 
     def register(
         self, caller: str, module: bytes, manifest: Manifest, signature: bytes, key_id: str, key_version: int
@@ -65,14 +91,12 @@ class PluginRegistry:
             raise InvalidPlugin("module is empty")
         if len(module) > MAX_MODULE_BYTES:
             raise InvalidPlugin(f"module is {len(module)} bytes; the limit is {MAX_MODULE_BYTES}")
+        signed: ModuleSignature | None = None
         if self._require_signature:
             if not signature or not key_id:
                 raise SignatureRejected("signing is required: the module must carry a signature and its key id")
-            assert self._verifier is not None
-            if not self._verifier.verify(key_id, key_version, signing_message(module, manifest), signature):
-                raise SignatureRejected(
-                    f"signature by key {key_id!r} does not verify over this module and manifest (tampered or wrong key)"
-                )
+            assert self._signers is not None
+            signed = self._signers.attest(key_id, key_version, signing_message(module, manifest), signature)
         compiled = self._sandbox.compile(module, frozenset(manifest.capabilities))
         missing = sorted(set(manifest.functions) - compiled.functions)
         if missing:
@@ -83,7 +107,7 @@ class PluginRegistry:
             manifest,
             module,
             hashlib.sha256(module).hexdigest(),
-            key_id if self._require_signature or signature else "",
+            signed,  # unsigned only where signing is not required (dev mode): nothing unverified is recorded
             caller,
             now(),
         )

@@ -1,4 +1,6 @@
-"""Registered plugins persist here: the `PluginStore` seam with SQLite (embedded) and PostgreSQL."""
+"""Registered plugins persist here: the `PluginStore` seam with SQLite (embedded) and PostgreSQL.
+
+Each row keeps the module's signature and its signer's public key, so loading checks it again."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ztmesh.plugins.errors import PluginExists
-from ztmesh.plugins.manifest import Manifest
+from ztmesh.plugins.manifest import Manifest, ModuleSignature
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS plugins (
@@ -21,6 +23,17 @@ CREATE TABLE IF NOT EXISTS plugins (
     module_sha256 TEXT NOT NULL, signing_key_id TEXT NOT NULL, registered_by TEXT NOT NULL,
     registered_at TEXT NOT NULL, PRIMARY KEY (name, version))
 """
+# Added after the first release (stores created before hold unsigned rows, which then do not load).
+_SIGNATURE_COLUMNS = {
+    "signing_key_version": "INTEGER",
+    "signing_algorithm": "TEXT",
+    "signing_public_key": "{blob}",
+    "signature": "{blob}",
+}
+_COLUMNS = (
+    "name, version, manifest, module, module_sha256, signing_key_id, registered_by, registered_at, "
+    "signing_key_version, signing_algorithm, signing_public_key, signature"
+)
 
 
 @dataclass(frozen=True)
@@ -28,9 +41,13 @@ class StoredPlugin:
     manifest: Manifest
     module: bytes
     module_sha256: str
-    signing_key_id: str
+    signature: ModuleSignature | None
     registered_by: str
     registered_at: datetime
+
+    @property
+    def signing_key_id(self) -> str:
+        return self.signature.key_id if self.signature else ""
 
 
 class PluginStore(Protocol):
@@ -57,8 +74,9 @@ class _SqlPluginStore:
             cur.execute(self._sql("SELECT 1 FROM plugins WHERE name = ? AND version = ?"), (m.name, m.version))
             if cur.fetchone():
                 raise PluginExists(f"plugin {m.name} {m.version} is already registered; unregister it first")
+            signed = plugin.signature
             cur.execute(
-                self._sql("INSERT INTO plugins VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                self._sql(f"INSERT INTO plugins ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                 (
                     m.name,
                     m.version,
@@ -68,19 +86,17 @@ class _SqlPluginStore:
                     plugin.signing_key_id,
                     plugin.registered_by,
                     plugin.registered_at.isoformat(),
+                    signed.key_version if signed else None,
+                    signed.algorithm if signed else None,
+                    signed.public_key if signed else None,
+                    signed.signature if signed else None,
                 ),
             )
 
     def all(self) -> list[StoredPlugin]:
         with self._cursor() as cur:
-            cur.execute(
-                "SELECT manifest, module, module_sha256, signing_key_id, registered_by, registered_at "
-                "FROM plugins ORDER BY name, version"
-            )
-            return [
-                StoredPlugin(Manifest.from_json(json.loads(m)), bytes(mod), sha, key, by, datetime.fromisoformat(at))
-                for m, mod, sha, key, by, at in cur.fetchall()
-            ]
+            cur.execute(f"SELECT {_COLUMNS} FROM plugins ORDER BY name, version")
+            return [_row_to_plugin(row) for row in cur.fetchall()]
 
     def remove(self, name: str, version: str) -> int:
         with self._cursor() as cur:
@@ -91,12 +107,28 @@ class _SqlPluginStore:
             return int(cur.rowcount)
 
 
+def _row_to_plugin(row: tuple[Any, ...]) -> StoredPlugin:
+    _, _, manifest, module, sha, key_id, by, at, key_version, algorithm, public_key, signature = row
+    signed = (
+        ModuleSignature(key_id, int(key_version or 0), algorithm or "", bytes(public_key or b""), bytes(signature))
+        if key_id and signature is not None
+        else None
+    )
+    return StoredPlugin(
+        Manifest.from_json(json.loads(manifest)), bytes(module), sha, signed, by, datetime.fromisoformat(at)
+    )
+
+
 class SqlitePluginStore(_SqlPluginStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(_SCHEMA.format(blob="BLOB"))
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(plugins)")}
+        for column, kind in _SIGNATURE_COLUMNS.items():
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE plugins ADD COLUMN {column} {kind.format(blob='BLOB')}")
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -123,7 +155,10 @@ class PostgresPluginStore(_SqlPluginStore):
 
         self._pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, timeout=10)
         with self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('ztmesh.plugins.schema'))")  # replicas start together
             conn.execute(_SCHEMA.format(blob="BYTEA"))
+            for column, kind in _SIGNATURE_COLUMNS.items():
+                conn.execute(f"ALTER TABLE plugins ADD COLUMN IF NOT EXISTS {column} {kind.format(blob='BYTEA')}")
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Any]:

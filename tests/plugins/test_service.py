@@ -1,4 +1,4 @@
-"""PluginService over mTLS with a real keys service verifying module signatures."""
+"""PluginService over mTLS with a real keys service supplying the trusted signer's public key."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.plugins import modules
 from tests.support.mesh import running, settings_for
 from ztmesh._proto.keys.v1 import keys_pb2, keys_pb2_grpc
 from ztmesh._proto.plugins.v1 import plugins_pb2, plugins_pb2_grpc
+from ztmesh.keys.algorithms import public_key_fingerprint
 from ztmesh.keys.app import build_app as build_keys_app
 from ztmesh.plugins.app import build_app as build_plugins_app
 from ztmesh.plugins.manifest import Manifest, signing_message
@@ -22,23 +23,33 @@ PLUGINS_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/plugins"
 CLIENT_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/client"
 
 
+def create_signing_key(keys, key_id: str, algorithm: int = keys_pb2.ALGORITHM_ML_DSA_65) -> str:
+    """Create a signing key the client signs with and the plugins workload reads; return its pin."""
+    policy = keys_pb2.KeyAccessPolicy(
+        grants=[
+            keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_SIGN, spiffe_ids=[CLIENT_ID]),
+            keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_GET_PUBLIC_KEY, spiffe_ids=[CLIENT_ID, PLUGINS_ID]),
+        ]
+    )
+    keys.CreateKey(
+        keys_pb2.CreateKeyRequest(
+            key_id=key_id, purpose=keys_pb2.KEY_PURPOSE_SIGN, algorithm=algorithm, access_policy=policy
+        ),
+        timeout=10,
+    )
+    public = keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key_id), timeout=10)
+    return f"{key_id}@{public_key_fingerprint(public.public_key)}"
+
+
 @pytest.fixture
 def keys_server(pki, tmp_path, monkeypatch):
     monkeypatch.setenv("ZTMESH_KEK", "A" * 43 + "=")
     settings = settings_for(pki, tmp_path / "keys")
     with running(build_keys_app(settings), settings) as server:
         keys = keys_pb2_grpc.KeyServiceStub(pki.channel("client", server.port))
-        policy = keys_pb2.KeyAccessPolicy(
-            grants=[
-                keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_SIGN, spiffe_ids=[CLIENT_ID]),
-                keys_pb2.KeyGrant(operation=keys_pb2.KEY_OPERATION_VERIFY, spiffe_ids=[PLUGINS_ID]),
-            ]
-        )
-        for key_id in ("plugin-signing", "other-key"):
-            keys.CreateKey(
-                keys_pb2.CreateKeyRequest(key_id=key_id, purpose=keys_pb2.KEY_PURPOSE_SIGN, access_policy=policy),
-                timeout=10,
-            )
+        trusted = create_signing_key(keys, "plugin-signing")
+        create_signing_key(keys, "other-key")
+        monkeypatch.setenv("ZTMESH_PLUGIN_TRUSTED_SIGNERS", trusted)
         yield server, keys
 
 
@@ -83,6 +94,7 @@ def test_signatures_are_required_and_checked(pki, tmp_path, keys_server):
             ("tampered module", tampered_module),
             ("tampered manifest", tampered_manifest),
             ("wrongly signed", wrong_key),
+            ("signed by a key not on the trusted-signer list", signed_request(keys, modules.ECHO, ECHO, "other-key")),
         ]:
             with pytest.raises(grpc.RpcError) as err:
                 plugins.RegisterPlugin(request, timeout=30)
