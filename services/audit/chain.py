@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from ztmesh.audit.merkle import leaf_hash
 from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, encode_record
 
 CHECKPOINT_TYPE = "ztmesh.audit.checkpoint.v1"
@@ -34,15 +35,25 @@ def extend(head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter
 
     `recorded_at` never goes backwards along the chain (a clock step back is clamped to the head's
     time), which keeps time partitions holding contiguous sequence ranges."""
+    return extend_with_leaves(head, events, recorded_at, emitter)[0]
+
+
+def extend_with_leaves(
+    head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str
+) -> tuple[list[AuditRecord], list[bytes]]:
+    """`extend`, plus each record's Merkle leaf hash (record `sequence` is leaf `sequence - 1`), from the
+    one canonical encoding of the record that the chain hash uses too."""
     when = max(recorded_at, head.recorded_at)
-    records = []
+    records, leaves = [], []
     prev, sequence = head.hash, head.sequence
     for event in events:
         sequence += 1
-        digest = chain_hash(prev, encode_record(event, sequence, when, emitter))
+        body = encode_record(event, sequence, when, emitter)
+        digest = chain_hash(prev, body)
         records.append(AuditRecord(event, sequence, when, emitter, prev, digest))
+        leaves.append(leaf_hash(body))
         prev = digest
-    return records
+    return records, leaves
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ stored nodes, so a proof is one batched read of O(log² n) nodes at worst, O(log
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +43,22 @@ class NodeReader(Protocol):
     def read_nodes(self, ids: Sequence[NodeId]) -> list[bytes]: ...
 
 
+class _ReadFunction:
+    """A plain `ids -> hashes` function as a NodeReader."""
+
+    def __init__(self, read: Callable[[Sequence[NodeId]], list[bytes]]) -> None:
+        self.read_nodes = read
+
+
+def nodes_in_order(ids: Sequence[NodeId], found: Mapping[NodeId, bytes]) -> list[bytes]:
+    """The hashes of `ids` in order from a lookup of what a store returned; a gap is a ProofError
+    (a store whose tree lost a node must say so, not prove something else)."""
+    try:
+        return [found[i] for i in ids]
+    except KeyError as exc:
+        raise ProofError(f"Merkle tree node {exc.args[0]} is not stored") from None
+
+
 # --- appending ------------------------------------------------------------------------------------------------
 
 
@@ -69,7 +85,9 @@ def frontier_ids(size: int) -> list[NodeId]:
     return subtree_ids(0, size)
 
 
-def frontier_from(size: int, reader: NodeReader) -> Frontier:
+def frontier_from(size: int, reader: NodeReader | Callable[[Sequence[NodeId]], list[bytes]]) -> Frontier:
+    if callable(reader):
+        reader = _ReadFunction(reader)
     ids = frontier_ids(size)
     hashes = reader.read_nodes(ids) if ids else []
     return Frontier(size, tuple((level, h) for (level, _), h in zip(ids, hashes, strict=True)))
@@ -248,7 +266,4 @@ class MemoryNodes:
         self.nodes.update(new)
 
     def read_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:
-        try:
-            return [self.nodes[i] for i in ids]
-        except KeyError as exc:
-            raise ProofError(f"node {exc.args[0]} is not stored") from None
+        return nodes_in_order(ids, self.nodes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg import sql
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the Merkle tree (audit_tree)
 DEFAULT_MIN_RETENTION = "30 days"
 INSTALL_LOCK = 0x7A746D6573686169  # serializes installers: several processes may start on an empty database
 
@@ -39,6 +39,10 @@ CREATE TABLE audit_checkpoints (
 CREATE INDEX audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
 CREATE TABLE audit_partitions (name text PRIMARY KEY, lower_bound timestamptz NOT NULL,
     upper_bound timestamptz NOT NULL);
+-- Every complete subtree of the Merkle tree over the records (merkle.py); never pruned, so the records
+-- that retention keeps stay provable against every checkpoint.
+CREATE TABLE audit_tree (level smallint NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL,
+    PRIMARY KEY (level, idx));
 
 CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -48,6 +52,10 @@ END $$;
 CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_records
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
 CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_tree_append_only BEFORE UPDATE OR DELETE ON audit_tree
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_tree_no_truncate BEFORE TRUNCATE ON audit_tree
     FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
 CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
@@ -164,7 +172,9 @@ def install(
             "INSERT INTO audit_meta VALUES ('schema_version', %s), ('partition_unit', %s), ('min_retention', %s)",
             (SCHEMA_VERSION, "timescaledb" if hyper else partition_unit, min_retention),
         )
-        conn.execute("REVOKE ALL ON audit_meta, audit_records, audit_checkpoints, audit_partitions FROM PUBLIC")
+        conn.execute(
+            "REVOKE ALL ON audit_meta, audit_records, audit_checkpoints, audit_partitions, audit_tree FROM PUBLIC"
+        )
         conn.execute("REVOKE ALL ON FUNCTION audit_ensure_partition(timestamptz), "
                      "audit_drop_partitions(timestamptz) FROM PUBLIC")  # fmt: skip
         if service_role:
@@ -177,7 +187,7 @@ def grant_service_role(conn: Any, role: str) -> None:
     schema = sql.Identifier(conn.execute("SELECT current_schema()").fetchone()[0])
     for stmt in (
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
-        "GRANT SELECT, INSERT ON audit_records, audit_checkpoints TO {role}",
+        "GRANT SELECT, INSERT ON audit_records, audit_checkpoints, audit_tree TO {role}",
         "GRANT SELECT ON audit_meta, audit_partitions TO {role}",
         "GRANT EXECUTE ON FUNCTION audit_ensure_partition(timestamptz), audit_drop_partitions(timestamptz) TO {role}",
     ):

@@ -16,8 +16,8 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ztmesh.audit import canonical, pg_schema
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend
+from ztmesh.audit import canonical, merkle, pg_schema
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend_with_leaves
 from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
 from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, quoted
 from ztmesh.audit.store import (
@@ -196,11 +196,15 @@ class PostgresAuditStore:
         if not plan.new:
             return results_for(events, plan, [])
         head = self._head(conn)
-        records = extend(head, plan.new, canonical.format_time(self.clock()), emitter)
+        records, leaves = extend_with_leaves(head, plan.new, canonical.format_time(self.clock()), emitter)
         self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
             for record in records:
                 copy.write_row(record_params(record))
+        _, nodes = merkle.append_leaves(merkle.frontier_from(head.sequence, lambda ids: _read_nodes(conn, ids)), leaves)
+        with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
+            for (level, idx), digest in nodes:
+                copy.write_row((level, idx, digest))
         return results_for(events, plan, records)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
@@ -218,6 +222,10 @@ class PostgresAuditStore:
     def head(self) -> ChainHead:
         head: ChainHead = self._run(self._head)
         return head
+
+    def read_nodes(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+        nodes: list[bytes] = self._run(_read_nodes, ids)
+        return nodes
 
     def bounds(self) -> tuple[int, int]:
         row = self._run(lambda c: c.execute("SELECT min(sequence), max(sequence) FROM audit_records").fetchone())
@@ -323,6 +331,18 @@ class PostgresAuditStore:
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()
+
+
+def _read_nodes(conn: Any, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+    """One indexed query for all the tree nodes a proof or an append needs."""
+    if not ids:
+        return []
+    rows = conn.execute(
+        "SELECT t.level, t.idx, t.hash FROM audit_tree t JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
+        "ON t.level = w.level AND t.idx = w.idx",
+        ([level for level, _ in ids], [idx for _, idx in ids]),
+    ).fetchall()
+    return merkle.nodes_in_order(ids, {(level, idx): bytes(h) for level, idx, h in rows})
 
 
 def _copy_out_lines(conn: psycopg.Connection[Any], query: bytes) -> Iterator[ChainLink]:

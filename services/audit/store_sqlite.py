@@ -1,7 +1,8 @@
 """SQLite audit store: the embedded default, one file, the same append-only semantics as PostgreSQL.
 
-Triggers refuse UPDATE and DELETE of records and checkpoints; the one exception is retention, which
-may delete only records that a stored PRUNE checkpoint covers. `BEGIN IMMEDIATE` takes the database
+Triggers refuse UPDATE and DELETE of records, checkpoints and Merkle tree nodes; the one exception is
+retention, which may delete only records that a stored PRUNE checkpoint covers (their tree nodes stay,
+so what remains is still provable). `BEGIN IMMEDIATE` takes the database
 write lock before the head is read, so appenders in several processes never fork the chain.
 """
 
@@ -14,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ztmesh.audit import canonical
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend
+from ztmesh.audit import canonical, merkle
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend_with_leaves
 from ztmesh.audit.errors import AppendOnlyViolation, StoreError
 from ztmesh.audit.record import AuditRecord, EventV1, assemble, quoted
 from ztmesh.audit.store import (
@@ -57,6 +58,12 @@ BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_records")}'); END;
 CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records
 WHEN NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE kind = 'prune' AND pruned_through_sequence >= OLD.sequence)
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_records not covered by a prune checkpoint")}'); END;
+CREATE TABLE IF NOT EXISTS audit_tree (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS audit_tree_no_update BEFORE UPDATE ON audit_tree
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_tree")}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_tree_no_delete BEFORE DELETE ON audit_tree
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_tree")}'); END;
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_checkpoints")}'); END;
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
@@ -152,12 +159,29 @@ class SqliteAuditStore:
 
     def _append_locked(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         plan = plan_batch(events, self._stored([e.event_id for e in events]))
-        records = extend(self._head_locked(), plan.new, canonical.format_time(self.clock()), emitter)
+        head = self._head_locked()
+        records, leaves = extend_with_leaves(head, plan.new, canonical.format_time(self.clock()), emitter)
         self._db.executemany(
             f"INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
             [record_params(r) for r in records],
         )
+        if leaves:
+            _, nodes = merkle.append_leaves(merkle.frontier_from(head.sequence, self._node_reader), leaves)
+            self._db.executemany("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
+                                 [(level, idx, h) for (level, idx), h in nodes])  # fmt: skip
         return results_for(events, plan, records)
+
+    def _node_reader(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+        found: dict[tuple[int, int], bytes] = {}
+        for chunk in range(0, len(ids), 400):
+            part = ids[chunk : chunk + 400]
+            rows = self._db.execute(
+                "SELECT level, idx, hash FROM audit_tree WHERE (level, idx) IN "
+                f"(VALUES {','.join(['(?, ?)'] * len(part))})",
+                [v for i in part for v in i],
+            ).fetchall()
+            found.update(((level, idx), bytes(h)) for level, idx, h in rows)
+        return merkle.nodes_in_order(ids, found)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         if not events:
@@ -170,6 +194,13 @@ class SqliteAuditStore:
     def head(self) -> ChainHead:
         with self._lock:
             return self._head_locked()
+
+    def read_nodes(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+        with self._lock:
+            try:
+                return self._node_reader(ids)
+            except sqlite3.Error as exc:
+                raise StoreError(f"audit database {self.path}: {exc}") from None
 
     def bounds(self) -> tuple[int, int]:
         row = self._read("SELECT min(sequence), max(sequence) FROM audit_records")[0]

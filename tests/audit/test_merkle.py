@@ -80,7 +80,7 @@ def test_proofs_outside_the_tree_are_refused(tree) -> None:
         merkle.inclusion_proof(5, 5, nodes)
     with pytest.raises(merkle.ProofError):
         merkle.consistency_proof(6, 5, nodes)
-    with pytest.raises(merkle.ProofError, match="not stored"):
+    with pytest.raises(merkle.ProofError, match="is not stored"):
         merkle.inclusion_proof(0, 10_000, nodes)
 
 
