@@ -14,6 +14,7 @@ from typing import Any
 
 from ztmesh.policy.errors import MalformedDecision
 from ztmesh.policy.model import Outcome
+from ztmesh.policy.rego import UNDEFINED
 
 MAX_ITEMS = 64
 MAX_TEXT = 1024
@@ -42,11 +43,20 @@ def _strings(doc: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _kind(value: Any) -> str:
+    """The Rego (JSON) name of a value's type, as a policy author wrote it."""
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}.get(
+        type(value), type(value).__name__
+    )
+
+
 def parse_answer(raw: Any) -> Answer:
-    if raw is None:
+    if raw is UNDEFINED:
         raise MalformedDecision("the decision is undefined for this input")
     if not isinstance(raw, dict):
-        raise MalformedDecision(f"the decision must be an object, got {type(raw).__name__}")
+        raise MalformedDecision(f"the decision must be an object, got {_kind(raw)}")
     outcome = _OUTCOMES.get(raw.get("outcome"))  # type: ignore[arg-type]
     if outcome is None:
         raise MalformedDecision(f"'outcome' must be one of allow, deny, challenge; got {raw.get('outcome')!r}")

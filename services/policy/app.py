@@ -29,9 +29,10 @@ from ztmesh.policy.decider import PluginClient, PolicyEngine
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
 from ztmesh.policy.extauthz import AuthorizationServicer
 from ztmesh.policy.inputs import probe_inputs
+from ztmesh.policy.opa_inproc import LIBRARY_ENV, OpaEmbeddedEngine
 from ztmesh.policy.opa_server import OpaServerEngine
 from ztmesh.policy.plugin_source import PluginDataSource, parse_specs
-from ztmesh.policy.rego import RegoEngine, RegorusEngine
+from ztmesh.policy.rego import RegoEngine
 from ztmesh.policy.servicer import PolicyServicer
 from ztmesh.policy.settings import PolicySettings
 from ztmesh.policy.signals import MemorySignalStore, RedisSignalStore, SignalStore
@@ -66,10 +67,12 @@ def build_engine(
         rego = (
             OpaServerEngine(policy.opa_url, timeout_s=policy.opa_timeout)
             if policy.rego_engine == "opa"
-            else RegorusEngine()
+            else OpaEmbeddedEngine()
         )
     except ValueError as exc:
         raise SettingsError("ZTMESH_OPA_URL", str(exc)) from None
+    except EngineError as exc:  # the in-process OPA library is missing or does not load
+        raise SettingsError(LIBRARY_ENV, str(exc)) from None
     signals: SignalStore = RedisSignalStore(settings.redis_url) if settings.redis_url else MemorySignalStore()
     cache: DecisionCache | None = None
     if policy.decision_cache:

@@ -25,19 +25,8 @@ import yaml
 
 from ztmesh.policy.answer import parse_answer
 from ztmesh.policy.errors import BundleError, EngineError, MalformedDecision
-from ztmesh.policy.rego import (
-    InputPaths,
-    RegoEngine,
-    TestResult,
-    analyse_input_paths,
-    evaluate_rule,
-    new_engine,
-    packages_of,
-    prune,
-    pruning_tree,
-    rule_path,
-    run_tests,
-)
+from ztmesh.policy.opa_inproc import PreparedQuery, RegoRuntimeError, analyse_input_paths, check_modules, run_tests
+from ztmesh.policy.rego import InputPaths, RegoEngine, TestResult, packages_of, prune, pruning_tree, rule_path
 
 log = logging.getLogger("ztmesh.policy.bundle")
 
@@ -161,19 +150,19 @@ def _entrypoint_location(bundle: Bundle) -> tuple[str, int]:
     return "", 0
 
 
-def _probe(bundle: Bundle, probes: Mapping[str, Mapping[str, Any]]) -> str:
-    """The first probe answered wrongly, described, or "". The engine stays in this frame: no
-    exception leaves it holding the engine (see rego.new_engine)."""
-    engine = new_engine(bundle.modules, bundle.data)
-    problem = ""
-    for name, probe in probes.items():
-        try:
-            parse_answer(evaluate_rule(engine, bundle.entrypoint, probe))
-        except (EngineError, MalformedDecision) as exc:
-            problem = f"{bundle.entrypoint} answers the probe {name!r} wrongly: {exc}"
-            break
-    del engine
-    return problem
+def _probe(bundle: Bundle, probes: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, int]:
+    """The first probe answered wrongly, described, with the file:line of a runtime error; or ""."""
+    query = PreparedQuery(bundle.modules, bundle.data, bundle.entrypoint, explain=True)
+    try:
+        for name, probe in probes.items():
+            try:
+                parse_answer(query.evaluate(probe))
+            except (EngineError, MalformedDecision) as exc:
+                where = (exc.file, exc.line) if isinstance(exc, RegoRuntimeError) and exc.file else ("", 0)
+                return f"{bundle.entrypoint} answers the probe {name!r} wrongly: {exc}", *where
+        return "", "", 0
+    finally:
+        query.release()
 
 
 @dataclass(frozen=True)
@@ -193,7 +182,8 @@ def check_bundle(
 
     Raises BundleError for the first problem (with `raise_on_failure`, for failing tests too); returns
     the bundle with its input paths filled in and every test result."""
-    new_engine(bundle.modules, bundle.data)  # parse errors first, with their file and line
+    # Compile errors first, with their file and line: syntax, types, unknown or refused builtins.
+    check_modules(bundle.modules, bundle.data, bundle.entrypoint)
     results = tuple(run_tests(bundle.modules, bundle.tests, bundle.data)) if bundle.tests else ()
     if require_tests and not results:
         raise BundleError("the bundle has no Rego tests (*_test.rego with test_ rules); refusing an untested policy")
@@ -205,9 +195,9 @@ def check_bundle(
     file, line = _entrypoint_location(bundle)
     if not file:
         raise BundleError(f"no module defines the entrypoint {bundle.entrypoint}")
-    problem = _probe(bundle, probes)
+    problem, at_file, at_line = _probe(bundle, probes)
     if problem:
-        raise BundleError(problem, file, line)
+        raise BundleError(problem, at_file or file, at_line or line)
     paths = analyse_input_paths(bundle.modules)
     checked = dataclasses.replace(bundle, input_paths=paths, _tree=None if paths is None else pruning_tree(paths))
     return CheckReport(checked, results)
@@ -239,7 +229,9 @@ class BundleManager:
         self._current: Bundle | None = None
         self._lock = threading.Lock()  # one reload at a time; readers never wait
         self._listeners: list[Callable[[Bundle], None]] = []
+        self._checked: Bundle | None = None  # the last bundle that passed the checks
         self.last_error = ""
+        self.pending = ""  # a checked revision the engine has not taken yet (e.g. OPA unreachable)
 
     @property
     def current(self) -> Bundle:
@@ -259,19 +251,28 @@ class BundleManager:
         """Swap in the folder's bundle if it changed and passes every check; BundleError otherwise."""
         with self._lock:
             previous = self._current
+            self.pending = ""
             try:
                 bundle = read_bundle(self.root, self.entrypoint)
                 if previous is not None and bundle.revision == previous.revision:
                     return ReloadResult(previous.revision, changed=False, previous=previous.revision)
-                checked = check_bundle(bundle, self._probes, self._require_tests).bundle
+                checked = self._checked
+                if checked is None or checked.revision != bundle.revision:  # a retry skips the checks
+                    checked = check_bundle(bundle, self._probes, self._require_tests).bundle
+                    self._checked = checked
+                self.pending = checked.revision
                 self.engine.install(checked)
             except (BundleError, EngineError) as exc:
-                self.last_error = str(exc)
                 serving = previous.revision if previous else "nothing"
+                if isinstance(exc, BundleError):
+                    self.last_error, self.pending = str(exc), ""
+                else:  # when checked but not taken by the engine (pending), the watcher retries
+                    waiting = f"; bundle {self.pending} waits for the engine" if self.pending else ""
+                    self.last_error = f"{exc}{waiting}; {serving} keeps serving"
                 log.error("policy bundle refused, %s keeps serving: %s", serving, exc)
                 raise
             self._current = checked
-            self.last_error = ""
+            self.last_error = self.pending = ""
         log.info("policy bundle %s serving (was %s)", checked.revision, previous.revision if previous else "none")
         for listener in self._listeners:
             listener(checked)

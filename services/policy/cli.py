@@ -52,7 +52,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     from ztmesh.policy.bundle import read_bundle
-    from ztmesh.policy.rego import run_tests
+    from ztmesh.policy.opa_inproc import run_tests
 
     try:
         bundle = read_bundle(args.dir)
@@ -129,13 +129,13 @@ def _decide_locally(request: DecisionRequest) -> int:
     from ztmesh.policy.bundle import BundleManager
     from ztmesh.policy.decider import PolicyEngine
     from ztmesh.policy.inputs import probe_inputs
-    from ztmesh.policy.rego import RegorusEngine
+    from ztmesh.policy.opa_inproc import OpaEmbeddedEngine
     from ztmesh.policy.signals import MemorySignalStore
     from ztmesh.policy.trust import TrustScorer
 
     settings = _DEFAULTS
     try:
-        bundles = BundleManager(settings.policy_dir, RegorusEngine(), probe_inputs())
+        bundles = BundleManager(settings.policy_dir, OpaEmbeddedEngine(), probe_inputs())
         bundles.reload()
         scorer = TrustScorer(settings.trust_files.load())
     except (BundleError, ConfigError) as exc:

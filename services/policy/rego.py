@@ -1,13 +1,12 @@
-"""The Rego engine seam and its embedded implementation on regorus (the `gordon-to-regorus` package).
+"""The Rego engine seam, and regorus (the `gordon-to-regorus` package) as a measured candidate.
 
 `RegoEngine` is what the decision path calls: `install` a checked bundle, `evaluate` the decision
-rule of an installed bundle. `RegorusEngine` runs in process: one compiled template per bundle,
-cloned once per thread (a regorus Engine holds its input, so threads must not share one). The OPA
-server implementation lives in opa_server.py. Why regorus and not regopy: docs/policy-pack.md.
+rule of an installed bundle. The default engine is OPA itself in process (opa_inproc.py); the OPA
+server engine lives in opa_server.py. `RegorusEngine` is kept only as a candidate the conformance
+harness and the bench measure: it answers differently from OPA on OPA's own conformance cases, so
+no setting selects it (docs/policy-pack.md).
 
-Also here, because they need the engine's parser: mapping regorus errors to file:line, the input
-paths a bundle's policies can read (so the service hands Rego only those, which is faster and
-makes the decision cache key exact), and the runner of `test_` rules.
+Also here: the test result type, test discovery, pruning the input to the paths a bundle reads.
 """
 
 from __future__ import annotations
@@ -29,6 +28,26 @@ _TEST_RULE = re.compile(r"^(?P<name>(?:todo_)?test_[A-Za-z0-9_]*)\b", re.MULTILI
 _PACKAGE = re.compile(r"^package\s+(?P<name>[\w.]+)", re.MULTILINE)
 
 
+class _Undefined:
+    """The value of a rule that is undefined for this input (distinct from a rule whose value is null)."""
+
+    _instance: _Undefined | None = None
+
+    def __new__(cls) -> _Undefined:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNDEFINED = _Undefined()
+
+
 class CompiledBundle(Protocol):
     """What engines need of a bundle: its identity, its modules and data, and the rule to query."""
 
@@ -46,7 +65,8 @@ class RegoEngine(Protocol):
         ...
 
     def evaluate(self, bundle: CompiledBundle, document: Mapping[str, Any], pruned: Mapping[str, Any]) -> Any:
-        """The raw value of the bundle's entrypoint for this input (None when undefined).
+        """The value of the bundle's entrypoint for this input, as JSON (sets as sorted arrays, null as
+        None); UNDEFINED when the rule is undefined for it (an engine may raise instead).
 
         `document` is the full input, `pruned` only the paths the policies read: an engine may use
         either. Raises StaleBundle when `bundle` is no longer installed, EngineError on failure."""
@@ -167,10 +187,13 @@ def input_paths(modules_ast: list[Any]) -> InputPaths | None:
             if kind == "Var" and isinstance(body, dict) and body.get("value") == "input":
                 return None
         pending.extend(node.values())
-    # Keep only the shortest prefixes: reading input.a covers input.a.b.
-    kept = sorted(paths, key=len)
+    return minimal_prefixes(paths)
+
+
+def minimal_prefixes(paths: Iterable[tuple[str, ...]]) -> InputPaths:
+    """Only the shortest prefixes, sorted: reading input.a covers input.a.b."""
     minimal: list[tuple[str, ...]] = []
-    for path in kept:
+    for path in sorted(set(paths), key=len):
         if not any(path[: len(p)] == p for p in minimal):
             minimal.append(path)
     return tuple(sorted(minimal))

@@ -21,7 +21,7 @@ class PolicySettings:
     )
     threat_dir: Path = setting(_POLICIES / "threat", doc="folder of the IP/CIDR lists named in the weights file")
     rego_engine: str = setting(
-        "embedded", doc="embedded (regorus, in process) or opa (an OPA server at ZTMESH_OPA_URL)",
+        "embedded", doc="embedded (OPA itself, in process) or opa (an OPA server at ZTMESH_OPA_URL)",
         check=one_of("embedded", "opa"),
     )  # fmt: skip
     opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")

@@ -1,5 +1,5 @@
 """Policy fixtures: the shipped pack and trust data, a controllable clock, a baseline request, and a
-factory of PolicyEngines wired to real stores and engines (regorus in process, or an OPA server)."""
+factory of PolicyEngines wired to real stores and engines (OPA in process, or an OPA server)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from ztmesh.policy.model import (
     Resource,
     Subject,
 )
-from ztmesh.policy.rego import RegoEngine, RegorusEngine
+from ztmesh.policy.opa_inproc import OpaEmbeddedEngine
+from ztmesh.policy.rego import RegoEngine
 from ztmesh.policy.signals import MemorySignalStore, SignalStore
 from ztmesh.policy.trust import TrustResult, TrustScorer
 from ztmesh.policy.trust_config import TrustFiles
@@ -110,14 +111,14 @@ def pack() -> Bundle:
 
 
 @pytest.fixture(scope="session")
-def pack_engine(pack: Bundle) -> RegorusEngine:
-    engine = RegorusEngine()
+def pack_engine(pack: Bundle) -> OpaEmbeddedEngine:
+    engine = OpaEmbeddedEngine()
     engine.install(pack)
     return engine
 
 
 @pytest.fixture
-def answer(pack: Bundle, pack_engine: RegorusEngine) -> Callable[..., Answer]:
+def answer(pack: Bundle, pack_engine: OpaEmbeddedEngine) -> Callable[..., Answer]:
     """The pack's answer for a request at an exact trust score (and flags), bypassing the trust algorithm."""
 
     def evaluate(request: DecisionRequest, score: float, flags: Sequence[str] = ()) -> Answer:
@@ -159,7 +160,7 @@ def make_engine(clock: Clock) -> Iterator[EngineFactory]:
         engine_clock: Callable[[], float] | None = None,
         probes: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> PolicyEngine:
-        rego = rego or RegorusEngine()
+        rego = rego or OpaEmbeddedEngine()
         engines.append(rego)
         bundles = BundleManager(bundle_root, rego, probe_inputs() if probes is None else probes)
         bundles.reload()

@@ -36,7 +36,7 @@ def _shape(change):
 # (what to do to the copied pack, file and line the error must name, words of the message)
 BAD_BUNDLES = [
     ("syntax error", lambda d: _edit(d / "authz.rego", "{\n\tnot data.", "{\n\tnot data === data."),
-     "authz.rego", "not data === data.", "expecting"),
+     "authz.rego", "not data === data.", "rego_parse_error"),
     ("failing test", lambda d: _edit(d / "data.json", '"patient_data": 75', '"patient_data": 76'),
      "authz_test.rego", "test_patient_data_boundary", "tests failed, first data.ztmesh.authz_test.test_patient_data"),
     ("wrong output shape", _shape(lambda d: _edit(d / "authz.rego", '"outcome": "allow",', '"outcome": "permit",')),

@@ -109,7 +109,7 @@ def test_report_signal_moves_the_score(pki, policy_server):
 def test_policy_info_and_reload(pki, policy_server, policy_dir):
     client = stub(pki, policy_server)
     info = client.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
-    assert info.engine == "regorus" and list(info.packages) == ["ztmesh.authz"] and info.trust_revision
+    assert info.engine == "opa-embedded" and list(info.packages) == ["ztmesh.authz"] and info.trust_revision
     assert client.ReloadPolicy(policy_pb2.ReloadPolicyRequest(), timeout=10).changed is False
     (policy_dir / "authz.rego").write_text((policy_dir / "authz.rego").read_text().replace("if {", "if {{", 1))
     with pytest.raises(grpc.RpcError) as info_error:

@@ -1,0 +1,457 @@
+// Package main is ztmesh's in-process OPA: the pinned OPA module behind a small C ABI, built with
+// `go build -buildmode=c-shared` and loaded by services/policy/opa_inproc.py.
+//
+// Every call takes and returns JSON bytes, so one evaluation is one crossing: Python hands the
+// input, Go answers the value. Returned buffers are malloc'ed and freed by the caller (ztm_free).
+// A prepared query is shared by every thread: OPA's PreparedEvalQuery is safe for concurrent Eval.
+package main
+
+/*
+#include <stdlib.h>
+*/
+import "C"
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/tester"
+	"github.com/open-policy-agent/opa/v1/topdown"
+	"github.com/open-policy-agent/opa/v1/util"
+	"github.com/open-policy-agent/opa/v1/version"
+)
+
+// refusedBuiltins reach the network: a decision must not wait on, or leak to, a third party.
+var refusedBuiltins = map[string]string{
+	"http.send":          "it reaches the network",
+	"net.lookup_ip_addr": "it reaches the network (DNS)",
+}
+
+type prepareRequest struct {
+	Modules             map[string]string `json:"modules"`
+	Data                json.RawMessage   `json:"data"`
+	Query               string            `json:"query"`
+	StrictBuiltinErrors bool              `json:"strict_builtin_errors"`
+	// Rule: the query is one reference and the answer is its value (the decision path); otherwise
+	// the answer is every result's bindings (ad hoc queries, the conformance cases).
+	Rule bool `json:"rule"`
+}
+
+type prepared struct {
+	query rego.PreparedEvalQuery
+	rule  bool
+}
+
+type problem struct {
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message"`
+	File    string `json:"file,omitempty"`
+	Row     int    `json:"row,omitempty"`
+	Col     int    `json:"col,omitempty"`
+}
+
+type failure struct {
+	Error    string    `json:"error"` // err.Error() as OPA prints it
+	Problems []problem `json:"problems,omitempty"`
+}
+
+var (
+	handles sync.Map // uint64 -> *prepared
+	nextID  atomic.Uint64
+)
+
+// capabilities: this OPA's builtins and features minus the refused builtins; no host is reachable.
+func capabilities() *ast.Capabilities {
+	caps := ast.CapabilitiesForThisVersion()
+	kept := caps.Builtins[:0]
+	for _, b := range caps.Builtins {
+		if _, refused := refusedBuiltins[b.Name]; !refused {
+			kept = append(kept, b)
+		}
+	}
+	caps.Builtins = kept
+	caps.AllowNet = []string{}
+	return caps
+}
+
+func describe(err error) failure {
+	out := failure{Error: err.Error()}
+	var astErrs ast.Errors
+	var topErr *topdown.Error
+	switch {
+	case errors.As(err, &astErrs):
+		for _, e := range astErrs {
+			p := problem{Code: e.Code, Message: e.Message}
+			if e.Location != nil {
+				p.File, p.Row, p.Col = e.Location.File, e.Location.Row, e.Location.Col
+			}
+			out.Problems = append(out.Problems, refusal(p))
+		}
+	case errors.As(err, &topErr):
+		p := problem{Code: topErr.Code, Message: topErr.Message}
+		if topErr.Location != nil {
+			p.File, p.Row, p.Col = topErr.Location.File, topErr.Location.Row, topErr.Location.Col
+		}
+		out.Problems = append(out.Problems, p)
+	}
+	return out
+}
+
+// refusal names a refused builtin and why, where OPA's compiler only says "undefined function".
+func refusal(p problem) problem {
+	if name, ok := strings.CutPrefix(p.Message, "undefined function "); ok {
+		if why, refused := refusedBuiltins[name]; refused {
+			p.Message = fmt.Sprintf("builtin %s is refused by ztmesh: %s", name, why)
+		}
+	}
+	return p
+}
+
+func reply(out **C.char, outLen *C.int, v any) {
+	bs, err := json.Marshal(v)
+	if err != nil {
+		bs, _ = json.Marshal(failure{Error: "cannot encode the answer: " + err.Error()})
+	}
+	*out = (*C.char)(C.CBytes(bs))
+	*outLen = C.int(len(bs))
+}
+
+func replyRaw(out **C.char, outLen *C.int, bs []byte) {
+	*out = (*C.char)(C.CBytes(bs))
+	*outLen = C.int(len(bs))
+}
+
+func goBytes(p *C.char, n C.int) []byte {
+	if n == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n))
+}
+
+func parseModules(sources map[string]string) (map[string]*ast.Module, error) {
+	names := make([]string, 0, len(sources))
+	for name := range sources {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	modules := map[string]*ast.Module{}
+	var errs ast.Errors
+	opts := ast.ParserOptions{RegoVersion: ast.RegoV1, Capabilities: capabilities(), ProcessAnnotation: true}
+	for _, name := range names {
+		m, err := ast.ParseModuleWithOpts(name, sources[name], opts)
+		if err != nil {
+			var e ast.Errors
+			if errors.As(err, &e) {
+				errs = append(errs, e...)
+				continue
+			}
+			return nil, err
+		}
+		modules[name] = m
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return modules, nil
+}
+
+func newStore(data json.RawMessage) (storage.Store, error) {
+	doc := map[string]any{}
+	if len(bytes.TrimSpace(data)) > 0 && !bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+		if err := util.UnmarshalJSON(data, &doc); err != nil {
+			return nil, fmt.Errorf("data is not a JSON object: %w", err)
+		}
+	}
+	return inmem.NewFromObjectWithOpts(doc, inmem.OptRoundTripOnWrite(false)), nil
+}
+
+// ztm_prepare compiles modules + data + query once; returns a handle (>0), or 0 with the
+// compile errors (file:row each) in *out.
+//
+//export ztm_prepare
+func ztm_prepare(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.ulonglong {
+	var r prepareRequest
+	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
+		reply(out, outLen, failure{Error: "bad prepare request: " + err.Error()})
+		return 0
+	}
+	modules, err := parseModules(r.Modules)
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 0
+	}
+	store, err := newStore(r.Data)
+	if err != nil {
+		reply(out, outLen, failure{Error: err.Error()})
+		return 0
+	}
+	opts := []func(*rego.Rego){
+		rego.Query(r.Query),
+		rego.Store(store),
+		rego.Capabilities(capabilities()),
+		rego.StrictBuiltinErrors(r.StrictBuiltinErrors),
+		rego.SetRegoVersion(ast.RegoV1),
+	}
+	for _, m := range modules {
+		opts = append(opts, rego.ParsedModule(m))
+	}
+	pq, err := rego.New(opts...).PrepareForEval(context.Background())
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 0
+	}
+	id := nextID.Add(1)
+	handles.Store(id, &prepared{query: pq, rule: r.Rule})
+	reply(out, outLen, map[string]uint64{"handle": id})
+	return C.ulonglong(id)
+}
+
+// Input kinds of ztm_eval.
+const (
+	inputNone = 0
+	inputJSON = 1
+	inputTerm = 2 // Rego term syntax (sets, ...): only the conformance cases need it
+)
+
+// ztm_eval evaluates a prepared query: returns 0 with the answer in *out ({"value": v} or {} when
+// undefined for a rule; {"results": [bindings...]} otherwise), or 1 with the error in *out.
+//
+//export ztm_eval
+func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, out **C.char, outLen *C.int) C.int {
+	v, ok := handles.Load(uint64(handle))
+	if !ok {
+		reply(out, outLen, failure{Error: fmt.Sprintf("no prepared query %d (released)", uint64(handle))})
+		return 1
+	}
+	p := v.(*prepared)
+	var evalOpts []rego.EvalOption
+	switch kind {
+	case inputJSON:
+		value, err := ast.ValueFromReader(bytes.NewReader(goBytes(input, inputLen)))
+		if err != nil {
+			reply(out, outLen, failure{Error: "input is not JSON: " + err.Error()})
+			return 1
+		}
+		evalOpts = append(evalOpts, rego.EvalParsedInput(value))
+	case inputTerm:
+		term, err := ast.ParseTerm(string(goBytes(input, inputLen)))
+		if err != nil {
+			reply(out, outLen, failure{Error: "input is not a Rego term: " + err.Error()})
+			return 1
+		}
+		evalOpts = append(evalOpts, rego.EvalParsedInput(term.Value))
+	}
+	rs, err := p.query.Eval(context.Background(), evalOpts...)
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 1
+	}
+	if p.rule {
+		if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+			replyRaw(out, outLen, []byte("{}"))
+			return 0
+		}
+		bs, err := json.Marshal(rs[0].Expressions[0].Value)
+		if err != nil {
+			reply(out, outLen, failure{Error: "cannot encode the value: " + err.Error()})
+			return 1
+		}
+		answer := make([]byte, 0, len(bs)+10)
+		answer = append(append(append(answer, `{"value":`...), bs...), '}')
+		replyRaw(out, outLen, answer)
+		return 0
+	}
+	results := make([]map[string]any, 0, len(rs))
+	for _, r := range rs {
+		results = append(results, r.Bindings)
+	}
+	reply(out, outLen, map[string]any{"results": results})
+	return 0
+}
+
+// ztm_release forgets a prepared query (a replaced bundle).
+//
+//export ztm_release
+func ztm_release(handle C.ulonglong) {
+	handles.Delete(uint64(handle))
+}
+
+type testRequest struct {
+	Modules map[string]string `json:"modules"` // policies and tests together, as `opa test DIR`
+	Data    json.RawMessage   `json:"data"`
+	Timeout float64           `json:"timeout"` // seconds per test; `opa test`'s default is 5
+}
+
+type testResult struct {
+	Package string `json:"package"`
+	Name    string `json:"name"`
+	File    string `json:"file"`
+	Row     int    `json:"row"`
+	Fail    bool   `json:"fail"`
+	Skip    bool   `json:"skip"`
+	Error   string `json:"error,omitempty"`
+	Output  string `json:"output,omitempty"`
+}
+
+// ztm_test runs the `test_` rules with OPA's own tester (what `opa test` runs): returns 0 with
+// {"results": [...]}, or 1 with the compile errors.
+//
+//export ztm_test
+func ztm_test(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.int {
+	var r testRequest
+	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
+		reply(out, outLen, failure{Error: "bad test request: " + err.Error()})
+		return 1
+	}
+	modules, err := parseModules(r.Modules)
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 1
+	}
+	store, err := newStore(r.Data)
+	if err != nil {
+		reply(out, outLen, failure{Error: err.Error()})
+		return 1
+	}
+	timeout := 5 * time.Second
+	if r.Timeout > 0 {
+		timeout = time.Duration(r.Timeout * float64(time.Second))
+	}
+	ctx := context.Background()
+	var results []testResult
+	err = storage.Txn(ctx, store, storage.WriteParams, func(txn storage.Transaction) error {
+		compiler := ast.NewCompiler().
+			WithPathConflictsCheck(storage.NonEmpty(ctx, store, txn)).
+			WithEnablePrintStatements(true).
+			WithCapabilities(capabilities()).
+			WithUseTypeCheckAnnotations(true)
+		ch, err := tester.NewRunner().
+			SetCompiler(compiler).
+			SetStore(store).
+			CapturePrintOutput(true).
+			SetModules(modules).
+			SetTimeout(timeout).
+			RunTests(ctx, txn)
+		if err != nil {
+			return err
+		}
+		for res := range ch {
+			tr := testResult{Package: res.Package, Name: res.Name, Fail: res.Fail, Skip: res.Skip, Output: string(res.Output)}
+			if res.Location != nil {
+				tr.File, tr.Row = res.Location.File, res.Location.Row
+			}
+			if res.Error != nil {
+				tr.Error = res.Error.Error()
+			}
+			results = append(results, tr)
+		}
+		return nil
+	})
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 1
+	}
+	reply(out, outLen, map[string]any{"results": results})
+	return 0
+}
+
+type inputPathsRequest struct {
+	Modules map[string]string `json:"modules"`
+}
+
+// inputReads collects the input paths x reads (string-keyed prefixes of every `input...` ref);
+// unbounded when some read has no such prefix (bare `input`, `input[x]`).
+func inputReads(x any, paths map[string][]string, unbounded *bool) {
+	ast.NewGenericVisitor(func(node any) bool {
+		switch t := node.(type) {
+		case ast.Ref:
+			if len(t) == 0 || !t[0].Equal(ast.InputRootDocument) {
+				return false
+			}
+			var prefix []string
+			for _, seg := range t[1:] {
+				s, ok := seg.Value.(ast.String)
+				if !ok {
+					break
+				}
+				prefix = append(prefix, string(s))
+			}
+			if len(prefix) == 0 {
+				*unbounded = true
+			} else {
+				key, _ := json.Marshal(prefix)
+				paths[string(key)] = prefix
+			}
+			for _, seg := range t[1:] { // a dynamic index may itself read input
+				inputReads(seg, paths, unbounded)
+			}
+			return true
+		case ast.Var:
+			if t.Equal(ast.InputRootDocument.Value) {
+				*unbounded = true
+			}
+		}
+		return false
+	}).Walk(x)
+}
+
+// ztm_input_paths returns 0 with {"paths": [[segment...]...]} (null: the whole input may be read),
+// or 1 with the parse errors.
+//
+//export ztm_input_paths
+func ztm_input_paths(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.int {
+	var r inputPathsRequest
+	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
+		reply(out, outLen, failure{Error: "bad input-paths request: " + err.Error()})
+		return 1
+	}
+	modules, err := parseModules(r.Modules)
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 1
+	}
+	paths := map[string][]string{}
+	unbounded := false
+	for _, m := range modules {
+		inputReads(m, paths, &unbounded)
+	}
+	if unbounded {
+		reply(out, outLen, map[string]any{"paths": nil})
+		return 0
+	}
+	list := make([][]string, 0, len(paths))
+	for _, p := range paths {
+		list = append(list, p)
+	}
+	reply(out, outLen, map[string]any{"paths": list})
+	return 0
+}
+
+// ztm_free releases a buffer this library returned.
+//
+//export ztm_free
+func ztm_free(p *C.char) {
+	C.free(unsafe.Pointer(p))
+}
+
+// ztm_version is the OPA version compiled in, to check the library matches the pin.
+//
+//export ztm_version
+func ztm_version(out **C.char, outLen *C.int) {
+	reply(out, outLen, map[string]string{"opa": version.Version})
+}
+
+func main() {}
