@@ -30,6 +30,10 @@ class MeshSettings:
     tls_cert: Path | None = setting(None, doc="certificate file (default <cert_dir>/<service>.crt)")
     tls_key: Path | None = setting(None, doc="private key file (default <cert_dir>/<service>.key)")
     tls_ca: Path | None = setting(None, doc="CA bundle trusted for peers (default <cert_dir>/ca.crt)")
+    tls_require_pq: bool = setting(
+        False,
+        doc="refuse calls over connections that did not negotiate X25519MLKEM768 (classical-only key exchange)",
+    )
     data_dir: Path = setting(Path("var"), doc="folder for embedded stores (SQLite), spools and caches")
     database_url: str = setting("", doc="postgresql://… DSN; empty = embedded SQLite in data_dir")
     redis_url: str = setting("", doc="redis://… URL; empty = in-process store")

@@ -22,7 +22,7 @@ from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.interceptors import MeshInterceptor, MethodRules
 from ztmesh.mesh.metrics import serve_metrics
 from ztmesh.mesh.spiffe import Authorizer, authorize_member_of
-from ztmesh.mesh.tls import ReloadingServerCredentials, TlsFiles
+from ztmesh.mesh.tls import KeyExchangeGuard, ReloadingServerCredentials, TlsFiles
 
 log = logging.getLogger(__name__)
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -65,7 +65,11 @@ class MeshServer:
         }
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=app.name),
-            interceptors=[MeshInterceptor(app.name, MethodRules(rules))],
+            # The guard runs inside the mesh interceptor, so its refusals are counted and logged too.
+            interceptors=[
+                MeshInterceptor(app.name, MethodRules(rules)),
+                *([KeyExchangeGuard()] if settings.tls_require_pq else []),
+            ],
             options=[("grpc.so_reuseport", 1)],
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)

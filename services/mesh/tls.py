@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -109,6 +111,64 @@ def client_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 def secure_channel(address: str, files: TlsFiles, **options: object) -> grpc.Channel:
     """An mTLS channel to another mesh service."""
     return grpc.secure_channel(address, client_credentials(files), options=list(options.items()))
+
+
+# The post-quantum hybrid (ML-KEM-768 + X25519) that every ztmesh TLS hop prefers.
+POST_QUANTUM_GROUP = "X25519MLKEM768"
+
+
+def negotiated_group(context: grpc.ServicerContext) -> str | None:
+    """The key-exchange group of the TLS connection this call arrived on (BoringSSL's name), or None."""
+    values = context.auth_context().get("ssl_negotiated_key_exchange_group")
+    return values[0].decode(errors="replace") if values else None
+
+
+class KeyExchangeGuard(grpc.ServerInterceptor):
+    """Refuses every call that arrived over a connection whose key exchange was not X25519MLKEM768.
+
+    grpcio's BoringSSL prefers X25519MLKEM768 but also accepts X25519, P-256, P-384 and P-521, and its
+    Python API has no way to narrow that list, so a classical-only client still completes the
+    handshake. It gets UNAUTHENTICATED here on every call, before any handler runs (ZTMESH_TLS_REQUIRE_PQ).
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                streaming = kind.endswith("_stream")
+                return handler._replace(**{kind: self._guarded(behavior, streaming)})
+        return handler
+
+    @staticmethod
+    def _check(context: grpc.ServicerContext) -> None:
+        group = negotiated_group(context)
+        if group != POST_QUANTUM_GROUP:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"key exchange {group or 'unknown'} refused: this service requires {POST_QUANTUM_GROUP}",
+            )
+
+    def _guarded(self, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        if streaming:
+
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
+                self._check(context)
+                yield from behavior(request, context)
+
+            return guarded_stream
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            self._check(context)
+            return behavior(request, context)
+
+        return guarded
 
 
 @dataclass(frozen=True)

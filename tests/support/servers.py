@@ -1,8 +1,10 @@
 """Real PostgreSQL, Redis, OPA and Envoy for tests and benchmarks: throwaway servers on free loopback
 ports in temporary folders, stopped (and their folders removed) at the end.
 
-Fixtures: `postgres`, `redis_url` (and `redis_server`), `opa_bin`, `opa_server`, `envoy_bin`. Outside pytest
-(bench/), call `start_postgres()`, `start_redis()`, `start_opa()`, `start_envoy()` and `.stop()` the handle.
+Fixtures: `postgres`, `redis_url` (and `redis_server`), `opa_bin`, `opa_server`, `envoy_bin`, `go_bin`, and
+`tls_postgres` / `tls_redis`: stores that speak only TLS and require a client certificate of the mesh PKI.
+Outside pytest (bench/), call `start_postgres()`, `start_redis()`, `start_opa()`, `start_envoy()` and `.stop()`
+the handle.
 A missing component fails its fixture under CI=true (a skip would hide a broken install) and skips it otherwise.
 """
 
@@ -14,6 +16,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -21,21 +24,35 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from urllib.parse import quote, urlencode
 
 import pytest
 
 from tests.support.processes import MissingComponent, ServerProcess, ServerStartError, free_port, spawn
+from ztmesh.mesh.tls import TlsFiles
+
+if TYPE_CHECKING:  # a plugin like this module; importing it here would load it before pytest can
+    from tests.support.mesh import Pki
 
 __all__ = [
     "MissingComponent", "ServerStartError", "free_port", "PostgresServer", "RedisServer", "OpaServer", "EnvoyServer",
     "start_postgres", "start_redis", "start_opa", "start_envoy", "find_opa", "find_envoy", "find_postgres_bin",
+    "find_go", "go_build", "StoreTls",
 ]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SUPERUSER = "postgres"
 PG_SUPERUSER_PASSWORD = "ztmesh-test-superuser"
+
+
+@dataclass(frozen=True)
+class StoreTls:
+    """TLS for a store: its own certificate (and the CA its clients' certificates must chain to), and
+    the client certificate the fixture's own connections present."""
+
+    server: TlsFiles
+    client: TlsFiles
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------
@@ -71,10 +88,18 @@ class PostgresServer:
     port: int
     handle: ServerProcess
     dsn: str = ""
+    tls: StoreTls | None = None
     _counter: int = field(default=0)
 
     def dsn_for(self, dbname: str, user: str = PG_SUPERUSER, password: str = PG_SUPERUSER_PASSWORD) -> str:
-        return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{quote(dbname)}"
+        dsn = f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{quote(dbname)}"
+        return f"{dsn}?{self.tls_parameters(self.tls.client)}" if self.tls else dsn
+
+    @staticmethod
+    def tls_parameters(client: TlsFiles, sslmode: str = "verify-full", ca: Path | None = None) -> str:
+        """libpq DSN parameters for a TLS connection presenting `client` (as the prod overlay's DSNs do)."""
+        return urlencode({"sslmode": sslmode, "sslrootcert": str(ca or client.ca), "sslcert": str(client.cert),
+                          "sslkey": str(client.key)})  # fmt: skip
 
     def execute(self, query: Any, params: Sequence[Any] | None = None, dbname: str = "postgres") -> None:
         """Run one statement as the superuser (autocommit: CREATE DATABASE cannot run in a transaction)."""
@@ -115,8 +140,11 @@ class PostgresServer:
         self.handle.stop()
 
 
-def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> PostgresServer:
-    """initdb + postgres in a new folder (under `base_dir` when the server's user can reach it)."""
+def start_postgres(base_dir: Path | None = None, timeout: float = 60.0, tls: StoreTls | None = None) -> PostgresServer:
+    """initdb + postgres in a new folder (under `base_dir` when the server's user can reach it).
+
+    With `tls` the server accepts only TLS connections that present a client certificate from the CA
+    of `tls.server` (pg_hba `hostssl ... clientcert=verify-ca`), besides the password."""
     bin_dir = find_postgres_bin()
     as_root = os.geteuid() == 0
     owner = None
@@ -147,6 +175,18 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> Postg
         shutil.rmtree(directory, ignore_errors=True)
         raise ServerStartError(f"initdb failed: {init.stderr.decode(errors='replace').strip()}")
     pwfile.unlink()
+    tls_settings: dict[str, str] = {}
+    if tls:
+        # PostgreSQL reads its key only when the server's user owns it and nobody else may read it.
+        files = {"server.crt": tls.server.cert, "server.key": tls.server.key, "ca.crt": tls.server.ca}
+        for name, source in files.items():
+            shutil.copy(source, data / name)
+            os.chmod(data / name, 0o600)
+            if owner:
+                os.chown(data / name, owner.pw_uid, owner.pw_gid)
+        (data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n")
+        tls_settings = {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key",
+                        "ssl_ca_file": "ca.crt", "ssl_min_protocol_version": "TLSv1.3"}  # fmt: skip
 
     def argv(port: int) -> list[str]:
         # Durability off (throwaway data) for speed; no Unix socket, so folder path length never matters.
@@ -154,7 +194,7 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> Postg
             "listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "",
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "max_connections": "200", "shared_buffers": "64MB", "timezone": "UTC",
-            "log_min_messages": "warning", "log_min_error_statement": "panic",
+            "log_min_messages": "warning", "log_min_error_statement": "panic", **tls_settings,
         }  # fmt: skip
         return [str(bin_dir / "postgres"), "-D", str(data), *(f"-c{k}={v}" for k, v in settings.items())]
 
@@ -162,6 +202,8 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> Postg
         import psycopg
 
         dsn = f"postgresql://{PG_SUPERUSER}:{quote(PG_SUPERUSER_PASSWORD)}@127.0.0.1:{port}/postgres"
+        if tls:
+            dsn += "?" + PostgresServer.tls_parameters(tls.client)
         try:
             with psycopg.connect(dsn, connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
@@ -171,7 +213,7 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> Postg
 
     # SIGINT = PostgreSQL's fast shutdown: it ends open sessions instead of waiting for them.
     handle, port = spawn("postgres", directory, argv, ready, stop_signal=signal.SIGINT, timeout=timeout, **popen)
-    server = PostgresServer(port, handle)
+    server = PostgresServer(port, handle, tls=tls)
     try:
         server.dsn = server.new_database("ztmesh_test")
     except Exception:
@@ -185,14 +227,24 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0) -> Postg
 
 @dataclass
 class RedisServer:
-    """A throwaway redis-server on 127.0.0.1 without persistence."""
+    """A throwaway redis-server on 127.0.0.1 without persistence (with `tls`: TLS only, client certificates)."""
 
     port: int
     handle: ServerProcess
+    tls: StoreTls | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return self.tls_url(self.tls.client)
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def tls_url(self, client: TlsFiles, ca: Path | None = None, host: str = "127.0.0.1") -> str:
+        """A `rediss://` URL presenting `client` and trusting `ca` (default: the client's CA bundle),
+        in the form ZTMESH_REDIS_URL takes in production."""
+        query = urlencode({"ssl_ca_certs": str(ca or client.ca), "ssl_certfile": str(client.cert),
+                           "ssl_keyfile": str(client.key)})  # fmt: skip
+        return f"rediss://{host}:{self.port}/0?{query}"
 
     def stop(self) -> None:
         self.handle.stop()
@@ -204,20 +256,36 @@ def _redis_ping(port: int) -> bool:
         return s.recv(16).startswith(b"+PONG")
 
 
-def start_redis(base_dir: Path | None = None, timeout: float = 30.0) -> RedisServer:
+def _redis_tls_ping(port: int, client: TlsFiles) -> bool:
+    context = ssl.create_default_context(cafile=str(client.ca))
+    context.load_cert_chain(client.cert, client.key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def start_redis(base_dir: Path | None = None, timeout: float = 30.0, tls: StoreTls | None = None) -> RedisServer:
+    """redis-server in a new folder; with `tls` it listens only for TLS and requires client certificates."""
     binary = shutil.which("redis-server")
     if not binary:
         raise MissingComponent("redis-server is not installed (Debian package `redis-server`)")
     directory = Path(tempfile.mkdtemp(prefix="ztmesh-redis-", dir=base_dir))
-    handle, port = spawn(
-        "redis",
-        directory,
-        lambda port: [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                      "--dir", str(directory), "--daemonize", "no", "--loglevel", "warning"],
-        _redis_ping,
-        timeout=timeout,
-    )  # fmt: skip
-    return RedisServer(port, handle)
+
+    def argv(port: int) -> list[str]:
+        listen = ["--port", str(port)]
+        if tls:  # Debian's redis-server is built with TLS
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.server.cert),
+                      "--tls-key-file", str(tls.server.key), "--tls-ca-cert-file", str(tls.server.ca),
+                      "--tls-auth-clients", "yes", "--tls-protocols", "TLSv1.3"]  # fmt: skip
+        return [binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(directory), "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
+
+    ready = (lambda port: _redis_tls_ping(port, tls.client)) if tls else _redis_ping
+    handle, port = spawn("redis", directory, argv, ready, timeout=timeout)
+    return RedisServer(port, handle, tls=tls)
 
 
 # --- OPA --------------------------------------------------------------------------------------------------
@@ -328,6 +396,29 @@ def start_envoy(
     return EnvoyServer(port, handle)
 
 
+# --- Go --------------------------------------------------------------------------------------------------
+
+
+def find_go() -> Path:
+    """The Go toolchain (test helpers written in Go, e.g. tests/security/tlsprobe): PATH, else /usr/local/go."""
+    on_path = shutil.which("go")
+    for candidate in (Path(on_path) if on_path else None, Path("/usr/local/go/bin/go")):
+        if candidate and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise MissingComponent("go is not installed (the machine image ships it in /usr/local/go)")
+
+
+def go_build(package: Path, output: Path, go: Path | None = None) -> Path:
+    """`go build` a standard-library-only package into `output` (no module download, no toolchain switch)."""
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "GOPROXY": "off", "CGO_ENABLED": "0"}
+    build = subprocess.run(
+        [str(go or find_go()), "build", "-o", str(output), "."], cwd=package, env=env, capture_output=True, text=True
+    )
+    if build.returncode != 0:
+        raise ServerStartError(f"go build in {package} failed: {build.stderr.strip()}")
+    return output
+
+
 # --- pytest fixtures --------------------------------------------------------------------------------------
 
 
@@ -374,6 +465,31 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def _store_tls(pki: Pki, store: str) -> StoreTls:
+    """The store's certificate from the mesh PKI (for localhost and 127.0.0.1) and the operator's client one."""
+    if not (pki.directory / f"{store}.crt").exists():
+        pki.issue(store)
+    return StoreTls(server=pki.files(store), client=pki.files("client"))
+
+
+@pytest.fixture(scope="session")
+def tls_postgres(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """PostgreSQL that speaks only TLS 1.3 and requires a client certificate of the mesh PKI (`pki`)."""
+    tls = _store_tls(pki, "postgres")
+    server = _start("PostgreSQL (TLS)", lambda: start_postgres(tmp_path_factory.getbasetemp(), tls=tls))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Redis that speaks only TLS 1.3 and requires a client certificate of the mesh PKI (`pki`)."""
+    tls = _store_tls(pki, "redis")
+    server = _start("Redis (TLS)", lambda: start_redis(tmp_path_factory.getbasetemp(), tls=tls))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def opa_bin() -> Path:
     return _start("OPA", find_opa)
@@ -390,3 +506,8 @@ def opa_server(opa_bin: Path, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def envoy_bin() -> Path:
     return _start("Envoy", find_envoy)
+
+
+@pytest.fixture(scope="session")
+def go_bin() -> Path:
+    return _start("Go", find_go)

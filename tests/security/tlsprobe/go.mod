@@ -1,0 +1,3 @@
+module ztmesh.local/tlsprobe
+
+go 1.25
