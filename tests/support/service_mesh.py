@@ -88,10 +88,12 @@ class ServiceMesh:
             time.sleep(0.05)
 
 
-def build(service: str, pki: Pki, data_dir: Path, env: Mapping[str, str] = {}, **mesh: Any) -> tuple[ServiceApp, Any]:
+def build(
+    service: str, pki: Pki, data_dir: Path, *, env: Mapping[str, str] | None = None, **mesh: Any
+) -> tuple[ServiceApp, Any]:
     """One emitting service's app and settings; `env` on top of SERVICE_ENV, `mesh` MeshSettings overrides."""
     settings = settings_for(pki, data_dir / service, **mesh)
-    with environment({**SERVICE_ENV, **env}):
+    with environment({**SERVICE_ENV, **(env or {})}):
         return BUILDERS[service](settings), settings
 
 
@@ -102,7 +104,7 @@ def service_mesh(pki: Pki, data_dir: Path) -> Iterator[ServiceMesh]:
     with contextlib.ExitStack() as stack:
         audit_settings = settings_for(pki, data_dir / "audit")
         mesh.servers["audit"] = stack.enter_context(running(build_audit_app(audit_settings), audit_settings))
-        peers = {"audit_addr": f"localhost:{mesh.servers['audit'].port}"}
+        peers: dict[str, Any] = {"audit_addr": f"localhost:{mesh.servers['audit'].port}"}
         for service in ("keys", "plugins", "policy"):
             app, settings = build(service, pki, data_dir, **peers)
             mesh.servers[service] = stack.enter_context(running(app, settings))
