@@ -70,9 +70,11 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     verifiers = authorize_service_accounts(settings.trust_domain, settings.namespace, ["audit-verify"])
     emitters = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy", "plugins", "keys"])
+    readers = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy"])
     rules = {
         f"/{SERVICE}/Append": emitters,
-        f"/{SERVICE}/Query": operators,
+        # policy reads back its `policy.signal` events to restore a signal store that lost its memory.
+        f"/{SERVICE}/Query": authorize_either(operators, readers),
         f"/{SERVICE}/Verify": authorize_either(operators, verifiers),
         f"/{SERVICE}/GetCheckpoint": members,
     }

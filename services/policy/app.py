@@ -1,8 +1,10 @@
 """Wiring of the policy service into the shared server: the PolicyEngine built from settings, its
 servicer and Envoy's ext_authz on the same port, who may call which RPC, readiness, hot reload.
 
-Any mesh workload may ask for decisions and report signals; reloading policy is for operators.
-The service is ready once a bundle serves (with the OPA engine, once OPA took it).
+Any mesh workload may ask for decisions; signals come from the operators and the configured
+reporters only (checked, and audited when refused, by the engine); reloading policy is for
+operators. The service is ready once a bundle serves (with the OPA engine, once OPA took it) and
+the signal store holds every live signal (a Redis that lost its memory is restored first).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ztmesh.mesh.errors import SettingsError
 from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.settings import load_settings
-from ztmesh.mesh.spiffe import authorize_member_of, authorize_service_accounts
+from ztmesh.mesh.spiffe import SpiffeId, authorize_member_of, authorize_service_accounts
 from ztmesh.policy.bundle import BundleManager
 from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from ztmesh.policy.decider import PluginClient, PolicyEngine
@@ -33,8 +35,10 @@ from ztmesh.policy.opa_inproc import LIBRARY_ENV, OpaEmbeddedEngine
 from ztmesh.policy.opa_server import OpaServerEngine
 from ztmesh.policy.plugin_source import PluginDataSource, parse_specs
 from ztmesh.policy.rego import RegoEngine
+from ztmesh.policy.reporters import ReporterGate
 from ztmesh.policy.servicer import PolicyServicer
 from ztmesh.policy.settings import PolicySettings
+from ztmesh.policy.signal_recovery import AuditSignalSource, SignalStoreMonitor
 from ztmesh.policy.signals import MemorySignalStore, RedisSignalStore, SignalStore
 from ztmesh.policy.trust import TrustScorer
 from ztmesh.policy.watch import PolicyWatcher, RedisReloadNotifier
@@ -73,7 +77,9 @@ def build_engine(
         raise SettingsError("ZTMESH_OPA_URL", str(exc)) from None
     except EngineError as exc:  # the in-process OPA library is missing or does not load
         raise SettingsError(LIBRARY_ENV, str(exc)) from None
-    signals: SignalStore = RedisSignalStore(settings.redis_url) if settings.redis_url else MemorySignalStore()
+    signals: SignalStore = (
+        RedisSignalStore(settings.redis_url) if settings.redis_url else MemorySignalStore(policy.signal_max_subjects)
+    )
     cache: DecisionCache | None = None
     if policy.decision_cache:
         cache = RedisDecisionCache(settings.redis_url) if settings.redis_url else MemoryDecisionCache()
@@ -84,7 +90,19 @@ def build_engine(
         raise SettingsError("ZTMESH_POLICY_DIR", f"policy bundle refused: {exc}") from None
     except EngineError as exc:  # OPA not up yet: not ready until the watcher gets the bundle in
         log.warning("policy bundle not loaded yet, the service is not ready: %s", exc)
-    return PolicyEngine(bundles, scorer, signals, cache=cache, audit=audit, plugins=plugins, max_batch=policy.max_batch)
+    return PolicyEngine(
+        bundles, scorer, signals, cache=cache, audit=audit, plugins=plugins, max_batch=policy.max_batch,
+        reporters=signal_reporters(settings, policy),
+    )  # fmt: skip
+
+
+def signal_reporters(settings: MeshSettings, policy: PolicySettings) -> ReporterGate:
+    """The operators and ZTMESH_SIGNAL_REPORTERS may report signals, each within its rate."""
+    for reporter in policy.signal_reporters:
+        if SpiffeId.parse(reporter).trust_domain != settings.trust_domain:
+            raise SettingsError("ZTMESH_SIGNAL_REPORTERS", f"{reporter} is not in trust domain {settings.trust_domain}")
+    operators = [str(settings.workload_id(name)) for name in settings.operators]
+    return ReporterGate([*operators, *policy.signal_reporters], policy.signal_rate, policy.signal_burst)
 
 
 def build_app(settings: MeshSettings) -> ServiceApp:
@@ -99,6 +117,12 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         peers.close()
         raise
     notifier = RedisReloadNotifier(settings.redis_url) if settings.redis_url else None
+    # A shared store that lost its memory is restored from the audit trail; the in-process one
+    # lives and dies with this process.
+    source = AuditSignalSource(peers.channel("audit")) if settings.redis_url else None
+    monitor = SignalStoreMonitor(
+        engine.signals, source, lambda: engine.scorer.model.config.behaviour.half_lives, policy.signal_max_clock_skew
+    )
     watcher = PolicyWatcher(engine, policy.trust_files, policy.reload_interval, notifier)
     servicer = PolicyServicer(engine)
     members = authorize_member_of(settings.trust_domain)
@@ -121,6 +145,9 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         stop.wait()
         watcher.stop()
 
+    def monitor_store(stop: threading.Event) -> None:
+        monitor.run(stop)
+
     def close() -> None:
         engine.engine.close()
         engine.signals.close()
@@ -132,7 +159,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         register=register,
         service_names=(SERVICE, AUTHORIZATION),
         rules=rules,
-        readiness=lambda: engine.bundles.loaded,
+        readiness=lambda: engine.bundles.loaded and monitor.ready,
         close=close,
-        background=[watch],
+        background=[watch, monitor_store],
     )

@@ -22,11 +22,13 @@ from ztmesh.policy.errors import (
     EngineUnavailable,
     InvalidRequest,
     MalformedDecision,
+    SignalRefused,
     SignalStoreError,
     StaleBundle,
 )
 from ztmesh.policy.inputs import rego_input
 from ztmesh.policy.model import Decision, DecisionRequest, Fault, Outcome, Signal
+from ztmesh.policy.reporters import ReporterGate
 from ztmesh.policy.signals import SignalStore
 from ztmesh.policy.trust import TrustScorer
 from ztmesh.policy.validation import RequestValidator
@@ -75,6 +77,7 @@ class PolicyEngine:
         clock: Callable[[], float] = time.time,
         classifications_path: Sequence[str] | None = DEFAULT_CLASSIFICATIONS_PATH,
         max_batch: int = 100,
+        reporters: ReporterGate | None = None,
     ) -> None:
         self.bundles = bundles
         self.engine = bundles.engine
@@ -86,6 +89,7 @@ class PolicyEngine:
         self.validator = validator or RequestValidator()
         self.clock = clock
         self.max_batch = max_batch
+        self.reporters = reporters  # None: every caller may report (in-process use, `decide --local`)
         self._classifications_path = tuple(classifications_path) if classifications_path else None
         self._classifications: tuple[str, frozenset[str] | None] = ("", None)
         if cache is not None:
@@ -233,18 +237,29 @@ class PolicyEngine:
     # --- signals, info, reload -----------------------------------------------------------------
 
     def report_signal(self, signal: Signal, caller: str = "") -> float:
-        """Record a behaviour signal; return the subject's behaviour factor (0-1) after it.
-        Raises InvalidRequest for a bad signal and SignalStoreError when the store fails."""
+        """Record a behaviour signal from `caller` (its SPIFFE ID, the recorded source; the signal's own
+        `source` is only an annotation); return the subject's behaviour factor (0-1) after it.
+        Raises SignalRefused (NotAReporter, ReporterRateLimited) for a caller that may not report,
+        audited; InvalidRequest for a bad signal; SignalStoreError (SignalStoreFull...) when the store fails."""
+        if self.reporters is not None:
+            try:
+                self.reporters.admit(caller)
+            except SignalRefused as exc:
+                details = {"kind": signal.kind, "annotation": signal.source, "error": str(exc)}
+                self._record_admin("policy.signal", "REFUSED", caller, details, subject=signal.subject_id)
+                raise
         now = self.clock()
         kinds = self.scorer.model.config.behaviour.kinds
         self.validator.validate_signal(signal, kinds.keys(), now)
-        at = signal.time.timestamp() if signal.time is not None else now
+        at = signal.time.timestamp() if signal.time is not None else None
         kind = kinds[signal.kind]
-        self.signals.record(signal.subject_id, signal.kind, signal.severity, at, kind.half_life_s)
+        self.signals.record(signal.subject_id, signal.kind, signal.severity, kind.half_life_s, now, at)
         half_lives = self.scorer.model.config.behaviour.half_lives
-        score = self.scorer.behaviour_score(self.signals.state(signal.subject_id, now, half_lives))
-        details = {"kind": signal.kind, "severity": signal.severity, "source": signal.source, "at": at,
-                   "behaviour_score": score}  # fmt: skip
+        state = self.signals.state(signal.subject_id, now, half_lives)
+        score = self.scorer.behaviour_score(state)
+        # `at` is what a restore from the audit trail replays: the event's time, or the store's now.
+        details = {"kind": signal.kind, "severity": signal.severity, "source": caller, "annotation": signal.source,
+                   "at": at if at is not None else state.as_of, "behaviour_score": score}  # fmt: skip
         self._record_admin("policy.signal", "OK", caller, details, subject=signal.subject_id)
         return score
 

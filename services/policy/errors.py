@@ -57,3 +57,24 @@ class MalformedDecision(PolicyError):
 
 class SignalStoreError(PolicyError):
     """The signal store (Redis) failed."""
+
+
+class SignalStoreFull(SignalStoreError):
+    """The signal store has no room for another subject without forgetting signals that still count."""
+
+
+class SignalStoreLost(SignalStoreError):
+    """The signal store lost its memory (Redis restarted empty, failed over, flushed): its empty
+    state is not a clean record, so decisions are DENY until the signals are restored."""
+
+
+class SignalRefused(PolicyError):
+    """A ReportSignal caller may not report (now)."""
+
+
+class NotAReporter(SignalRefused):
+    """The caller is not on the list of signal reporters (ZTMESH_SIGNAL_REPORTERS, operators)."""
+
+
+class ReporterRateLimited(SignalRefused):
+    """The reporter sent more signals than its rate allows (ZTMESH_SIGNAL_RATE, ZTMESH_SIGNAL_BURST)."""

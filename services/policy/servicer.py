@@ -16,7 +16,15 @@ from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 from ztmesh.mesh.interceptors import current_caller
 from ztmesh.policy import headers
 from ztmesh.policy.decider import PolicyEngine
-from ztmesh.policy.errors import BundleError, EngineError, InvalidRequest, SignalStoreError
+from ztmesh.policy.errors import (
+    BundleError,
+    EngineError,
+    InvalidRequest,
+    NotAReporter,
+    ReporterRateLimited,
+    SignalStoreError,
+    SignalStoreFull,
+)
 from ztmesh.policy.model import (
     Assurance,
     Decision,
@@ -169,10 +177,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             kind=request.kind,
             severity=request.severity or 1.0,
             time=request.time.ToDatetime(tzinfo=UTC) if request.HasField("time") else None,
-            source=request.source or _caller(),
+            source=request.source,  # an annotation: the recorded source is the caller
         )
         try:
             score = self.engine.report_signal(signal, _caller())
+        except NotAReporter as exc:
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except (ReporterRateLimited, SignalStoreFull) as exc:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except InvalidRequest as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SignalStoreError as exc:

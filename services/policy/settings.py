@@ -5,12 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ztmesh.mesh.errors import SpiffeIdError
 from ztmesh.mesh.settings import one_of, positive, setting
+from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.policy.trust_config import TrustFiles
 
 # The shipped pack and trust data beside the sources (a checkout, installed editable): `ztmesh up`
 # works from any folder. An installed image sets ZTMESH_POLICY_DIR & co. to its mounted copies.
 _POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def spiffe_ids(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            SpiffeId.parse(value)
+        except SpiffeIdError as exc:
+            return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,19 @@ class PolicySettings:
     )
     plugin_timeout: float = setting(0.5, doc="seconds a decision plugin may take before the decision is DENY",
                                     check=positive)  # fmt: skip
+    signal_reporters: tuple[str, ...] = setting(
+        (), doc="SPIFFE IDs allowed to ReportSignal besides the operators (SIEM, IdP, EDR workloads)",
+        check=spiffe_ids,
+    )  # fmt: skip
+    signal_rate: float = setting(20.0, doc="signals per second one reporter may send (per replica)", check=positive)
+    signal_burst: int = setting(200, doc="signals one reporter may send at once (per replica)", check=positive)
+    signal_max_subjects: int = setting(
+        100_000, doc="subjects the in-process signal store holds; beyond, new subjects are refused", check=positive
+    )
+    signal_max_clock_skew: float = setting(
+        2.0, doc="seconds this replica's clock may differ from the signal store's before it is reported",
+        check=positive,
+    )  # fmt: skip
 
     @property
     def trust_files(self) -> TrustFiles:

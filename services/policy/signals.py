@@ -5,16 +5,25 @@ Each (subject, kind) keeps a decayed running sum with the time it refers to: a n
 its severity to the sum decayed to t; a read decays the sum to now. So the state is O(kinds) per
 subject whatever the number of events, and the answer does not depend on when it is read.
 A per-subject version counts the signals, so a cached decision can be keyed on it.
+
+Signals only ever lower trust, so a store must never forget one that still counts: state is kept
+until every level has decayed below NEGLIGIBLE, a full store refuses new subjects (SignalStoreFull),
+and a store that lost its memory reads as an error (SignalStoreLost), never as a clean record. The
+Redis store decays with Redis's own clock (TIME), so every replica computes the same levels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ztmesh.policy.errors import SignalStoreError
+from ztmesh.policy.errors import SignalStoreError, SignalStoreFull, SignalStoreLost
 
 NEGLIGIBLE = 1e-4  # a decayed level below this no longer counts (nor is it kept)
 
@@ -25,9 +34,30 @@ class BehaviourState:
 
     version: int
     levels: Mapping[str, float]
+    as_of: float = 0.0  # the instant (store clock, seconds since the epoch) the levels are decayed to
 
 
 EMPTY = BehaviourState(0, {})
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Whether the store can be trusted to hold every live signal, and how far our clock is from its."""
+
+    ready: bool
+    problem: str = ""  # why not ready, for logs, health and the DENY reason
+    clock_skew_s: float = 0.0  # this replica's clock minus the store's clock
+    lost: bool = False  # reachable, but it lost its memory: restore it (SignalStore.restore)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSignal:
+    """A signal as it was recorded (e.g. read back from the audit trail), to replay into a store."""
+
+    subject_id: str
+    kind: str
+    amount: float
+    at: float
 
 
 def decayed(value: float, since: float, now: float, half_life: float) -> float:
@@ -43,51 +73,95 @@ def add_event(value: float, ref: float, amount: float, at: float, half_life: flo
     return value + decayed(amount, at, ref, half_life), ref  # a late report of an older event
 
 
+def negligible_after(value: float, ref: float, half_life: float) -> float:
+    """The instant a sum `value` at `ref` decays below NEGLIGIBLE: until then it must be kept."""
+    if value <= NEGLIGIBLE:
+        return ref
+    return ref + half_life * math.log2(value / NEGLIGIBLE)
+
+
+def replay_span(half_lives: Mapping[str, float]) -> float:
+    """How far back signals can still count: a sum of up to 100 full-severity events of the
+    longest-lived kind takes this long to become negligible."""
+    return max(half_lives.values(), default=0.0) * math.log2(100.0 / NEGLIGIBLE)
+
+
 class SignalStore(Protocol):
-    def record(self, subject_id: str, kind: str, amount: float, at: float, half_life: float) -> int:
-        """Add an event (severity `amount` at time `at`, seconds since the epoch); return the new version."""
+    def record(
+        self, subject_id: str, kind: str, amount: float, half_life: float, now: float, at: float | None = None
+    ) -> int:
+        """Add an event of severity `amount` that happened at `at` (seconds since the epoch; None = now).
+        `now` is the caller's clock; a store with a clock of its own uses that one. Return the new
+        version. SignalStoreFull if the store has no room for a new subject, SignalStoreLost if it
+        lost its memory, SignalStoreError if it fails."""
         ...
 
     def state(self, subject_id: str, now: float, half_lives: Mapping[str, float]) -> BehaviourState:
-        """The subject's levels decayed to `now`; kinds missing from `half_lives` are ignored."""
+        """The subject's levels decayed to now (the store's clock if it has one, else `now`); kinds
+        missing from `half_lives` are ignored. SignalStoreLost / SignalStoreError as above."""
+        ...
+
+    def status(self, now: float) -> StoreStatus:
+        """Ready or not (and why), and the clock skew; never raises."""
+        ...
+
+    def restore(self, signals: Iterable[RecordedSignal], half_lives: Mapping[str, float]) -> int:
+        """Replay recorded signals into a store that lost its memory, then mark it whole again.
+        Return the number replayed (0 if the store was whole already)."""
         ...
 
     def close(self) -> None: ...
 
 
 class MemorySignalStore:
-    """Process-local signal state: the embedded default, for a single replica."""
+    """Process-local signal state: the embedded default, for a single replica (whose clock is the
+    only one). At `max_subjects` only fully decayed subjects make room; otherwise it is full."""
 
     def __init__(self, max_subjects: int = 100_000) -> None:
         self._max = max_subjects
-        # subject -> (version, {kind: (sum, ref_time)}); the tuple is replaced whole, so a reader
-        # never sees a version that does not belong to its levels.
-        self._subjects: dict[str, tuple[int, dict[str, tuple[float, float]]]] = {}
+        # subject -> (version, {kind: (sum, ref_time)}, negligible_after); the tuple is replaced
+        # whole, so a reader never sees a version that does not belong to its levels.
+        self._subjects: dict[str, tuple[int, dict[str, tuple[float, float]], float]] = {}
+        self._soonest = math.inf  # no subject becomes negligible before this: a full store's fast path
         self._lock = threading.Lock()
 
-    def record(self, subject_id: str, kind: str, amount: float, at: float, half_life: float) -> int:
+    def record(
+        self, subject_id: str, kind: str, amount: float, half_life: float, now: float, at: float | None = None
+    ) -> int:
+        at = now if at is None else min(at, now)  # an event cannot be younger than now
+        kinds: dict[str, tuple[float, float]]
         with self._lock:
-            version, kinds = self._subjects.get(subject_id, (0, {}))
-            value, ref = kinds.get(kind, (0.0, at))
-            kinds = {**kinds, kind: add_event(value, ref, amount, at, half_life)}
-            if len(self._subjects) >= self._max and subject_id not in self._subjects:
-                self._evict(at)
-            self._subjects[subject_id] = (version + 1, kinds)
+            entry = self._subjects.get(subject_id)
+            if entry is None:
+                if len(self._subjects) >= self._max and not self._sweep(now):
+                    raise SignalStoreFull(
+                        f"signal store full: {self._max} subjects have signals that still count "
+                        f"(ZTMESH_SIGNAL_MAX_SUBJECTS); no signal about a new subject is taken until some decay"
+                    )
+                version, kinds, until = 0, {}, 0.0
+            else:
+                version, kinds, until = entry
+            value, ref = add_event(*kinds.get(kind, (0.0, at)), amount, at, half_life)
+            until = max(until, negligible_after(value, ref, half_life))
+            self._subjects[subject_id] = (version + 1, {**kinds, kind: (value, ref)}, until)
+            self._soonest = min(self._soonest, until)
             return version + 1
 
-    def _evict(self, now: float) -> None:
-        # Drop subjects whose every level has decayed away (a day-long half-life bounds the guess);
-        # if that frees nothing, drop the oldest half: losing decayed history only raises trust a little.
-        quiet = [s for s, (_, kinds) in self._subjects.items() if all(
-            decayed(v, ref, now, 86400.0) < NEGLIGIBLE for v, ref in kinds.values())]  # fmt: skip
-        for subject in quiet or list(self._subjects)[: len(self._subjects) // 2]:
+    def _sweep(self, now: float) -> bool:
+        """Drop the subjects whose every level has decayed away; True if that freed room."""
+        if now < self._soonest:
+            return False
+        quiet = [s for s, (_, _, until) in self._subjects.items() if until <= now]
+        for subject in quiet:
             del self._subjects[subject]
+        self._soonest = min((until for _, _, until in self._subjects.values()), default=math.inf)
+        return bool(quiet)
 
     def state(self, subject_id: str, now: float, half_lives: Mapping[str, float]) -> BehaviourState:
         entry = self._subjects.get(subject_id)
         if entry is None:
-            return EMPTY
-        version, kinds = entry
+            return BehaviourState(0, {}, now)
+        version, kinds, _ = entry
         levels = {}
         for kind, (value, ref) in kinds.items():
             half_life = half_lives.get(kind)
@@ -95,29 +169,96 @@ class MemorySignalStore:
                 level = decayed(value, ref, now, half_life)
                 if level >= NEGLIGIBLE:
                     levels[kind] = level
-        return BehaviourState(version, levels)
+        return BehaviourState(version, levels, now)
+
+    def status(self, now: float) -> StoreStatus:
+        return StoreStatus(True)
+
+    def restore(self, signals: Iterable[RecordedSignal], half_lives: Mapping[str, float]) -> int:
+        count = 0
+        for signal in signals:
+            half_life = half_lives.get(signal.kind)
+            if half_life is not None:
+                self.record(signal.subject_id, signal.kind, signal.amount, half_life, time.time(), signal.at)
+                count += 1
+        return count
+
+    def __len__(self) -> int:
+        return len(self._subjects)
 
     def close(self) -> None:
         pass
 
 
-# KEYS[1]: the subject's hash. ARGV: kind, amount, at, half_life, ttl_s. Returns the new version.
-# Runs atomically in Redis, so concurrent reports from several replicas never lose an event.
-_RECORD = """
-local kind, amount, at, half_life = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+# The epoch marker (KEYS[2] below) is written only once the store is known to hold every signal
+# that counts: after a restore from the audit trail (which, for a new deployment, replays nothing).
+# Redis that restarted empty, failed over to an empty replica or was flushed has no marker, and a
+# missing marker reads as "memory lost", never as a clean history.
+_NO_EPOCH = "ZTMESH_NO_EPOCH"
+
+# KEYS[1]: the subject's hash, KEYS[2]: the epoch marker. Returns {epoch|nil, seconds, microseconds,
+# hash fields...}: state and the store's clock in one round trip, so decay uses one clock for all.
+_READ = """
+local t = redis.call('TIME')
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {false, t[1], t[2]} end
+return {epoch, t[1], t[2], redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS as above. ARGV: kind, amount, at ('' = now), half_life, negligible, replay ('1' while
+# restoring). Runs atomically, so concurrent reports from several replicas never lose an event. The
+# hash lives until its longest-lived level is negligible (field x), never less. TIME in a script is
+# safe: Redis 7 replicates a script's effects, not the script.
+_RECORD = (
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+if ARGV[6] ~= '1' and not redis.call('GET', KEYS[2]) then
+  return redis.error_reply('"""
+    + _NO_EPOCH
+    + """ the signal store has no epoch marker')
+end
+local kind, amount, half_life, negligible = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = now
+if ARGV[3] ~= '' then at = math.min(tonumber(ARGV[3]), now) end
 local value = tonumber(redis.call('HGET', KEYS[1], 'v:' .. kind) or '0')
-local ref = tonumber(redis.call('HGET', KEYS[1], 't:' .. kind) or ARGV[3])
+local ref = tonumber(redis.call('HGET', KEYS[1], 't:' .. kind) or tostring(at))
 if at >= ref then
   value = value * math.pow(2, -(at - ref) / half_life) + amount
   ref = at
 else
   value = value + amount * math.pow(2, -(ref - at) / half_life)
 end
-redis.call('HSET', KEYS[1], 'v:' .. kind, string.format('%.17g', value), 't:' .. kind, string.format('%.17g', ref))
+local until_ = ref
+if value > negligible then until_ = ref + half_life * math.log(value / negligible) / math.log(2) end
+local old = tonumber(redis.call('HGET', KEYS[1], 'x') or '0')
+if old > until_ then until_ = old end
+redis.call('HSET', KEYS[1], 'v:' .. kind, string.format('%.17g', value), 't:' .. kind, string.format('%.17g', ref),
+           'x', string.format('%.17g', until_))
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIREAT', KEYS[1], math.ceil(until_) + 60)
 return version
 """
+)
+
+# KEYS[1]: the epoch marker, KEYS[2]: the restore lock. ARGV: lock token, new epoch. The marker is
+# set only if our lock survived the replay: a flush meanwhile took the lock too, and the replayed
+# state with it.
+_SEAL = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_POLICY_CHECK_INTERVAL_S = 30.0
+_REPLAY_BATCH = 500
+_LOCK_TTL_MS = 120_000  # a restore that dies leaves the lock to expire; a live one refreshes it
 
 
 def _text(value: bytes | str) -> str:
@@ -125,32 +266,68 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisSignalStore:
-    """Signal state in Redis, shared by every policy replica: one hash per subject."""
+    """Signal state in Redis, shared by every policy replica: one hash per subject, an epoch marker."""
 
-    def __init__(self, url: str, prefix: str = "ztmesh:signals:", ttl_s: int = 30 * 86400, client: Any = None) -> None:
+    def __init__(self, url: str, prefix: str = "ztmesh:signals:", client: Any = None) -> None:
         import redis
 
         self._redis = client or redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._prefix = prefix
-        self._ttl = ttl_s  # an idle subject's state expires: after weeks every level has decayed away
+        self._subjects = prefix + "s:"
+        self._epoch_key = prefix + "epoch"
+        self._lock_key = prefix + "restore"
+        self._read = self._redis.register_script(_READ)
         self._record = self._redis.register_script(_RECORD)
+        self._seal = self._redis.register_script(_SEAL)
+        self._release = self._redis.register_script(_RELEASE)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._out_of_memory: type[BaseException] = redis.exceptions.OutOfMemoryError
+        self._eviction_problem = ""  # set when Redis may evict our keys (see _check_eviction)
+        self._eviction_checked = -math.inf
 
-    def record(self, subject_id: str, kind: str, amount: float, at: float, half_life: float) -> int:
+    def _lost(self) -> SignalStoreLost:
+        return SignalStoreLost(
+            f"redis has no epoch marker ({self._epoch_key}): the signal store lost its memory (restart "
+            "without persistence, failover to an empty replica, flush) or was never filled; restoring "
+            "the signals from the audit trail"
+        )
+
+    def record(
+        self, subject_id: str, kind: str, amount: float, half_life: float, now: float, at: float | None = None
+    ) -> int:
+        if self._eviction_problem:
+            raise SignalStoreError(self._eviction_problem)
+        args: list[str | int] = [
+            kind,
+            repr(amount),
+            "" if at is None else repr(at),
+            repr(half_life),
+            repr(NEGLIGIBLE),
+            0,
+        ]
         try:
-            args: list[str | int] = [kind, repr(amount), repr(at), repr(half_life), self._ttl]
-            return int(self._record(keys=[self._prefix + subject_id], args=args))
+            return int(self._record(keys=[self._subjects + subject_id, self._epoch_key], args=args))
+        except self._out_of_memory as exc:
+            raise SignalStoreFull(
+                f"signal store full: redis refuses writes at its maxmemory ({exc}); no signal is taken "
+                "until memory is freed or raised (maxmemory-policy noeviction keeps live signals)"
+            ) from exc
         except self._errors as exc:
+            if _NO_EPOCH in str(exc):
+                raise self._lost() from None
             raise SignalStoreError(f"redis: cannot record signal for {subject_id!r}: {exc}") from exc
 
     def state(self, subject_id: str, now: float, half_lives: Mapping[str, float]) -> BehaviourState:
+        if self._eviction_problem:
+            raise SignalStoreError(self._eviction_problem)
         try:
-            raw = self._redis.hgetall(self._prefix + subject_id)
+            reply = self._read(keys=[self._subjects + subject_id, self._epoch_key])
         except self._errors as exc:
             raise SignalStoreError(f"redis: cannot read signals of {subject_id!r}: {exc}") from exc
-        if not raw:
-            return EMPTY
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        if reply[0] is None:
+            raise self._lost()
+        store_now = int(reply[1]) + int(reply[2]) / 1e6
+        raw = reply[3]
+        fields = {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
         levels = {}
         for name, value in fields.items():
             if not name.startswith("v:"):
@@ -159,10 +336,82 @@ class RedisSignalStore:
             half_life = half_lives.get(kind)
             if half_life is None:
                 continue
-            level = decayed(float(value), float(fields.get("t:" + kind, now)), now, half_life)
+            level = decayed(float(value), float(fields.get("t:" + kind, store_now)), store_now, half_life)
             if level >= NEGLIGIBLE:
                 levels[kind] = level
-        return BehaviourState(int(fields.get("version", "0")), levels)
+        return BehaviourState(int(fields.get("version", "0")), levels, store_now)
+
+    def status(self, now: float) -> StoreStatus:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.time()
+            pipe.exists(self._epoch_key)
+            (seconds, micros), has_epoch = pipe.execute()
+            if now - self._eviction_checked >= _POLICY_CHECK_INTERVAL_S:
+                self._check_eviction()
+                self._eviction_checked = now
+        except self._errors as exc:
+            return StoreStatus(False, f"redis unreachable: {exc}")
+        skew = now - (seconds + micros / 1e6)
+        if self._eviction_problem:
+            return StoreStatus(False, self._eviction_problem, skew)
+        if not has_epoch:
+            return StoreStatus(False, str(self._lost()), skew, lost=True)
+        return StoreStatus(True, "", skew)
+
+    def _check_eviction(self) -> None:
+        """A Redis at its maxmemory that evicts keys would silently drop live signals: refuse it."""
+        import redis
+
+        try:
+            info = self._redis.info("memory")
+        except redis.ResponseError:  # INFO not allowed to our user (managed Redis): cannot tell
+            return
+        maxmemory = int(info.get("maxmemory", 0))
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        self._eviction_problem = (
+            f"redis maxmemory-policy is {policy} with maxmemory {maxmemory}: it may evict signals that still "
+            "count; set maxmemory-policy noeviction"
+            if maxmemory and policy != "noeviction"
+            else ""
+        )
+
+    def restore(self, signals: Iterable[RecordedSignal], half_lives: Mapping[str, float]) -> int:
+        token = uuid.uuid4().hex
+        sealed = False
+        try:
+            if self._redis.exists(self._epoch_key):
+                return 0
+            if not self._redis.set(self._lock_key, token, nx=True, px=_LOCK_TTL_MS):
+                raise SignalStoreError("another replica is restoring the signal store")
+            # Keys left without a marker (e.g. only the marker was deleted) would count twice.
+            stale = list(self._redis.scan_iter(match=self._subjects + "*", count=1000))
+            for i in range(0, len(stale), _REPLAY_BATCH):
+                self._redis.delete(*stale[i : i + _REPLAY_BATCH])
+            count = 0
+            pipe = self._redis.pipeline(transaction=False)
+            for signal in signals:
+                half_life = half_lives.get(signal.kind)
+                if half_life is None:
+                    continue
+                args: list[str | int] = [signal.kind, repr(signal.amount), repr(signal.at), repr(half_life),
+                                         repr(NEGLIGIBLE), 1]  # fmt: skip
+                self._record(keys=[self._subjects + signal.subject_id, self._epoch_key], args=args, client=pipe)
+                count += 1
+                if count % _REPLAY_BATCH == 0:
+                    pipe.pexpire(self._lock_key, _LOCK_TTL_MS)
+                    pipe.execute()
+            pipe.execute()
+            sealed = bool(self._seal(keys=[self._epoch_key, self._lock_key], args=[token, uuid.uuid4().hex]))
+            if not sealed:
+                raise SignalStoreLost("the signal store lost its memory again while it was being restored")
+            return count
+        except self._errors as exc:
+            raise SignalStoreError(f"redis: cannot restore signals: {exc}") from exc
+        finally:
+            if not sealed:
+                with contextlib.suppress(*self._errors):  # else the lock expires on its own
+                    self._release(keys=[self._lock_key], args=[token])
 
     def close(self) -> None:
         self._redis.close()

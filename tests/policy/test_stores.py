@@ -11,8 +11,9 @@ import pytest
 
 from tests.policy.conftest import physician, with_resource
 from ztmesh.policy.cache import MemoryDecisionCache, RedisDecisionCache
+from ztmesh.policy.errors import SignalStoreFull, SignalStoreLost
 from ztmesh.policy.model import Fault, Outcome, Signal
-from ztmesh.policy.signals import MemorySignalStore, RedisSignalStore
+from ztmesh.policy.signals import MemorySignalStore, RecordedSignal, RedisSignalStore
 from ztmesh.policy.watch import PolicyWatcher, RedisReloadNotifier
 
 
@@ -26,8 +27,15 @@ def _critical():
     return with_resource(physician(), classification="critical_patient_data")
 
 
+def filled_store(url: str, prefix: str) -> RedisSignalStore:
+    """A Redis signal store marked whole (a new deployment: its restore replays no signal)."""
+    store = RedisSignalStore(url, prefix=prefix)
+    store.restore([], {})
+    return store
+
+
 def test_two_replicas_share_signal_state_through_redis(make_engine, redis_url, prefix):
-    a = make_engine(signals=RedisSignalStore(redis_url, prefix=prefix + "signals:"))
+    a = make_engine(signals=filled_store(redis_url, prefix + "signals:"))
     b = make_engine(signals=RedisSignalStore(redis_url, prefix=prefix + "signals:"))
     assert a.decide(_critical()).outcome is Outcome.ALLOW
     a.report_signal(Signal("dr.ana", "impossible_travel"))
@@ -37,26 +45,61 @@ def test_two_replicas_share_signal_state_through_redis(make_engine, redis_url, p
     assert a.decide(_critical()).trust_score == pytest.approx(91.3 - 12 - 6)
     state_a = a.signals.state("dr.ana", a.clock(), a.scorer.model.config.behaviour.half_lives)
     state_b = b.signals.state("dr.ana", b.clock(), b.scorer.model.config.behaviour.half_lives)
-    assert state_a == state_b and state_a.version == 2
+    assert state_a.version == state_b.version == 2  # decayed by Redis's clock, read a moment apart
+    assert state_a.levels == pytest.approx(state_b.levels, rel=1e-6)
 
 
 def test_redis_and_memory_stores_decay_alike(redis_url, prefix):
-    stores = [MemorySignalStore(), RedisSignalStore(redis_url, prefix=prefix)]
+    shared = filled_store(redis_url, prefix)
+    memory = MemorySignalStore()
     half_lives = {"anomaly": 60.0, "failed_login": 10.0}
-    events = [
-        ("anomaly", 1.0, 1000.0),
-        ("failed_login", 0.5, 1005.0),
-        ("anomaly", 0.3, 990.0),
-        ("anomaly", 1.0, 1060.0),
-    ]
-    for store in stores:
+    t0 = shared.state("s", 0.0, half_lives).as_of  # Redis decays with its own clock: events relative to it
+    events = [("anomaly", 1.0, t0 - 100.0), ("failed_login", 0.5, t0 - 95.0), ("anomaly", 0.3, t0 - 110.0),
+              ("anomaly", 1.0, t0 - 40.0)]  # fmt: skip
+    for store in (memory, shared):
         for kind, amount, at in events:
-            store.record("s", kind, amount, at, half_lives[kind])
-    memory, shared = (store.state("s", 1100.0, half_lives) for store in stores)
-    assert memory.version == shared.version == 4
-    assert memory.levels.keys() == shared.levels.keys()
-    for kind, level in memory.levels.items():
-        assert shared.levels[kind] == pytest.approx(level, rel=1e-12)
+            store.record("s", kind, amount, half_lives[kind], now=t0, at=at)
+    from_redis = shared.state("s", 0.0, half_lives)  # our clock (0.0) is not the one that decays
+    from_memory = memory.state("s", from_redis.as_of, half_lives)
+    assert from_memory.version == from_redis.version == 4
+    assert from_memory.levels.keys() == from_redis.levels.keys()
+    for kind, level in from_memory.levels.items():
+        assert from_redis.levels[kind] == pytest.approx(level, rel=1e-9)
+
+
+def test_memory_store_full_of_live_signals_refuses_new_subjects_and_keeps_the_old():
+    store = MemorySignalStore(max_subjects=3)
+    store.record("flagged", "malware_detected", 1.0, 7 * 86400.0, now=1000.0)
+    store.record("a", "failed_login", 1.0, 1800.0, now=1000.0)
+    store.record("b", "failed_login", 1.0, 1800.0, now=1000.0)
+    with pytest.raises(SignalStoreFull, match="3 subjects.*ZTMESH_SIGNAL_MAX_SUBJECTS"):
+        store.record("fresh", "failed_login", 1.0, 1800.0, now=1001.0)
+    store.record("a", "anomaly", 1.0, 3600.0, now=1001.0)  # a known subject still takes signals
+    # Once a's and b's failed logins are negligible (~13.3 half-lives) b can go; a's anomaly still counts.
+    later = 1001.0 + 14 * 1800.0
+    store.record("fresh", "failed_login", 1.0, 1800.0, now=later)
+    assert len(store) == 3
+    assert store.state("flagged", later, {"malware_detected": 7 * 86400.0}).levels["malware_detected"] > 0.9
+    assert store.state("a", later, {"anomaly": 3600.0}).levels
+
+
+def test_a_redis_store_without_its_epoch_marker_is_lost_not_clean(redis_url, prefix):
+    import redis
+
+    store = filled_store(redis_url, prefix)
+    store.record("dr.ana", "malware_detected", 1.0, 7 * 86400.0, now=0.0)
+    redis.Redis.from_url(redis_url).delete(prefix + "epoch")  # what a restart without persistence leaves
+    for attempt in (lambda: store.state("dr.ana", 0.0, {"malware_detected": 1.0}),
+                    lambda: store.record("dr.ana", "anomaly", 1.0, 60.0, now=0.0)):  # fmt: skip
+        with pytest.raises(SignalStoreLost, match="no epoch marker"):
+            attempt()
+    status = store.status(time.time())
+    assert status.lost and not status.ready
+    replayed = [RecordedSignal("dr.ana", "malware_detected", 1.0, time.time() - status.clock_skew_s - 60)]
+    assert store.restore(replayed, {"malware_detected": 7 * 86400.0}) == 1
+    assert store.status(time.time()).ready
+    level = store.state("dr.ana", 0.0, {"malware_detected": 7 * 86400.0}).levels["malware_detected"]
+    assert level == pytest.approx(1.0, abs=1e-3)  # replayed once: the stale hash was dropped, not added to
 
 
 def test_unreachable_redis_fails_closed(make_engine):

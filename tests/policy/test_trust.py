@@ -168,9 +168,9 @@ def test_a_signal_from_the_future_is_refused(make_engine, clock):
 
 def test_memory_store_keeps_versions_per_subject():
     store = MemorySignalStore()
-    assert store.record("a", "anomaly", 1.0, 100.0, 10.0) == 1
-    assert store.record("a", "anomaly", 1.0, 110.0, 10.0) == 2
-    assert store.record("b", "anomaly", 1.0, 110.0, 10.0) == 1
+    assert store.record("a", "anomaly", 1.0, 10.0, now=100.0) == 1
+    assert store.record("a", "anomaly", 1.0, 10.0, now=110.0) == 2
+    assert store.record("b", "anomaly", 1.0, 10.0, now=110.0) == 1
     state = store.state("a", 110.0, {"anomaly": 10.0})
     assert state.version == 2 and state.levels["anomaly"] == pytest.approx(1.5)
     assert store.state("a", 110.0, {}).levels == {}  # a kind no longer configured does not count
