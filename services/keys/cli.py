@@ -28,6 +28,27 @@ _ALGORITHMS = {
 }
 
 
+_OPERATIONS = {
+    name.removeprefix("KEY_OPERATION_").lower(): code
+    for name, code in keys_pb2.KeyOperation.items()
+    if code != keys_pb2.KEY_OPERATION_UNSPECIFIED
+}
+
+
+def _grants(entries: list[str]) -> keys_pb2.KeyAccessPolicy:
+    """`OPERATION=SPIFFE_ID` entries (OPERATION may be `all`) as an access policy; none = the creator only."""
+    policy = keys_pb2.KeyAccessPolicy()
+    for entry in entries:
+        operation, _, spiffe_id = entry.partition("=")
+        names = list(_OPERATIONS) if operation == "all" else [operation]
+        if not spiffe_id or any(name not in _OPERATIONS for name in names):
+            raise SystemExit(f"ztmesh keys create: --grant {entry!r} must be OPERATION=SPIFFE_ID, OPERATION one of "
+                             f"all, {', '.join(_OPERATIONS)}")  # fmt: skip
+        for name in names:
+            policy.grants.add(operation=_OPERATIONS[name], spiffe_ids=[spiffe_id])
+    return policy
+
+
 def _read(path: str) -> bytes:
     return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
 
@@ -52,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
                         key_id=args.key_id,
                         purpose=_PURPOSES[args.purpose],
                         algorithm=_ALGORITHMS.get(args.algorithm or "", keys_pb2.ALGORITHM_UNSPECIFIED),
+                        access_policy=_grants(args.grant),
                     ),
                     timeout=10,
                 )
@@ -133,6 +155,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     create.add_argument("key_id")
     create.add_argument("--purpose", choices=list(_PURPOSES), default="encrypt")
     create.add_argument("--algorithm", choices=list(_ALGORITHMS))
+    create.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="OPERATION=SPIFFE_ID",
+        help="who may do what (repeatable; OPERATION may be `all`); without it only you may use the key",
+    )
     actions.add_parser("list", help="list the keys you may see")
     for name, helptext in (("rotate", "add a new primary version"),):
         parser = actions.add_parser(name, help=helptext)

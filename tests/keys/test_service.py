@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.mesh import running, settings_for
 from ztmesh._proto.keys.v1 import keys_pb2, keys_pb2_grpc
+from ztmesh.keys.algorithms import public_key_fingerprint
 from ztmesh.keys.app import build_app
 
 CLIENT_ID = "spiffe://ztmesh.local/ns/ztmesh/sa/client"
@@ -146,5 +147,27 @@ def test_cli_round_trip(pki, keys_server, tmp_path):
     signed = ztmesh("sign", "cli-signer", data=b"m")
     signature = __import__("json").loads(signed.stdout)["signature"]
     assert ztmesh("verify", "cli-signer", "--version", "1", "--signature", signature, data=b"m").stdout == b"valid\n"
+    pin = ztmesh("fingerprint", "cli-signer").stdout.decode().strip()
+    public = stub(pki, "client", keys_server).GetPublicKey(
+        keys_pb2.GetPublicKeyRequest(key_id="cli-signer"), timeout=10
+    )
+    assert pin == f"cli-signer@{public_key_fingerprint(public.public_key)}"
+    shared = ztmesh(
+        "create",
+        "cli-shared",
+        "--purpose",
+        "sign",
+        "--grant",
+        f"all={CLIENT_ID}",
+        "--grant",
+        f"get_public_key={PLUGINS_ID}",
+    )
+    assert shared.returncode == 0, shared.stderr
+    key = stub(pki, "client", keys_server).GetKey(keys_pb2.GetKeyRequest(key_id="cli-shared"), timeout=10)
+    readers = {g.operation: set(g.spiffe_ids) for g in key.access_policy.grants}
+    assert readers[keys_pb2.KEY_OPERATION_GET_PUBLIC_KEY] == {CLIENT_ID, PLUGINS_ID}
+    assert readers[keys_pb2.KEY_OPERATION_SIGN] == {CLIENT_ID}
+    bad = ztmesh("create", "cli-bad", "--grant", "fly=spiffe://ztmesh.local/x")
+    assert bad.returncode != 0 and b"must be OPERATION=SPIFFE_ID" in bad.stderr
     assert ztmesh("destroy", "cli-key", "--version", "1").returncode == 0
     assert ztmesh("decrypt", "--aad", "ctx", data=sealed.stdout).returncode == 1
