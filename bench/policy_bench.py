@@ -182,8 +182,10 @@ json.dump(out, open(sys.argv[2], "w"))
 
 
 def engines_section() -> None:
-    from tests.support.servers import start_opa
-    from ztmesh.policy.opa_server import OpaServerEngine
+    import tempfile
+
+    from tests.support.opa_bundles import OpaSidecar
+    from tests.support.servers import find_opa
     from ztmesh.policy.rego import discover_tests
 
     print("-- Rego engines on the default pack (same inputs; OPA server = the reference) --")
@@ -201,15 +203,16 @@ def engines_section() -> None:
     ours = [parse_answer(regorus_engine.evaluate(bundle, d, bundle.prune(d))) for d in docs]
     full = [parse_answer(regorus_engine.evaluate(bundle, d, d)) for d in docs]
     regorus_us = measure_inprocess("x", cycle(docs, lambda d: regorus_engine.evaluate(bundle, d, bundle.prune(d))))
-    server = start_opa()
+    server = OpaSidecar(find_opa(), Path(tempfile.gettempdir()))
+    server.start()
     try:
-        opa = OpaServerEngine(server.url)
+        opa = server.engine()
         opa.install(bundle)
         reference = [parse_answer(opa.evaluate(bundle, d, d)) for d in docs]
         opa_us = measure_inprocess("x", cycle(docs, lambda d: opa.evaluate(bundle, d, d)), seconds=2.0)
         opa.close()
     finally:
-        server.stop()
+        server.close()
     agree = sum(a == b for a, b in zip(ours, reference, strict=True))
     agree_full = sum(a == b for a, b in zip(full, reference, strict=True))
     print(f"{'regorus (gordon-to-regorus 0.13.0), interpreter':<56} {1e6 / regorus_us.ops:8.1f} us/eval   "

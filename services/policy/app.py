@@ -32,7 +32,7 @@ from ztmesh.policy.errors import BundleError, ConfigError, EngineError
 from ztmesh.policy.extauthz import AuthorizationServicer
 from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.opa_inproc import LIBRARY_ENV, OpaEmbeddedEngine
-from ztmesh.policy.opa_server import OpaServerEngine
+from ztmesh.policy.opa_server import OpaBundleServer, OpaServerEngine
 from ztmesh.policy.plugin_source import PluginDataSource, parse_specs
 from ztmesh.policy.rego import RegoEngine
 from ztmesh.policy.reporters import ReporterGate
@@ -56,6 +56,23 @@ def decision_plugins(policy: PolicySettings, peers: PeerChannels) -> list[Plugin
     return [PluginDataSource(spec, peers.channel("plugins"), policy.plugin_timeout) for spec in specs]
 
 
+def opa_server_engine(policy: PolicySettings) -> OpaServerEngine:
+    """The OPA-server engine with its bundle endpoint listening (OPA pulls the bundle from it)."""
+    host, _, port = policy.opa_bundle_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError("ZTMESH_OPA_BUNDLE_LISTEN", f"{policy.opa_bundle_listen!r} is not host:port")
+    try:
+        bundles = OpaBundleServer(host.strip("[]"), int(port))
+    except OSError as exc:
+        raise SettingsError("ZTMESH_OPA_BUNDLE_LISTEN", f"cannot listen on {policy.opa_bundle_listen}: {exc}") from None
+    try:
+        return OpaServerEngine(policy.opa_url, bundles, timeout_s=policy.opa_timeout,
+                               activation_timeout_s=policy.opa_activation_timeout, owns_bundle_server=True)  # fmt: skip
+    except ValueError:
+        bundles.close()
+        raise
+
+
 def build_engine(
     settings: MeshSettings, policy: PolicySettings, audit: AuditEmitter, plugins: Sequence[PluginClient] = ()
 ) -> PolicyEngine:
@@ -68,11 +85,7 @@ def build_engine(
         raise SettingsError("ZTMESH_TRUST_WEIGHTS", str(exc)) from None
     rego: RegoEngine
     try:
-        rego = (
-            OpaServerEngine(policy.opa_url, timeout_s=policy.opa_timeout)
-            if policy.rego_engine == "opa"
-            else OpaEmbeddedEngine()
-        )
+        rego = opa_server_engine(policy) if policy.rego_engine == "opa" else OpaEmbeddedEngine()
     except ValueError as exc:
         raise SettingsError("ZTMESH_OPA_URL", str(exc)) from None
     except EngineError as exc:  # the in-process OPA library is missing or does not load

@@ -37,6 +37,12 @@ class PolicySettings:
     )  # fmt: skip
     opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")
     opa_timeout: float = setting(1.0, doc="seconds one OPA query may take before the decision is DENY", check=positive)
+    opa_bundle_listen: str = setting(
+        "127.0.0.1:8182", doc="host:port where this service serves its checked bundle to OPA (OPA's bundle API)"
+    )
+    opa_activation_timeout: float = setting(
+        10.0, doc="seconds OPA may take to activate a new bundle before the old one stays", check=positive
+    )
     decision_cache: bool = setting(True, doc="cache policy answers (in Redis when ZTMESH_REDIS_URL is set)")
     max_batch: int = setting(100, doc="maximum requests in one DecideBatch call", check=positive)
     reload_interval: float = setting(2.0, doc="seconds between looks at the policy and trust files", check=positive)

@@ -89,8 +89,10 @@ class PolicyWatcher:
         """Reload whatever changed since the last look; errors are logged, the old state serves."""
         with self._check_lock:
             bundle_print = fingerprint(self.engine.bundles.root)
-            # Not loaded yet (e.g. the OPA sidecar was not up at start): try again on every look.
-            if bundle_print != self._bundle_print or not self.engine.bundles.loaded:
+            # Not loaded yet (e.g. the OPA sidecar was not up at start), or a checked bundle that the
+            # engine did not take (OPA unreachable): try again on every look until it serves.
+            bundles = self.engine.bundles
+            if bundle_print != self._bundle_print or not bundles.loaded or bundles.pending:
                 self._bundle_print = bundle_print
                 try:
                     self.engine.reload()

@@ -141,3 +141,33 @@ def test_symlinks_are_refused(tmp_path: Path) -> None:
     (tmp_path / "link.rego").symlink_to(tmp_path / "real.rego")
     with pytest.raises(sync.PolicyBundleError, match="link.rego is a symlink"):
         sync.bundle_files(tmp_path)
+
+
+def test_the_opa_sidecar_flags_make_opa_pull_and_activate_the_bundle(
+    render: Callable[[str], Objects], tmp_path: Path
+) -> None:
+    """The dev-opa overlay's OPA arguments, run by the real OPA against the policy service's bundle
+    endpoint (the port moved to a free one): OPA activates the pack and answers with its revision."""
+    from tests.policy.conftest import PACK
+    from tests.support.servers import _start, find_opa, start_opa
+    from ztmesh.policy.bundle import check_bundle, read_bundle
+    from ztmesh.policy.inputs import probe_inputs
+    from ztmesh.policy.opa_server import OpaBundleServer, OpaServerEngine
+
+    deployment = find(render("dev-opa"), "Deployment", "policy")
+    (policy,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "policy"]
+    (opa_container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "opa"]
+    listen = {e["name"]: e.get("value") for e in policy["env"]}["ZTMESH_OPA_BUNDLE_LISTEN"]
+    flags = [a for a in opa_container["args"] if a.startswith("--set=")]
+    assert f"--set=services.ztmesh.url=http://{listen}" in flags
+    bundles = OpaBundleServer()
+    moved = [a.replace(f"http://{listen}", bundles.url) for a in flags]
+    opa = _start("OPA", lambda: start_opa(find_opa(), tmp_path, extra_args=moved))
+    try:
+        engine = OpaServerEngine(opa.url, bundles, activation_timeout_s=10)
+        pack = check_bundle(read_bundle(PACK), probe_inputs()).bundle
+        engine.install(pack)
+        assert engine.serving_revision() == pack.revision
+    finally:
+        opa.stop()
+        bundles.close()

@@ -200,10 +200,8 @@ def test_check_reports_every_test(bundle_dir):
     assert report.bundle.input_paths is not None and ("trust", "score") in report.bundle.input_paths
 
 
-def test_opa_engine_swaps_bundles_and_refuses_what_opa_refuses(make_engine, bundle_dir, opa_server):
-    from ztmesh.policy.opa_server import OpaServerEngine
-
-    engine = make_engine(rego=OpaServerEngine(opa_server), bundle_root=bundle_dir)
+def test_opa_engine_swaps_bundles_as_opa_bundles(make_engine, bundle_dir, opa_sidecar):
+    engine = make_engine(rego=opa_sidecar.engine(), bundle_root=bundle_dir)
     first = engine.bundles.current.revision
     _add_watermark_obligation(bundle_dir)
     (bundle_dir / "extra.rego").write_text("package ztmesh.extra\n\nmarker := true\n")
@@ -213,5 +211,7 @@ def test_opa_engine_swaps_bundles_and_refuses_what_opa_refuses(make_engine, bund
     engine.reload()
     import requests
 
-    ids = [p["id"] for p in requests.get(f"{opa_server}/v1/policies", timeout=5).json()["result"]]
-    assert ids == ["ztmesh/authz.rego"] and engine.bundles.current.revision != first
+    ids = sorted(p["id"] for p in requests.get(f"{opa_sidecar.url}/v1/policies", timeout=5).json()["result"])
+    assert ids == ["ztmesh/authz.rego", "ztmesh/ztmesh_serving.rego"]
+    manifest = requests.get(f"{opa_sidecar.url}/v1/data/system/bundles/ztmesh/manifest", timeout=5).json()["result"]
+    assert manifest["revision"] == engine.bundles.current.revision != first

@@ -23,7 +23,6 @@ from ztmesh.policy.model import (
     Signal,
     Subject,
 )
-from ztmesh.policy.opa_server import OpaServerEngine
 from ztmesh.policy.signals import MemorySignalStore
 from ztmesh.policy.trust import TrustResult
 
@@ -82,11 +81,11 @@ def _verdict(decision):
 
 
 @pytest.mark.slow
-def test_embedded_and_opa_agree_on_generated_requests(make_engine, opa_server, clock):
+def test_embedded_and_opa_agree_on_generated_requests(make_engine, opa_sidecar, clock):
     rng = random.Random(20260310)
     signals = MemorySignalStore()  # one store for both, so both score the same trust
     embedded = make_engine(signals=signals)
-    reference = make_engine(rego=OpaServerEngine(opa_server), signals=signals)
+    reference = make_engine(rego=opa_sidecar.engine(), signals=signals)
     assert embedded.bundles.current.revision == reference.bundles.current.revision
     outcomes: Counter[str] = Counter()
     for i in range(1200):
@@ -103,11 +102,11 @@ def test_embedded_and_opa_agree_on_generated_requests(make_engine, opa_server, c
 
 
 @pytest.mark.slow
-def test_embedded_and_opa_agree_at_the_score_boundaries(pack, pack_engine, opa_server):
+def test_embedded_and_opa_agree_at_the_score_boundaries(pack, pack_engine, opa_sidecar):
     """The trust algorithm rarely lands exactly on a threshold: here the score is chosen, at and
     around every threshold of the pack, with two-decimal scores as the service produces them."""
     rng = random.Random(7)
-    opa = OpaServerEngine(opa_server)
+    opa = opa_sidecar.engine()
     opa.install(pack)
     edges = [t + d for t in (30, 50, 70, 75, 80, 85) for d in (-1, -0.01, 0, 0.01, 1)] + [0, 100, 99.99]
     agreed = 0

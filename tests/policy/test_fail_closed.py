@@ -11,13 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.policy.conftest import EventLog, physician, with_resource
-from tests.support.servers import start_opa
 from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.model import DecisionRequest, Fault, Outcome
-from ztmesh.policy.opa_server import OpaServerEngine
 
 # A bundle whose decision misbehaves only for some inputs, so it passes its checks and serves.
 TRICKY = """package ztmesh.authz
@@ -172,11 +169,10 @@ def test_a_bug_is_a_deny_not_an_exception(make_engine):
     )  # fmt: skip
 
 
-def test_opa_server_killed_mid_run_denies_with_a_reason(make_engine, opa_bin, tmp_path):
-    # The shared helper's own server (not the opa_server fixture) because this test must kill it.
-    server = start_opa(opa_bin, tmp_path)
+def test_opa_server_killed_mid_run_denies_with_a_reason(make_engine, opa_sidecar):
+    server = opa_sidecar
     try:
-        engine: PolicyEngine = make_engine(rego=OpaServerEngine(server.url, timeout_s=0.5))
+        engine: PolicyEngine = make_engine(rego=server.engine(timeout_s=0.5))
         results: list[Any] = []
         stop = threading.Event()
 
@@ -206,10 +202,15 @@ def test_opa_server_killed_mid_run_denies_with_a_reason(make_engine, opa_bin, tm
     assert all(o == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE) for o in outcomes[first_down:])
 
 
-def test_opa_that_lost_the_policies_denies_then_gets_them_again(make_engine, opa_server):
-    engine = make_engine(rego=OpaServerEngine(opa_server))
+def test_opa_restarted_denies_then_serves_the_bundle_again(make_engine, opa_sidecar):
+    engine = make_engine(rego=opa_sidecar.engine())
     assert engine.decide(physician()).outcome is Outcome.ALLOW
-    requests.delete(f"{opa_server}/v1/policies/ztmesh/authz.rego", timeout=5).raise_for_status()  # as after a restart
-    lost = engine.decide(physician())
-    assert (lost.outcome, lost.fault) == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE)
-    assert engine.decide(physician()).outcome is Outcome.ALLOW
+    opa_sidecar.stop()
+    opa_sidecar.start()  # an empty OPA: it fetches the serving bundle from the policy service
+    decisions = [engine.decide(physician())]
+    deadline = time.monotonic() + 10
+    while decisions[-1].outcome is not Outcome.ALLOW and time.monotonic() < deadline:
+        time.sleep(0.05)
+        decisions.append(engine.decide(physician()))
+    assert decisions[-1].outcome is Outcome.ALLOW
+    assert all((d.outcome, d.fault) == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE) for d in decisions[:-1])
