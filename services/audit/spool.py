@@ -55,7 +55,7 @@ class SpoolSettings:
     block_timeout: float = 30.0  # "block" gives up (and refuses) after this long
     batch_max: int = 500  # events per Append, lowered to what the receiver takes once it says so
     retry_initial: float = 0.1  # seconds before the first retry…
-    retry_max: float = 1.0  # …doubling up to this: shipping resumes within about this long of audit's return
+    retry_max: float = 0.5  # …doubling up to this: shipping resumes within about this long of audit's return
     segment_bytes: int = 16 * 1024 * 1024
     direct: bool = True  # try audit first when nothing is spooled (no disk write when audit is up)
     direct_timeout: float = 0.5  # what an operation waits for audit itself before its event is spooled
