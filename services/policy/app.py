@@ -29,7 +29,7 @@ from ztmesh.policy.bundle import BundleManager
 from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from ztmesh.policy.decider import PluginClient, PolicyEngine
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
-from ztmesh.policy.extauthz import AuthorizationServicer
+from ztmesh.policy.extauthz import AuthorizationServicer, GatewayWorkloads, refuse_with
 from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.opa_inproc import LIBRARY_ENV, OpaEmbeddedEngine
 from ztmesh.policy.opa_server import OpaBundleServer, OpaServerEngine
@@ -120,6 +120,10 @@ def signal_reporters(settings: MeshSettings, policy: PolicySettings) -> Reporter
 
 def build_app(settings: MeshSettings) -> ServiceApp:
     policy = load_settings(PolicySettings, section="policy")
+    try:
+        workloads = GatewayWorkloads.of(settings.trust_domain, policy.gateway_workloads)
+    except ValueError as exc:
+        raise SettingsError("ZTMESH_GATEWAY_WORKLOADS", str(exc)) from None
     peers = PeerChannels(settings, "policy")
     # Every decision is durable in the local spool before it is answered; the spool ships to audit.
     audit = audit_emitter(settings, "policy", peers)
@@ -151,7 +155,8 @@ def build_app(settings: MeshSettings) -> ServiceApp:
 
     def register(server: grpc.Server) -> None:
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(servicer.decide_proto), server)
+        authorization = AuthorizationServicer(servicer.decide_proto, refuse_with(engine), workloads)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
 
     def watch(stop: threading.Event) -> None:
         watcher.start()

@@ -1,7 +1,9 @@
 """Envoy external authorization (ext_authz v3 `Check`) on top of the policy decision.
 
 A CheckRequest becomes a DecideRequest: the subject from the claims of a JWT that Envoy's jwt_authn
-filter verified (never from an unverified header), else the SPIFFE ID of the mTLS peer Envoy saw;
+filter verified (never from an unverified header), else the SPIFFE ID of the mTLS peer Envoy saw —
+which counts only as a well-formed ID of the mesh's trust domain on the gateway's workload list; any
+other client certificate is refused (an audited DENY naming what was presented) before the policy;
 the HTTP method as the action (a route may name its own); the resource type and classification
 from the route's `context_extensions`. ALLOW adds `x-ztmesh-decision-id` and `x-ztmesh-trust-score`
 upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-up. Incoming
@@ -11,10 +13,13 @@ upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
+from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
@@ -22,9 +27,15 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2
+from ztmesh.mesh.errors import SpiffeIdError
+from ztmesh.mesh.spiffe import SpiffeId
+from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.headers import DECISION_ID, OBLIGATIONS, PREFIX, STEP_UP, TRUST_SCORE
+from ztmesh.policy.servicer import decision_to_proto, request_from_proto
 
 DecideFn = Callable[[policy_pb2.DecideRequest, str], policy_pb2.DecideResponse]
+# An audited DENY with this reason for the request, by the caller (Envoy): what a refused peer gets.
+RefuseFn = Callable[[policy_pb2.DecideRequest, str, str], policy_pb2.DecideResponse]
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 PURPOSE_HEADER = "x-processing-purpose"
@@ -47,6 +58,72 @@ _REGISTRATION = {
     "suspended": policy_pb2.REGISTRATION_STATUS_SUSPENDED,
     "expired": policy_pb2.REGISTRATION_STATUS_EXPIRED,
 }
+
+
+@dataclass(frozen=True)
+class GatewayWorkloads:
+    """The workloads whose mesh certificate counts as an identity at the gateway: SPIFFE IDs of the
+    mesh's trust domain, listed one by one (ZTMESH_GATEWAY_WORKLOADS). The CA vouches that a
+    certificate is the mesh's, not that its holder may act through the gateway."""
+
+    trust_domain: str
+    allowed: frozenset[SpiffeId]
+
+    @classmethod
+    def of(cls, trust_domain: str, ids: Iterable[str]) -> GatewayWorkloads:
+        """The list from settings; ValueError naming an entry that is malformed or of another domain."""
+        allowed = set()
+        for value in ids:
+            try:
+                spiffe_id = SpiffeId.parse(value)
+            except SpiffeIdError as exc:
+                raise ValueError(str(exc)) from None
+            if spiffe_id.trust_domain != trust_domain:
+                raise ValueError(f"{value} is not of the mesh's trust domain {trust_domain}")
+            allowed.add(spiffe_id)
+        return cls(trust_domain, frozenset(allowed))
+
+    def refusal(self, source: attribute_context_pb2.AttributeContext.Peer) -> str | None:
+        """Why the client certificate Envoy saw does not make its holder a workload allowed through the
+        gateway, naming what it presented; None when it does, or when no certificate was presented."""
+        principal, uris = source.principal, _uri_sans(source.certificate)
+        if not principal and uris is None:
+            return None  # no client certificate: the token, or nobody, is judged
+        presented = f"client certificate {_shown(principal)}"
+        if uris and uris != [principal]:
+            presented += f" (URI SANs {', '.join(_shown(u) for u in uris)})"
+        if uris is not None and len(uris) != 1:
+            return f"{presented}: a workload certificate carries exactly one SPIFFE ID, not {len(uris)} URI SANs"
+        try:
+            spiffe_id = SpiffeId.parse(uris[0] if uris else principal)
+        except SpiffeIdError as exc:
+            return f"{presented}: {exc}"
+        if uris and uris[0] != principal:
+            return f"{presented}: the principal is not the certificate's SPIFFE ID"
+        if spiffe_id.trust_domain != self.trust_domain:
+            return f"{presented}: not of the mesh's trust domain {self.trust_domain}"
+        if spiffe_id not in self.allowed:
+            return f"{presented}: not a workload allowed through the gateway (ZTMESH_GATEWAY_WORKLOADS)"
+        return None
+
+
+def _shown(value: str, limit: int = 200) -> str:
+    """A presented value as the refusal quotes it: repr (no control characters), bounded."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _uri_sans(certificate: str) -> list[str] | None:
+    """URI SANs of the peer certificate Envoy forwarded (URL-encoded PEM), None when there is none."""
+    if not certificate:
+        return None
+    try:
+        parsed = x509.load_pem_x509_certificate(unquote(certificate).encode())
+        sans = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError:
+        return ["<unreadable certificate>"]  # never a valid SPIFFE ID, so refused
+    return [str(uri) for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 def verified_claims(attributes: attribute_context_pb2.AttributeContext) -> dict[str, Any]:
@@ -175,11 +252,22 @@ def decide_to_check(
     )
 
 
+def refuse_with(engine: PolicyEngine) -> RefuseFn:
+    """The engine's audited refusal, over the protobuf types ext_authz works in."""
+
+    def refuse(request: policy_pb2.DecideRequest, reason: str, caller: str) -> policy_pb2.DecideResponse:
+        return decision_to_proto(engine.refuse(request_from_proto(request), reason, caller))
+
+    return refuse
+
+
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """`envoy.service.auth.v3.Authorization` served on the policy service's port."""
 
-    def __init__(self, decide: DecideFn) -> None:
+    def __init__(self, decide: DecideFn, refuse: RefuseFn, workloads: GatewayWorkloads) -> None:
         self._decide = decide
+        self._refuse = refuse
+        self._workloads = workloads
 
     def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
@@ -189,7 +277,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         caller = current_caller()
         incoming = dict(request.attributes.request.http.headers)
         try:
-            decision = self._decide(check_to_decide(request), str(caller) if caller else "")
+            decide_request = check_to_decide(request)
+            refusal = self._workloads.refusal(request.attributes.source)
+            if refusal is not None:
+                # Audited with what was presented: the subject is the principal Envoy saw, as is.
+                decide_request.subject.CopyFrom(policy_pb2.Subject(id=request.attributes.source.principal))
+                decision = self._refuse(decide_request, refusal, str(caller) if caller else "")
+            else:
+                decision = self._decide(decide_request, str(caller) if caller else "")
         except Exception as exc:  # fail closed: whatever broke, the answer is DENY with the reason
             decision = policy_pb2.DecideResponse(
                 decision=policy_pb2.DECISION_DENY, reasons=[f"internal error: {type(exc).__name__}"]

@@ -45,6 +45,9 @@ class PolicySettings:
     )
     decision_cache: bool = setting(True, doc="cache policy answers (in Redis when ZTMESH_REDIS_URL is set)")
     max_batch: int = setting(100, doc="maximum requests in one DecideBatch call", check=positive)
+    gateway_workloads: tuple[str, ...] = setting(
+        (), doc="SPIFFE IDs (of the trust domain) of workloads whose certificate counts at the gateway; others get 403"
+    )
     reload_interval: float = setting(2.0, doc="seconds between looks at the policy and trust files", check=positive)
     decision_plugins: tuple[str, ...] = setting(
         (), doc="plugins consulted on every decision, `name=plugin:function` (output at input.plugins.<name>)"

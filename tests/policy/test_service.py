@@ -126,15 +126,22 @@ def test_reload_is_for_operators_only(pki, policy_server):
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_ext_authz_check_on_the_same_port(pki, policy_server):
+def test_ext_authz_check_on_the_same_port(pki, tmp_path, policy_dir, monkeypatch):
+    from tests.support.mesh import running
+
+    serve_policy_from(monkeypatch, policy_dir)
+    # The frontend is a workload the gateway lets through with its certificate.
+    monkeypatch.setenv("ZTMESH_GATEWAY_WORKLOADS", "spiffe://ztmesh.local/ns/clinic/sa/frontend")
+    settings = settings_for(pki, tmp_path)
     attributes = attribute_context_pb2.AttributeContext()
     attributes.source.principal = "spiffe://ztmesh.local/ns/clinic/sa/frontend"
     attributes.source.address.socket_address.address = "10.1.2.3"
     attributes.request.http.method, attributes.request.http.path = "GET", "/api/beds"
     attributes.request.http.headers.update({"user-agent": "curl", "x-ztmesh-trust-score": "100"})
     attributes.context_extensions.update({"classification": "internal", "resource_type": "bed_board"})
-    check = external_auth_pb2_grpc.AuthorizationStub(pki.channel("envoy", policy_server.port))
-    reply = check.Check(external_auth_pb2.CheckRequest(attributes=attributes), timeout=10)
+    with running(build_app(settings), settings) as policy_server:
+        check = external_auth_pb2_grpc.AuthorizationStub(pki.channel("envoy", policy_server.port))
+        reply = check.Check(external_auth_pb2.CheckRequest(attributes=attributes), timeout=10)
     headers = {h.header.key: h.header.value for h in reply.ok_response.headers}
     assert reply.status.code == 0 and headers["x-ztmesh-decision-id"]
     assert list(reply.ok_response.headers_to_remove) == ["x-ztmesh-trust-score"]

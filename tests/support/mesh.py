@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+import datetime as dt
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ztmesh.mesh.certs import CertificateAuthority, init_dev_pki, issue_identity, write_pem
 from ztmesh.mesh.config import MeshSettings
@@ -37,6 +42,31 @@ class Pki:
         ca = CertificateAuthority.load(self.directory / "ca.crt", self.directory / "ca.key")
         issue_identity(ca, self.directory, identity, trust_domain, NAMESPACE, **kwargs)
         return self.files(identity)
+
+    def issue_presenting(self, name: str, uris: Sequence[str] = (), common_name: str = "") -> TlsFiles:
+        """Issue `<name>.crt/.key` from this PKI's CA with exactly these URI SANs, verbatim: none, a
+        foreign or malformed SPIFFE ID, several. The CA vouches for it, so only the identity check can
+        refuse it (a compromised or misused issuer)."""
+        ca = CertificateAuthority.load(self.directory / "ca.crt", self.directory / "ca.key")
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or name)]))
+            .issuer_name(ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if uris:
+            sans = [x509.UniformResourceIdentifier(uri) for uri in uris]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        write_pem(self.directory / f"{name}.key", key=key)
+        write_pem(self.directory / f"{name}.crt", cert=builder.sign(ca.key, hashes.SHA256()))
+        return self.files(name)
 
     def channel(self, identity: str, port: int) -> grpc.Channel:
         return grpc.secure_channel(f"localhost:{port}", client_credentials(self.files(identity)))
