@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.policy.conftest import physician, with_resource
+from tests.policy.conftest import bundle_dir, clock, make_engine, physician, with_resource
 from tests.support.opa_bundles import OpaSidecar
 from tests.support.servers import _start, find_opa
 from ztmesh.policy.answer import Answer
@@ -26,6 +26,7 @@ from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.model import Fault, Outcome
 from ztmesh.policy.opa_server import bundle_tarball
 
+FIXTURES = (bundle_dir, clock, make_engine)  # the policy fixtures, used by name below
 SIZE_LIMIT = 200_000  # bytes per bundle file; the pack's data is a few KiB
 
 

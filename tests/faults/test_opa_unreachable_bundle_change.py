@@ -9,11 +9,12 @@ from pathlib import Path
 
 import requests
 
-from tests.policy.conftest import physician, with_resource
+from tests.policy.conftest import bundle_dir, clock, make_engine, physician, with_resource
 from ztmesh.policy.bundle import read_bundle
 from ztmesh.policy.model import Fault, Outcome
 from ztmesh.policy.watch import PolicyWatcher
 
+FIXTURES = (bundle_dir, clock, make_engine)  # the policy fixtures, used by name below
 APPLY_BOUND_S = 10.0  # watcher interval 0.1 s + OPA's first fetch (it polls 1-2 s before its first answer)
 
 
