@@ -87,21 +87,25 @@ class _Library:
         self._lib.ztm_release(handle)
 
 
+def load_library(path: Path) -> _Library:
+    """Load the shim at `path`; EngineError saying how to build it when it is missing or broken."""
+    if not path.is_file():
+        raise EngineError(
+            f"the in-process OPA library {path} is missing: run make setup "
+            f"(scripts/install-deps.sh builds it), or set {LIBRARY_ENV} to its path"
+        )
+    try:
+        return _Library(path)
+    except (OSError, AttributeError) as exc:
+        raise EngineError(f"cannot load the in-process OPA library {path}: {exc}; run make setup") from None
+
+
 def library() -> _Library:
-    """The shim, loaded once per process; EngineError saying how to build it when it is missing."""
+    """The shim, loaded once per process (from ZTMESH_OPA_LIBRARY, else .tools/lib of the checkout)."""
     global _library
     with _load_lock:
         if _library is None:
-            path = library_path()
-            if not path.is_file():
-                raise EngineError(
-                    f"the in-process OPA library {path} is missing: run make setup "
-                    f"(scripts/install-deps.sh builds it), or set {LIBRARY_ENV} to its path"
-                )
-            try:
-                _library = _Library(path)
-            except OSError as exc:
-                raise EngineError(f"cannot load the in-process OPA library {path}: {exc}; run make setup") from None
+            _library = load_library(library_path())
         return _library
 
 
@@ -125,6 +129,8 @@ class RegoRuntimeError(EngineError):
         first = problems[0]
         self.file = str(first.get("file", ""))
         self.line = int(first.get("row", 0))
+        self.code = str(first.get("code", ""))  # OPA's error code: eval_conflict_error, eval_type_error...
+        self.opa_error = str(failure.get("error", ""))  # the error as OPA prints it
         message = first.get("message") or failure.get("error", "failed")
         where = f"{self.file}:{self.line}: " if self.file and self.line else ""
         super().__init__(f"rego evaluation failed: {where}{message}")
@@ -275,6 +281,29 @@ class OpaEmbeddedEngine:
             return prepared.evaluate(pruned)
         except StaleBundle:
             raise StaleBundle(f"bundle {bundle.revision} is no longer installed") from None
+
+    def query(
+        self,
+        bundle: CompiledBundle,
+        query: str,
+        document: Any = UNDEFINED,
+        *,
+        input_term: str | None = None,
+        strict_builtin_errors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Every result of an ad hoc query over `bundle`'s modules and data (installed or not), as
+        bindings; the input is `document` (UNDEFINED: none) or a Rego term's text. BundleError when
+        the bundle or query does not compile, RegoRuntimeError when evaluation fails."""
+        prepared = PreparedQuery(bundle.modules, bundle.data, query, rule=False,
+                                 strict_builtin_errors=strict_builtin_errors)  # fmt: skip
+        try:
+            if input_term is not None:
+                results: list[dict[str, Any]] = prepared.evaluate(input_term, INPUT_TERM)
+            else:
+                results = prepared.evaluate(document, INPUT_NONE if document is UNDEFINED else INPUT_JSON)
+            return results
+        finally:
+            prepared.release()
 
     def close(self) -> None:
         with self._lock:

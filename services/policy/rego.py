@@ -285,6 +285,34 @@ class RegorusEngine:
     def evaluate(self, bundle: CompiledBundle, document: Mapping[str, Any], pruned: Mapping[str, Any]) -> Any:
         return evaluate_rule(self._engine_for(bundle.revision), bundle.entrypoint, pruned)
 
+    def query(
+        self,
+        bundle: CompiledBundle,
+        query: str,
+        document: Any = UNDEFINED,
+        *,
+        input_term: str | None = None,
+        strict_builtin_errors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Every result of an ad hoc query, as bindings (as OpaEmbeddedEngine.query; for the harness).
+        regorus has no strict/lenient builtin error modes and no Rego-term input: EngineError for those."""
+        if input_term is not None:
+            raise EngineError("regorus takes no Rego-term input (input_term)")
+        engine = new_engine(bundle.modules, bundle.data)
+        try:
+            if document is not UNDEFINED:
+                engine.set_input_json(json.dumps(document))
+            reply = json.loads(engine.eval_query_as_json(query))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise EngineError(f"rego evaluation failed: {regorus_error(exc)}") from None
+        except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException, a BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise EngineError(f"rego engine panicked: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        finally:
+            del engine
+        return [r.get("bindings", {}) for r in reply.get("result", [])]
+
     def close(self) -> None:
         self._bundles = {}
         _retired.add(self._token)

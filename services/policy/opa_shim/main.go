@@ -91,7 +91,13 @@ func describe(err error) failure {
 	out := failure{Error: err.Error()}
 	var astErrs ast.Errors
 	var topErr *topdown.Error
-	switch {
+	switch { // a builtin error may wrap a parse error (rego.parse_module): the outer one is the error
+	case errors.As(err, &topErr) && !isASTErrors(err):
+		p := problem{Code: topErr.Code, Message: topErr.Message}
+		if topErr.Location != nil {
+			p.File, p.Row, p.Col = topErr.Location.File, topErr.Location.Row, topErr.Location.Col
+		}
+		out.Problems = append(out.Problems, p)
 	case errors.As(err, &astErrs):
 		for _, e := range astErrs {
 			p := problem{Code: e.Code, Message: e.Message}
@@ -108,6 +114,11 @@ func describe(err error) failure {
 		out.Problems = append(out.Problems, p)
 	}
 	return out
+}
+
+func isASTErrors(err error) bool {
+	_, ok := err.(ast.Errors)
+	return ok
 }
 
 // refusal names a refused builtin and why, where OPA's compiler only says "undefined function".
