@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -116,25 +117,25 @@ def test_only_a_pinned_ml_dsa_signer_registers_a_module(pki, tmp_path, mesh):
         assert "does not verify" in err.value.details()
 
 
-def _tamper_signer(row: dict[str, object], mallory: keys_pb2_grpc.KeyServiceStub) -> None:
+def _tamper_signer(row: dict[str, Any], mallory: keys_pb2_grpc.KeyServiceStub) -> None:
     forged = signed(mallory, "mallory-signing")
     public = mallory.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id="mallory-signing"), timeout=10)
     row.update(signing_key_id="mallory-signing", signing_public_key=public.public_key, signature=forged.signature)
 
 
-def _tamper_signature(row: dict[str, object], _: keys_pb2_grpc.KeyServiceStub) -> None:
-    signature = bytearray(row["signature"])  # type: ignore[arg-type]
+def _tamper_signature(row: dict[str, Any], _: keys_pb2_grpc.KeyServiceStub) -> None:
+    signature = bytearray(row["signature"])
     signature[100] ^= 1
     row["signature"] = bytes(signature)
 
 
-def _tamper_module(row: dict[str, object], _: keys_pb2_grpc.KeyServiceStub) -> None:
+def _tamper_module(row: dict[str, Any], _: keys_pb2_grpc.KeyServiceStub) -> None:
     import hashlib
 
     row.update(module=IMPOSTOR, module_sha256=hashlib.sha256(IMPOSTOR).hexdigest())
 
 
-def _tamper_public_key(row: dict[str, object], mallory: keys_pb2_grpc.KeyServiceStub) -> None:
+def _tamper_public_key(row: dict[str, Any], mallory: keys_pb2_grpc.KeyServiceStub) -> None:
     # Keep the trusted id, but swap in another key and its signature: the pin does not match.
     _tamper_signer(row, mallory)
     row["signing_key_id"] = "plugin-signing"
