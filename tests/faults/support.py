@@ -276,17 +276,27 @@ class Tally:
     duplicates: int
     wrong_allow: int
     recovery: str
+    set_aside: int = 0  # missing from the trail but quarantined and reported (a damaged spool frame)
 
     def line(self) -> str:
-        return (f"{self.scenario}: answered={self.answered} acknowledged={self.acknowledged} lost={self.lost} "
+        aside = f" (+{self.set_aside} set aside and reported)" if self.set_aside else ""
+        return (f"{self.scenario}: answered={self.answered} acknowledged={self.acknowledged} lost={self.lost}{aside} "
                 f"duplicates={self.duplicates} wrong_allow={self.wrong_allow} recovery={self.recovery}")  # fmt: skip
 
 
-def tally(scenario: str, load: Load, database_url: str, recovery: str, settle: float = 30) -> Tally:
+def tally(
+    scenario: str,
+    load: Load,
+    database_url: str,
+    recovery: str,
+    settle: float = 30,
+    set_aside: frozenset[str] = frozenset(),
+) -> Tally:
     """Look every acknowledged decision up in the trail (waiting up to `settle` s for spools to drain),
-    count what is missing, stored twice, or allowed where the request must be denied."""
+    count what is missing, stored twice, or allowed where the request must be denied. Decisions in
+    `set_aside` (quarantined, reported) are counted apart from the silently lost."""
     acknowledged = load.acknowledged()
-    wanted = {a.decision_id for a in acknowledged}
+    wanted = {a.decision_id for a in acknowledged} - set_aside
     trail = trail_decisions(database_url)
     deadline = time.monotonic() + settle
     while wanted - set(trail) and time.monotonic() < deadline:
@@ -298,6 +308,7 @@ def tally(scenario: str, load: Load, database_url: str, recovery: str, settle: f
         scenario=scenario, answered=len(answers), acknowledged=len(wanted), lost=len(wanted - set(trail)),
         duplicates=sum(count - 1 for count in trail.values() if count > 1),
         wrong_allow=sum(1 for a in answers if a.outcome == "ALLOW" and not a.expect_allow), recovery=recovery,
+        set_aside=len(set_aside),
     )  # fmt: skip
     RESULTS.append(result.line())
     print(result.line())
