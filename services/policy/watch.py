@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +48,14 @@ class RedisReloadNotifier:
             data = message.get("data")
             on_revision(data.decode() if isinstance(data, bytes) else str(data))
 
+        def lost(exc: BaseException, _pubsub: Any, _thread: Any) -> None:
+            # Redis restarted or unreachable: the next read reconnects and subscribes again; meanwhile
+            # the replicas still find new revisions by polling their files.
+            log.warning("policy reload notifications interrupted, reconnecting: %s", exc)
+            time.sleep(1.0)
+
         self._pubsub.subscribe(**{self._channel: handle})
-        self._thread = self._pubsub.run_in_thread(sleep_time=0.2, daemon=True)
+        self._thread = self._pubsub.run_in_thread(sleep_time=0.2, daemon=True, exception_handler=lost)
 
     def close(self) -> None:
         if self._thread is not None:
