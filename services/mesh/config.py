@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+from ztmesh.mesh.errors import SettingsError
 from ztmesh.mesh.settings import one_of, port_check, positive, setting
 from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.mesh.topology import SERVICES
@@ -37,6 +39,10 @@ class MeshSettings:
     data_dir: Path = setting(Path("var"), doc="folder for embedded stores (SQLite), spools and caches")
     database_url: str = setting("", doc="postgresql://… DSN; empty = embedded SQLite in data_dir")
     redis_url: str = setting("", doc="redis://… URL; empty = in-process store")
+    require_store_tls: bool = setting(
+        False,
+        doc="refuse a database_url without sslmode=verify-full and a redis_url that is not a verified rediss://",
+    )
     operators: tuple[str, ...] = setting(
         ("client",), doc="service accounts allowed the admin RPCs (comma-separated), e.g. the `client` cert"
     )
@@ -51,6 +57,15 @@ class MeshSettings:
     plugins_addr: str = setting("localhost:50052", doc="host:port of the plugins service")
     keys_addr: str = setting("localhost:50053", doc="host:port of the keys service")
     audit_addr: str = setting("localhost:50054", doc="host:port of the audit service")
+
+    def __post_init__(self) -> None:
+        if self.require_store_tls:
+            problem = _database_tls_problem(self.database_url)
+            if problem:
+                raise SettingsError("ZTMESH_DATABASE_URL", f"{problem} (ZTMESH_REQUIRE_STORE_TLS is on)")
+            problem = _redis_tls_problem(self.redis_url)
+            if problem:
+                raise SettingsError("ZTMESH_REDIS_URL", f"{problem} (ZTMESH_REQUIRE_STORE_TLS is on)")
 
     def workload_id(self, service_account: str) -> SpiffeId:
         return SpiffeId.for_workload(self.trust_domain, self.namespace, service_account)
@@ -74,3 +89,34 @@ class MeshSettings:
             self.tls_key or self.cert_dir / f"{identity}.key",
             self.tls_ca or self.cert_dir / "ca.crt",
         )
+
+
+def _database_tls_problem(dsn: str) -> str | None:
+    """Why `dsn` would not reach PostgreSQL over TLS with the server's certificate and name verified."""
+    if not dsn:
+        return None  # the embedded SQLite file: no network hop
+    from psycopg import conninfo
+
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except Exception:  # psycopg names the problem, but its message may quote the password
+        return "is not a valid PostgreSQL DSN"
+    mode = params.get("sslmode")
+    if mode != "verify-full":
+        return f"must say sslmode=verify-full, not {mode or 'nothing (libpq would try plaintext)'}"
+    return None
+
+
+def _redis_tls_problem(url: str) -> str | None:
+    """Why `url` would not reach Redis over TLS with the server's certificate and name verified."""
+    if not url:
+        return None  # the in-process store: no network hop
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return f"must be a rediss:// URL (TLS), not {parts.scheme}://"
+    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    if query.get("ssl_cert_reqs", "required") != "required":
+        return "must not relax certificate verification (ssl_cert_reqs)"
+    if query.get("ssl_check_hostname", "true") in ("false", "0", "no", "off"):
+        return "must not turn off host name verification (ssl_check_hostname)"
+    return None

@@ -26,6 +26,9 @@ from ztmesh.audit.app import build_app as build_audit_app
 from ztmesh.audit.errors import StoreError
 from ztmesh.audit.servicer import event_to_proto
 from ztmesh.audit.store_postgres import PostgresAuditStore
+from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import SettingsError
+from ztmesh.mesh.settings import load_settings
 from ztmesh.policy.app import build_app as build_policy_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +55,51 @@ def audit_dsn(tls_postgres: PostgresServer, pki: Pki, **parameters: str) -> str:
     return f"{plain}?{urlencode(query)}"
 
 
+# --- ZTMESH_REQUIRE_STORE_TLS (on in the prod overlay) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "problem"),
+    [
+        ({"ZTMESH_DATABASE_URL": "postgresql://audit:pw@db.example/ztmesh"}, "ZTMESH_DATABASE_URL",
+         "must say sslmode=verify-full, not nothing"),
+        ({"ZTMESH_DATABASE_URL": "postgresql://audit:pw@db.example/ztmesh?sslmode=require"}, "ZTMESH_DATABASE_URL",
+         "must say sslmode=verify-full, not require"),
+        ({"ZTMESH_DATABASE_URL": "host=db.example user=audit sslmode=verify-ca"}, "ZTMESH_DATABASE_URL",
+         "not verify-ca"),
+        ({"ZTMESH_DATABASE_URL": "postgresql://audit:s3cret@db.example:notaport/x?sslmode=verify-full x"},
+         "ZTMESH_DATABASE_URL", "is not a valid PostgreSQL DSN"),
+        ({"ZTMESH_REDIS_URL": "redis://:pw@redis.example:6379/0"}, "ZTMESH_REDIS_URL", "must be a rediss:// URL"),
+        ({"ZTMESH_REDIS_URL": "rediss://redis.example:6380/0?ssl_cert_reqs=none"}, "ZTMESH_REDIS_URL",
+         "ssl_cert_reqs"),
+        ({"ZTMESH_REDIS_URL": "rediss://redis.example:6380/0?ssl_check_hostname=False"}, "ZTMESH_REDIS_URL",
+         "ssl_check_hostname"),
+    ],
+    ids=["pg-no-sslmode", "pg-require", "pg-verify-ca", "pg-garbled", "redis-plaintext", "redis-no-verify",
+         "redis-no-hostname"],
+)  # fmt: skip
+def test_require_store_tls_stops_start_up_on_a_store_reached_without_verified_tls(env, named, problem):
+    with pytest.raises(SettingsError) as refused:
+        load_settings(MeshSettings, env={"ZTMESH_REQUIRE_STORE_TLS": "true", **env})
+    assert refused.value.setting == named
+    assert problem in refused.value.problem and "ZTMESH_REQUIRE_STORE_TLS" in refused.value.problem
+    assert "pw" not in refused.value.problem.split() and "s3cret" not in refused.value.problem
+
+
+def test_require_store_tls_accepts_verified_tls_and_the_embedded_stores(pki, tls_postgres, tls_redis):
+    for env in (
+        {"ZTMESH_DATABASE_URL": audit_dsn(tls_postgres, pki), "ZTMESH_REDIS_URL": tls_redis.url},
+        {},  # SQLite and the in-process store: no network hop
+    ):
+        assert load_settings(MeshSettings, env={"ZTMESH_REQUIRE_STORE_TLS": "true", **env}).require_store_tls
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------------------
 
 
 def test_audit_service_keeps_its_trail_in_postgres_over_verified_tls(pki, tls_postgres, tmp_path):
     dsn = audit_dsn(tls_postgres, pki)
-    settings = settings_for(pki, tmp_path, database_url=dsn)
+    settings = settings_for(pki, tmp_path, database_url=dsn, require_store_tls=True)
     with running(build_audit_app(settings), settings) as audit:
         emitter = audit_pb2_grpc.AuditServiceStub(pki.channel("policy", audit.port))
         emitter.Append(audit_pb2.AppendRequest(events=[event_to_proto(e) for e in events(3)]), timeout=10)
@@ -121,7 +163,11 @@ def policy_on(pki: Pki, tmp_path: Path) -> Iterator[Callable[[str], int]]:
                 for key, value in POLICY_ENV.items():
                     env.setenv(key, value)
                 settings = settings_for(
-                    pki, tmp_path / "policy", redis_url=redis_url, audit_addr=f"localhost:{audit.port}"
+                    pki,
+                    tmp_path / "policy",
+                    redis_url=redis_url,
+                    require_store_tls=True,
+                    audit_addr=f"localhost:{audit.port}",
                 )
                 return stack.enter_context(running(build_policy_app(settings), settings)).port
 
@@ -177,3 +223,38 @@ def test_redis_connection_without_verified_mutual_tls_is_refused(pki, attacker, 
     client = redis.Redis.from_url(urls[url], socket_timeout=5, socket_connect_timeout=5)
     with pytest.raises((redis.ConnectionError, redis.ResponseError, OSError)):
         client.ping()
+
+
+# --- the production overlay -------------------------------------------------------------------------------
+
+
+def test_prod_overlay_reaches_the_stores_only_over_verified_tls():
+    import shutil
+
+    from tests.k8s.manifests import OVERLAYS_DIR, find_prefixed, kustomize, missing
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        missing("kubectl")
+    assert kubectl is not None
+    objects = kustomize(kubectl, OVERLAYS_DIR / "prod")
+    mesh = find_prefixed(objects, "ConfigMap", "ztmesh-mesh")["data"]
+    assert mesh["ZTMESH_REQUIRE_STORE_TLS"] == "true" and mesh["ZTMESH_TLS_REQUIRE_PQ"] == "true"
+    tls = "/var/run/ztmesh/tls"
+    assert (mesh["PGSSLMODE"], mesh["PGSSLROOTCERT"], mesh["PGSSLCERT"], mesh["PGSSLKEY"]) == (
+        "verify-full", f"{tls}/ca.crt", f"{tls}/tls.crt", f"{tls}/tls.key"
+    )  # fmt: skip
+    # Every workload that reaches a store reads those settings and mounts its cert-manager certificate.
+    store_users = 0
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            names = {e["name"] for e in c.get("env", [])}
+            if names & {"ZTMESH_DATABASE_URL", "ZTMESH_REDIS_URL"}:
+                store_users += 1
+                assert any(s.get("configMapRef", {}).get("name", "").startswith("ztmesh-mesh") for s in c["envFrom"])
+                assert any(m["mountPath"] == tls for m in c["volumeMounts"]), deployment["metadata"]["name"]
+    assert store_users == 4  # audit, keys, plugins (PostgreSQL) and policy (Redis)
+    # The stores' own certificates come from the mesh CA, for server authentication only.
+    for name in ("postgres-server", "redis-server"):
+        spec = next(o for o in objects if o["kind"] == "Certificate" and o["metadata"]["name"] == name)["spec"]
+        assert spec["usages"] == ["digital signature", "server auth"] and spec["issuerRef"]["kind"] == "ClusterIssuer"
