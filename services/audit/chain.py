@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from ztmesh.audit import merkle, note
 from ztmesh.audit.merkle import leaf_hash
 from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, encode_record
 
@@ -107,16 +108,23 @@ class Checkpoint:
     pruned_before: str = ""
     key_version: int = 0
     signature: bytes = b""
+    # The Merkle tree of records 1..sequence, and the C2SP signed note stating it (note.py): the
+    # checkpoint as anyone outside ztmesh verifies it. Empty in checkpoints written before the tree.
+    tree_root: bytes = b""
+    note: str = ""
 
     def payload(self) -> bytes:
-        """What is signed: JCS of every field but the signature and key version (known only once signed)."""
-        body = {
+        """What is signed: JCS of every field but the signature, key version (known only once signed) and
+        the note (signed on its own); `tree_root` only when set, so older checkpoints still verify."""
+        body: dict[str, object] = {
             "algorithm": self.algorithm, "checkpoint_id": self.checkpoint_id, "head_hash": self.head_hash.hex(),
             "key_id": self.key_id, "kind": self.kind.value, "pruned_before": self.pruned_before,
             "pruned_through_hash": self.pruned_through_hash.hex(),
             "pruned_through_sequence": self.pruned_through_sequence, "sequence": self.sequence,
             "time": self.time, "type": CHECKPOINT_TYPE,
         }  # fmt: skip
+        if self.tree_root:
+            body["tree_root"] = self.tree_root.hex()
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def signed(self, signer: CheckpointSigner) -> Checkpoint:
@@ -143,6 +151,7 @@ class Problem(enum.Enum):
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # a signed head hash differs from the chain's
     TRUNCATED = "truncated"  # a checkpoint covers records that are no longer stored
     ANCHOR = "anchor"  # the first kept record has no valid genesis or prune checkpoint before it
+    TREE_MISMATCH = "tree_mismatch"  # a signed tree root differs from the Merkle tree of the records
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +187,19 @@ class _Failure:
     detail: str
 
 
+def _note_problem(cp: Checkpoint, verifiers: Sequence[note.NoteVerifier]) -> str:
+    """Why a checkpoint's signed note does not stand (empty when it does, or when it predates notes)."""
+    if not cp.note and not cp.tree_root:
+        return ""
+    try:
+        head = note.parse_tree_head(note.open_note(cp.note, verifiers).text)
+    except note.NoteError as exc:
+        return f"checkpoint {cp.checkpoint_id} (sequence {cp.sequence}): its signed note does not verify: {exc}"
+    if head.size != cp.sequence or head.root != cp.tree_root:
+        return f"checkpoint {cp.checkpoint_id}: its signed note states size {head.size}, not {cp.sequence}"
+    return ""
+
+
 def _links_from(records: Iterable[AuditRecord]) -> Iterator[ChainLink]:
     for r in records:
         yield ChainLink(r.sequence, r.prev_hash, r.hash, r.canonical())
@@ -203,13 +225,28 @@ def _classify_link_break(link: ChainLink, expected: int, ahead: Iterator[ChainLi
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class TreeCheck:
+    """Rebuild the Merkle tree while walking, from the tree of records 1..start-1 (`frontier`), and
+    compare it with signed roots: `roots` maps a tree size to (what signed it, the root it states)."""
+
+    frontier: merkle.Frontier
+    roots: dict[int, list[tuple[str, bytes]]]
+
+
 def _walk(
-    links: Iterator[ChainLink], start: int, anchor: bytes, checkpoints: dict[int, list[Checkpoint]]
+    links: Iterator[ChainLink],
+    start: int,
+    anchor: bytes,
+    checkpoints: dict[int, list[Checkpoint]],
+    tree: TreeCheck | None = None,
 ) -> tuple[int, bytes, _Failure | None]:
     """Walk the chain from sequence `start` whose predecessor hash is `anchor`.
 
     Returns (records checked, hash of the last good record, first failure or None)."""
     expected, prev, count = start, anchor, 0
+    running = merkle.RunningTree(tree.frontier) if tree is not None else None
+    roots = tree.roots if tree is not None else {}
     for link in links:
         if link.sequence != expected:
             if link.sequence < expected:
@@ -239,6 +276,15 @@ def _walk(
                     f"checkpoint {cp.checkpoint_id} signed hash {cp.head_hash.hex()[:16]}… for record {expected}, "
                     f"but the chain has {link.hash.hex()[:16]}…: the chain up to it was rewritten",
                 )  # fmt: skip
+        if running is not None:
+            running.append(merkle.leaf_hash(link.canonical))
+            for who, root in roots.get(expected, ()):
+                if running.root() != root:
+                    return count, prev, _Failure(
+                        expected, Problem.TREE_MISMATCH,
+                        f"{who} states tree root {root.hex()[:16]}… for size {expected}, but the records make "
+                        f"{running.root().hex()[:16]}…: the log up to record {expected} was rewritten",
+                    )  # fmt: skip
         prev = link.hash
         expected += 1
         count += 1
@@ -255,18 +301,28 @@ def verify_links(
     verifier: CheckpointVerifier | None = None,
     first_kept: int = 1,
     head_sequence: int | None = None,
+    tree_from: merkle.Frontier | None = None,
+    note_verifiers: Sequence[note.NoteVerifier] | None = None,
+    witnessed: Sequence[tuple[str, note.TreeHead]] = (),
 ) -> VerifyReport:
     """Verify links `start..end` (ascending) and the checkpoints that fall in or anchor that range.
 
     `anchor` is the hash record `start-1` had (the caller reads it from the store when start > first
     kept record); when `start == first_kept` the anchor must be genesis (first_kept == 1) or come from a
     validly signed PRUNE checkpoint. `head_sequence` is the last stored sequence: a checkpoint beyond it
-    means records were removed from the end. Without a verifier, signatures are not checked."""
+    means records were removed from the end. Without a verifier, signatures are not checked.
+
+    With `tree_from` (the tree of records 1..start-1) the Merkle tree is rebuilt along the way and every
+    checkpoint's tree root, and every `witnessed` (who, tree head) held outside the database, is compared
+    with it; `note_verifiers` also checks each checkpoint's signed note."""
     failures: list[_Failure] = []
     valid: list[Checkpoint] = []
     for cp in checkpoints:
-        if verifier is None or cp.signature_valid(verifier):
+        note_problem = _note_problem(cp, note_verifiers) if note_verifiers is not None else ""
+        if (verifier is None or cp.signature_valid(verifier)) and not note_problem:
             valid.append(cp)
+        elif note_problem:
+            failures.append(_Failure(cp.sequence, Problem.CHECKPOINT_SIGNATURE, note_problem))
         else:
             failures.append(_Failure(
                 cp.sequence, Problem.CHECKPOINT_SIGNATURE,
@@ -309,13 +365,29 @@ def verify_links(
         first = next(stream, None)
         anchor = first.prev_hash if first else b""
         stream = itertools.chain([first] if first else [], stream)
-    count, prev, failure = _walk(stream, start, anchor, by_sequence)
+    tree = None
+    if tree_from is not None:
+        roots: dict[int, list[tuple[str, bytes]]] = {}
+        for cp in valid:
+            if cp.tree_root:
+                roots.setdefault(cp.sequence, []).append((f"checkpoint {cp.checkpoint_id}", cp.tree_root))
+        for who, head in witnessed:
+            roots.setdefault(head.size, []).append((who, head.root))
+        tree = TreeCheck(tree_from, roots)
+    count, prev, failure = _walk(stream, start, anchor, by_sequence, tree)
     if failure:
         failures.append(failure)
     if head_sequence is not None:
         last_checked = start + count - 1
         if failure is None and end is not None and last_checked < end <= head_sequence:
             failures.append(_Failure(last_checked + 1, Problem.GAP, f"records {last_checked + 1}..{end} are missing"))
+        for who, head in witnessed:
+            if head.size > head_sequence:
+                failures.append(_Failure(
+                    head_sequence + 1, Problem.TRUNCATED,
+                    f"{who} states a tree of {head.size} records but the database holds {head_sequence}: "
+                    f"records {head_sequence + 1}..{head.size} were removed (truncation or wipe)",
+                ))  # fmt: skip
         beyond = [cp for cp in valid if cp.sequence > head_sequence]
         if beyond:
             top = max(cp.sequence for cp in beyond)

@@ -60,6 +60,10 @@ class CheckpointError(AuditError):
     """A checkpoint could not be signed or a signing key could not be loaded."""
 
 
+class RecordNotFound(AuditError):
+    """No record (or checkpoint) matches what a proof was asked for."""
+
+
 class PruneRefused(AuditError):
     """Retention would destroy records whose chain does not verify, or nothing old enough exists."""
 

@@ -254,6 +254,33 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     return fr == old_root and sr == new_root and sn == 0
 
 
+class RunningTree:
+    """The right edge of a tree being rebuilt leaf by leaf (a verifier recomputing the log): O(log n)
+    memory, the root at any size on the way."""
+
+    __slots__ = ("size", "_levels", "_hashes")
+
+    def __init__(self, start: Frontier | None = None) -> None:
+        start = start or Frontier()
+        self.size = start.size
+        self._levels = [level for level, _ in start.nodes]
+        self._hashes = [h for _, h in start.nodes]
+
+    def append(self, leaf: bytes) -> None:
+        levels, hashes = self._levels, self._hashes
+        level, current = 0, leaf
+        while levels and levels[-1] == level:
+            levels.pop()
+            current = node_hash(hashes.pop(), current)
+            level += 1
+        levels.append(level)
+        hashes.append(current)
+        self.size += 1
+
+    def root(self) -> bytes:
+        return _fold(self._hashes) if self._hashes else EMPTY_ROOT
+
+
 class MemoryNodes:
     """A node table in a dict: for tests, the offline verifier and rebuilding a tree from records."""
 

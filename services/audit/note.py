@@ -88,7 +88,7 @@ def mldsa65_verifier(name: str, public_key: bytes) -> NoteVerifier:
 def parse_vkey(vkey: str) -> NoteVerifier:
     """Read a `name+hash+base64(0x01||key)` Ed25519 verifier key (the form witnesses and Go tools use)."""
     try:
-        name, hash_hex, encoded = vkey.strip().split("+")
+        name, hash_hex, encoded = vkey.strip().split("+", 2)  # base64 itself may hold a "+"
         raw = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error):
         raise NoteError(f"malformed verifier key {vkey!r}: want name+hash+base64") from None
@@ -105,7 +105,10 @@ def sign(text: str, signers: Sequence[NoteSigner]) -> str:
     if not text.endswith("\n"):
         raise NoteError("note text must end with a newline")
     body = text.encode()
-    lines = [f"{SIGNATURE_PREFIX}{s.name} {base64.b64encode(s.key_id + s.sign(body)).decode()}\n" for s in signers]
+    lines = []
+    for signer in signers:
+        signature = signer.sign(body)  # first: a remote key may have rotated, which changes its key ID
+        lines.append(f"{SIGNATURE_PREFIX}{signer.name} {base64.b64encode(signer.key_id + signature).decode()}\n")
     return text + "\n" + "".join(lines)
 
 

@@ -35,7 +35,8 @@ CREATE TABLE audit_checkpoints (
     checkpoint_id uuid PRIMARY KEY, kind text NOT NULL CHECK (kind IN ('head', 'prune')),
     sequence bigint NOT NULL, head_hash bytea NOT NULL, time timestamptz NOT NULL, key_id text NOT NULL,
     key_version integer NOT NULL, algorithm text NOT NULL, pruned_through_sequence bigint NOT NULL,
-    pruned_through_hash bytea NOT NULL, pruned_before timestamptz, signature bytea NOT NULL);
+    pruned_through_hash bytea NOT NULL, pruned_before timestamptz, signature bytea NOT NULL,
+    tree_root bytea NOT NULL DEFAULT '', note text NOT NULL DEFAULT '');
 CREATE INDEX audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
 CREATE TABLE audit_partitions (name text PRIMARY KEY, lower_bound timestamptz NOT NULL,
     upper_bound timestamptz NOT NULL);

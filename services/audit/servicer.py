@@ -36,6 +36,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.DuplicateInBatch, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidQuery, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidRange, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.RecordNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.PruneRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.AppendOnlyViolation, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.StoreError, grpc.StatusCode.UNAVAILABLE),
@@ -132,6 +133,7 @@ def checkpoint_to_proto(cp: Checkpoint) -> audit_pb2.Checkpoint:
         pruned_through_sequence=cp.pruned_through_sequence, key_id=cp.key_id, key_version=cp.key_version,
         signature=cp.signature, signed_payload=cp.payload(), kind=_KINDS[cp.kind],
         pruned_through_hash=cp.pruned_through_hash, algorithm=cp.algorithm, checkpoint_id=cp.checkpoint_id,
+        note=cp.note, tree_root=cp.tree_root,
     )  # fmt: skip
     if cp.pruned_before:
         message.pruned_before.CopyFrom(timestamp(cp.pruned_before))
@@ -195,10 +197,33 @@ class AuditServicer:
     def GetCheckpoint(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.Checkpoint:
         _check_decoded(request, context)
         with _status(context):
-            latest = self.trail.latest_checkpoint()
-        if latest is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no checkpoint has been signed yet (the trail is empty)")
-        return checkpoint_to_proto(latest)
+            found = self.trail.checkpoint_at(request.tree_size) if request.tree_size else self.trail.latest_checkpoint()
+        if found is None:
+            what = (
+                f"of tree size {request.tree_size}" if request.tree_size else "has been signed yet (the trail is empty)"
+            )
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no checkpoint {what}")
+        return checkpoint_to_proto(found)
+
+    def ProveInclusion(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.InclusionProof:
+        _check_decoded(request, context)
+        with _status(context):
+            proof = self.trail.prove_inclusion(
+                event_id=request.event_id, decision_id=request.decision_id, tree_size=request.tree_size
+            )
+        return audit_pb2.InclusionProof(
+            checkpoint=proof.checkpoint, tree_size=proof.to_json()["tree_size"], sequence=proof.sequence,
+            record=proof.record, proof=list(proof.path),
+        )  # fmt: skip
+
+    def ProveConsistency(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.ConsistencyProof:
+        _check_decoded(request, context)
+        with _status(context):
+            proof = self.trail.prove_consistency(request.old_size, request.new_size)
+        return audit_pb2.ConsistencyProof(
+            origin=proof.origin, old_size=proof.old_size, old_root=proof.old_root, new_size=proof.new_size,
+            new_root=proof.new_root, proof=list(proof.path),
+        )  # fmt: skip
 
 
 def register(servicer: AuditServicer, server: grpc.Server) -> None:
@@ -220,5 +245,9 @@ def register(servicer: AuditServicer, server: grpc.Server) -> None:
         ),  # fmt: skip
         "Verify": unary(servicer.Verify, audit_pb2.VerifyRequest, audit_pb2.VerifyResponse),
         "GetCheckpoint": unary(servicer.GetCheckpoint, audit_pb2.GetCheckpointRequest, audit_pb2.Checkpoint),
+        "ProveInclusion": unary(servicer.ProveInclusion, audit_pb2.ProveInclusionRequest, audit_pb2.InclusionProof),
+        "ProveConsistency": unary(
+            servicer.ProveConsistency, audit_pb2.ProveConsistencyRequest, audit_pb2.ConsistencyProof
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

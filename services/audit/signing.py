@@ -81,6 +81,10 @@ class LocalMlDsaSigner:
     def verify(self, payload: bytes, signature: Signature) -> bool:
         return PublicKeyVerifier([self._public]).verify(payload, signature)
 
+    def private_key(self) -> mldsa.MLDSA65PrivateKey:
+        """For signing checkpoint notes with the same key (checkpoint_keys.py); never leaves the process."""
+        return self._private
+
     def public_key(self) -> mldsa.MLDSA65PublicKey:
         return self._public
 

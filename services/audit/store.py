@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ztmesh.audit import canonical
 from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind
 from ztmesh.audit.errors import DuplicateInBatch, InvalidEvent
+from ztmesh.audit.merkle import NodeId
 from ztmesh.audit.record import AuditRecord, EventV1, masked_json
 
 Clock = Callable[[], datetime]
@@ -42,6 +43,7 @@ class QueryFilter:
     outcome: str = ""
     decision_id: str = ""
     newest_first: bool = True  # by sequence, i.e. the order audit recorded them
+    event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class AuditStore(Protocol):
         """Drop what `plan` covers; a PRUNE checkpoint for it must already be stored. Returns records dropped."""
         ...
 
+    def read_nodes(self, ids: Sequence[NodeId]) -> list[bytes]:
+        """Stored Merkle tree nodes (merkle.py), in the order asked; a missing one raises ProofError."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -102,7 +108,7 @@ RECORD_COLUMNS = (
 )
 CHECKPOINT_COLUMNS = (
     "checkpoint_id, kind, sequence, head_hash, time, key_id, key_version, algorithm, "
-    "pruned_through_sequence, pruned_through_hash, pruned_before, signature"
+    "pruned_through_sequence, pruned_through_hash, pruned_before, signature, tree_root, note"
 )
 
 
@@ -135,17 +141,19 @@ def checkpoint_params(cp: Checkpoint) -> tuple[Any, ...]:
     return (
         cp.checkpoint_id, cp.kind.value, cp.sequence, cp.head_hash, cp.time, cp.key_id, cp.key_version,
         cp.algorithm, cp.pruned_through_sequence, cp.pruned_through_hash, cp.pruned_before, cp.signature,
+        cp.tree_root, cp.note,
     )  # fmt: skip
 
 
 def checkpoint_from_row(row: Sequence[Any]) -> Checkpoint:
     (checkpoint_id, kind, sequence, head_hash, time, key_id, key_version, algorithm, pruned_seq, pruned_hash,
-     pruned_before, signature) = row  # fmt: skip
+     pruned_before, signature, tree_root, note) = row  # fmt: skip
     return Checkpoint(
         checkpoint_id=str(checkpoint_id), kind=CheckpointKind(kind), sequence=int(sequence),
         head_hash=bytes(head_hash), time=time, key_id=key_id, algorithm=algorithm,
         pruned_through_sequence=int(pruned_seq), pruned_through_hash=bytes(pruned_hash),
         pruned_before=pruned_before, key_version=int(key_version), signature=bytes(signature),
+        tree_root=bytes(tree_root), note=note,
     )  # fmt: skip
 
 

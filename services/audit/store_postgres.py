@@ -251,7 +251,7 @@ class PostgresAuditStore:
 
     def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
         clauses, params = [], []
-        for column in ("service", "subject", "action", "outcome", "decision_id"):
+        for column in ("service", "subject", "action", "outcome", "decision_id", "event_id"):
             value = getattr(where, column)
             if value:
                 clauses.append(f"{column} = %s")
@@ -278,7 +278,7 @@ class PostgresAuditStore:
         params = list(checkpoint_params(checkpoint))
         params[10] = params[10] or None  # pruned_before: NULL for head checkpoints
         self._run(lambda c: c.execute(
-            f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})", params
+            f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})", params
         ))  # fmt: skip
 
     def _checkpoints(self, suffix: str) -> list[Checkpoint]:

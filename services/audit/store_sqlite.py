@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     checkpoint_id TEXT PRIMARY KEY, kind TEXT NOT NULL, sequence INTEGER NOT NULL, head_hash BLOB NOT NULL,
     time TEXT NOT NULL, key_id TEXT NOT NULL, key_version INTEGER NOT NULL, algorithm TEXT NOT NULL,
     pruned_through_sequence INTEGER NOT NULL, pruned_through_hash BLOB NOT NULL, pruned_before TEXT NOT NULL,
-    signature BLOB NOT NULL);
+    signature BLOB NOT NULL, tree_root BLOB NOT NULL DEFAULT x'', note TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
 CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_records")}'); END;
@@ -69,6 +69,15 @@ BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_checkpoints")}'); EN
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_checkpoints")}'); END;
 """
+
+
+def _add_tree_columns(db: sqlite3.Connection) -> None:
+    """Files made before checkpoints carried the Merkle tree get its two columns (empty in old rows)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(audit_checkpoints)")}
+    if "tree_root" not in columns:
+        db.execute("ALTER TABLE audit_checkpoints ADD COLUMN tree_root BLOB NOT NULL DEFAULT x''")
+    if "note" not in columns:
+        db.execute("ALTER TABLE audit_checkpoints ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
 
 class SqliteAuditStore:
@@ -103,6 +112,7 @@ class SqliteAuditStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)
+                _add_tree_columns(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"audit database {self.path}: {exc}") from None
         self._lock = threading.RLock()
@@ -234,7 +244,7 @@ class SqliteAuditStore:
 
     def query(self, where: QueryFilter, after_sequence: int, limit: int) -> list[AuditRecord]:
         clauses, params = [], []
-        for column in ("service", "subject", "action", "outcome", "decision_id"):
+        for column in ("service", "subject", "action", "outcome", "decision_id", "event_id"):
             value = getattr(where, column)
             if value:
                 clauses.append(f"{column} = ?")
@@ -259,7 +269,7 @@ class SqliteAuditStore:
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         self._write(
             lambda: self._db.execute(
-                f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({','.join('?' * 12)})",
+                f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({','.join('?' * 14)})",
                 checkpoint_params(checkpoint),
             )
         )

@@ -1,5 +1,6 @@
-"""The audit trail as the service runs it: append with periodic signed checkpoints, paged queries,
-verification over a range, and retention that signs what it prunes before dropping it.
+"""The audit trail as the service runs it: append with periodic signed checkpoints (each also a C2SP
+signed note over the Merkle tree, published to a witness), paged queries, inclusion and consistency
+proofs, verification over a range, and retention that signs what it prunes before dropping it.
 
 Pure core: it talks to an `AuditStore` and a `CheckpointSigner`, never to gRPC or a database driver.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ztmesh.audit import canonical
+from ztmesh.audit import canonical, merkle, note
 from ztmesh.audit.chain import (
     Checkpoint,
     CheckpointKind,
@@ -26,9 +27,19 @@ from ztmesh.audit.chain import (
     VerifyReport,
     verify_links,
 )
-from ztmesh.audit.errors import BatchTooLarge, CheckpointError, InvalidQuery, InvalidRange, PruneRefused
+from ztmesh.audit.checkpoint_keys import NoteKeys
+from ztmesh.audit.errors import (
+    BatchTooLarge,
+    CheckpointError,
+    InvalidQuery,
+    InvalidRange,
+    PruneRefused,
+    RecordNotFound,
+)
+from ztmesh.audit.proofs import ConsistencyProof, InclusionProof
 from ztmesh.audit.record import EventV1
 from ztmesh.audit.store import AppendResult, AuditStore, Clock, QueryFilter, utc_now
+from ztmesh.audit.witness import DirectoryWitness, WitnessRefused
 from ztmesh.mesh.auditing import uuid7
 
 log = logging.getLogger(__name__)
@@ -58,7 +69,8 @@ class PruneResult:
 
 def _fingerprint(where: QueryFilter) -> str:
     body = json.dumps([where.start and where.start.isoformat(), where.end and where.end.isoformat(), where.service,
-                       where.subject, where.action, where.outcome, where.newest_first, where.decision_id])  # fmt: skip
+                       where.subject, where.action, where.outcome, where.newest_first, where.decision_id,
+                       where.event_id])  # fmt: skip
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -89,12 +101,19 @@ class AuditTrail:
         verifier: CheckpointVerifier,
         settings: TrailSettings | None = None,
         clock: Clock = utc_now,
+        *,
+        note_keys: NoteKeys | None = None,
+        origin: str = "ztmesh.local/audit",
+        witness: DirectoryWitness | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.verifier = verifier
         self.settings = settings or TrailSettings()
         self.clock = clock
+        self.note_keys = note_keys
+        self.origin = origin
+        self.witness = witness
         self._checkpoint_lock = threading.Lock()
         latest = store.latest_checkpoint()
         self._checkpointed = latest.sequence if latest else 0
@@ -120,14 +139,88 @@ class AuditTrail:
             head = self.store.head()
             if head.sequence == 0 or (only_if_new and head.sequence <= self._checkpointed):
                 return None
+            root, signed_note = self._tree_head(head.sequence)
             cp = Checkpoint(
                 checkpoint_id=uuid7(), kind=CheckpointKind.HEAD, sequence=head.sequence, head_hash=head.hash,
                 time=canonical.format_time(self.clock()), key_id=self.signer.key_id, algorithm=self.signer.algorithm,
+                tree_root=root, note=signed_note,
             ).signed(self.signer)  # fmt: skip
             self.store.add_checkpoint(cp)
             self._checkpointed = head.sequence
             self._checkpointed_at = time.monotonic()
+            self._publish(cp)
             return cp
+
+    def _tree_head(self, size: int) -> tuple[bytes, str]:
+        """The Merkle root of records 1..size and its signed note ("" without note keys)."""
+        root = merkle.tree_root(size, self.store)
+        if self.note_keys is None:
+            return root, ""
+        return root, self.note_keys.sign(note.TreeHead(self.origin, size, root))
+
+    def _publish(self, cp: Checkpoint) -> None:
+        """Hand a new checkpoint to the witness. A refusal means the database no longer extends what was
+        witnessed: said as loudly as we can; the trail keeps recording (records are still evidence)."""
+        if self.witness is None or not cp.note:
+            return
+        try:
+            self.witness.publish(cp.note, lambda old, new: merkle.consistency_proof(old, new, self.store))
+        except WitnessRefused as exc:
+            log.critical("audit witness REFUSED checkpoint %d: %s", cp.sequence, exc)
+        except (OSError, note.NoteError, merkle.ProofError) as exc:
+            log.error("audit witness: could not publish checkpoint %d: %s", cp.sequence, exc)
+
+    def note_verifiers(self) -> list[note.NoteVerifier]:
+        return self.note_keys.verifiers() if self.note_keys is not None else []
+
+    # --- proofs -------------------------------------------------------------------------------------------
+
+    def checkpoint_at(self, tree_size: int = 0) -> Checkpoint | None:
+        """The newest checkpoint with a signed note, or the one of exactly `tree_size` records."""
+        noted = [cp for cp in self.store.checkpoints() if cp.note]
+        if tree_size:
+            noted = [cp for cp in noted if cp.sequence == tree_size]
+        return noted[-1] if noted else None
+
+    def _covering_checkpoint(self, sequence: int, tree_size: int) -> Checkpoint:
+        cp = self.checkpoint_at(tree_size)
+        if tree_size and cp is None:
+            raise RecordNotFound(f"no signed checkpoint of tree size {tree_size}")
+        if cp is None or cp.sequence < sequence:
+            cp = self.checkpoint(only_if_new=True) or self.checkpoint_at()  # sign one now that covers it
+        if cp is None or cp.sequence < sequence or not cp.note:
+            raise CheckpointError(f"no signed checkpoint covers record {sequence} yet")
+        return cp
+
+    def prove_inclusion(self, *, event_id: str = "", decision_id: str = "", tree_size: int = 0) -> InclusionProof:
+        """Where a record sits in a signed tree, by event id or decision id (the decision's record)."""
+        if bool(event_id) == bool(decision_id):
+            raise InvalidQuery("give exactly one of event_id and decision_id")
+        where = QueryFilter(event_id=event_id.lower(), decision_id=decision_id, newest_first=False)
+        found = self.store.query(where, 0, 1)
+        if not found:
+            raise RecordNotFound(f"no audit record with {'event id' if event_id else 'decision id'} "
+                                 f"{event_id or decision_id!r}")  # fmt: skip
+        record = found[0]
+        cp = self._covering_checkpoint(record.sequence, tree_size)
+        if record.sequence > cp.sequence:
+            raise InvalidQuery(f"record {record.sequence} is newer than the checkpoint of tree size {cp.sequence}")
+        path = merkle.inclusion_proof(record.sequence - 1, cp.sequence, self.store)
+        return InclusionProof(cp.note, record.sequence, record.canonical(), tuple(path))
+
+    def prove_consistency(self, old_size: int, new_size: int = 0) -> ConsistencyProof:
+        """That the tree of `new_size` records (0 = the newest checkpoint) extends the one of `old_size`."""
+        if new_size == 0:
+            latest = self.checkpoint_at()
+            new_size = latest.sequence if latest else 0
+        head = self.store.head().sequence
+        if not 0 < old_size <= new_size <= head:
+            raise InvalidRange(f"sizes must satisfy 0 < old ({old_size}) <= new ({new_size}) <= log size ({head})")
+        path = merkle.consistency_proof(old_size, new_size, self.store)
+        return ConsistencyProof(
+            self.origin, old_size, merkle.tree_root(old_size, self.store), new_size,
+            merkle.tree_root(new_size, self.store), tuple(path),
+        )  # fmt: skip
 
     def latest_checkpoint(self) -> Checkpoint | None:
         return self.store.latest_checkpoint()
@@ -158,8 +251,20 @@ class AuditTrail:
 
     # --- verify -------------------------------------------------------------------------------------------
 
-    def verify(self, from_sequence: int = 0, to_sequence: int = 0) -> VerifyReport:
-        return verify_store(self.store, self.verifier, from_sequence, to_sequence)
+    def verify(
+        self, from_sequence: int = 0, to_sequence: int = 0, witnessed: Sequence[tuple[str, note.TreeHead]] = ()
+    ) -> VerifyReport:
+        """Recompute the chain and the Merkle tree and check every checkpoint; also against the latest
+        witnessed checkpoint and any `witnessed` tree heads held elsewhere."""
+        held = list(witnessed)
+        if self.witness is not None:
+            latest = self.witness.latest()
+            if latest is not None:
+                held.append((f"the witnessed checkpoint in {self.witness.directory}", latest[1]))
+        return verify_store(
+            self.store, self.verifier, from_sequence, to_sequence,
+            note_verifiers=self.note_verifiers() if self.note_keys is not None else None, witnessed=held,
+        )  # fmt: skip
 
     # --- retention ----------------------------------------------------------------------------------------
 
@@ -174,11 +279,12 @@ class AuditTrail:
         if not report.ok:
             raise PruneRefused(f"retention stopped: the records it would drop do not verify ({report}); kept them")
         head = self.store.head()
+        root, signed_note = self._tree_head(head.sequence)
         cp = Checkpoint(
             checkpoint_id=uuid7(), kind=CheckpointKind.PRUNE, sequence=head.sequence, head_hash=head.hash,
             time=canonical.format_time(self.clock()), key_id=self.signer.key_id, algorithm=self.signer.algorithm,
             pruned_through_sequence=plan.through_sequence, pruned_through_hash=plan.through_hash,
-            pruned_before=canonical.format_time(plan.cutoff),
+            pruned_before=canonical.format_time(plan.cutoff), tree_root=root, note=signed_note,
         ).signed(self.signer)  # fmt: skip
         self.store.add_checkpoint(cp)
         dropped = self.store.prune(plan)
@@ -187,9 +293,16 @@ class AuditTrail:
 
 
 def verify_store(
-    store: AuditStore, verifier: CheckpointVerifier | None, from_sequence: int = 0, to_sequence: int = 0
+    store: AuditStore,
+    verifier: CheckpointVerifier | None,
+    from_sequence: int = 0,
+    to_sequence: int = 0,
+    *,
+    note_verifiers: Sequence[note.NoteVerifier] | None = None,
+    witnessed: Sequence[tuple[str, note.TreeHead]] = (),
 ) -> VerifyReport:
-    """Recompute the chain over from..to (0 = first kept / head) and check the checkpoints that bear on it."""
+    """Recompute the chain (and the Merkle tree) over from..to (0 = first kept / head) and check the
+    checkpoints that bear on it, and any tree heads `witnessed` outside the database."""
     if from_sequence < 0 or to_sequence < 0:
         raise InvalidRange("sequence numbers are positive")
     if to_sequence and from_sequence > to_sequence:
@@ -208,7 +321,14 @@ def verify_store(
     ]  # fmt: skip
     anchor = None if start <= first else store.hash_at(start - 1)
     links = store.links(start, end) if end >= start else iter(())
+    # The tree of records before `start`, from the stored nodes: trusted only because what is rebuilt
+    # on top of it must reproduce the signed roots (a forged frontier cannot).
+    try:
+        tree_from = merkle.frontier_from(start - 1, store) if start > 1 else merkle.Frontier()
+    except merkle.ProofError:
+        tree_from = None  # a log written before the tree existed: chain checks only
     return verify_links(
         links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
-        head_sequence=last,
+        head_sequence=last, tree_from=tree_from, note_verifiers=note_verifiers,
+        witnessed=witnessed,
     )  # fmt: skip

@@ -102,7 +102,7 @@ def test_append_query_verify_and_signed_checkpoints(pki, audit: AuditServer) -> 
     assert checkpoint.kind == audit_pb2.CHECKPOINT_KIND_HEAD and checkpoint.algorithm == "ML-DSA-65"
     rebuilt = Checkpoint(checkpoint.checkpoint_id, CheckpointKind.HEAD, checkpoint.sequence, checkpoint.head_hash,
                          checkpoint.time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                         checkpoint.key_id, checkpoint.algorithm)  # fmt: skip
+                         checkpoint.key_id, checkpoint.algorithm, tree_root=checkpoint.tree_root)  # fmt: skip
     assert rebuilt.payload() == checkpoint.signed_payload  # clients can check what was signed…
     verifier = load_public_keys([audit.public_key])
     signed = dataclasses.replace(rebuilt, key_version=checkpoint.key_version, signature=checkpoint.signature)

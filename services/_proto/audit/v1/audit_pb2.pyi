@@ -180,11 +180,13 @@ class VerifyResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., records_checked: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., first_bad_sequence: _Optional[int] = ..., problem: _Optional[str] = ..., reason: _Optional[_Union[VerifyProblem, str]] = ..., last_sequence: _Optional[int] = ..., last_hash: _Optional[bytes] = ...) -> None: ...
 
 class GetCheckpointRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("tree_size",)
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    tree_size: int
+    def __init__(self, tree_size: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("sequence", "head_hash", "time", "pruned_through_sequence", "key_id", "key_version", "signature", "signed_payload", "kind", "pruned_through_hash", "pruned_before", "algorithm", "checkpoint_id")
+    __slots__ = ("sequence", "head_hash", "time", "pruned_through_sequence", "key_id", "key_version", "signature", "signed_payload", "kind", "pruned_through_hash", "pruned_before", "algorithm", "checkpoint_id", "note", "tree_root")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,8 @@ class Checkpoint(_message.Message):
     PRUNED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    TREE_ROOT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     head_hash: bytes
     time: _timestamp_pb2.Timestamp
@@ -211,4 +215,54 @@ class Checkpoint(_message.Message):
     pruned_before: _timestamp_pb2.Timestamp
     algorithm: str
     checkpoint_id: str
-    def __init__(self, sequence: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pruned_through_sequence: _Optional[int] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., pruned_through_hash: _Optional[bytes] = ..., pruned_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., algorithm: _Optional[str] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...
+    note: str
+    tree_root: bytes
+    def __init__(self, sequence: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pruned_through_sequence: _Optional[int] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., signature: _Optional[bytes] = ..., signed_payload: _Optional[bytes] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., pruned_through_hash: _Optional[bytes] = ..., pruned_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., algorithm: _Optional[str] = ..., checkpoint_id: _Optional[str] = ..., note: _Optional[str] = ..., tree_root: _Optional[bytes] = ...) -> None: ...
+
+class ProveInclusionRequest(_message.Message):
+    __slots__ = ("event_id", "decision_id", "tree_size")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    decision_id: str
+    tree_size: int
+    def __init__(self, event_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class InclusionProof(_message.Message):
+    __slots__ = ("checkpoint", "tree_size", "sequence", "record", "proof")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    tree_size: int
+    sequence: int
+    record: bytes
+    proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, checkpoint: _Optional[str] = ..., tree_size: _Optional[int] = ..., sequence: _Optional[int] = ..., record: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ProveConsistencyRequest(_message.Message):
+    __slots__ = ("old_size", "new_size")
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    new_size: int
+    def __init__(self, old_size: _Optional[int] = ..., new_size: _Optional[int] = ...) -> None: ...
+
+class ConsistencyProof(_message.Message):
+    __slots__ = ("origin", "old_size", "old_root", "new_size", "new_root", "proof")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OLD_ROOT_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEW_ROOT_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    old_size: int
+    old_root: bytes
+    new_size: int
+    new_root: bytes
+    proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, origin: _Optional[str] = ..., old_size: _Optional[int] = ..., old_root: _Optional[bytes] = ..., new_size: _Optional[int] = ..., new_root: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...

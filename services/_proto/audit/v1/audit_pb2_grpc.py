@@ -55,6 +55,16 @@ class AuditServiceStub:
                 request_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.Checkpoint.FromString,
                 _registered_method=True)
+        self.ProveInclusion = channel.unary_unary(
+                '/ztmesh.audit.v1.AuditService/ProveInclusion',
+                request_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveInclusionRequest.SerializeToString,
+                response_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+                _registered_method=True)
+        self.ProveConsistency = channel.unary_unary(
+                '/ztmesh.audit.v1.AuditService/ProveConsistency',
+                request_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveConsistencyRequest.SerializeToString,
+                response_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -82,7 +92,22 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The newest checkpoint (or the one of a given tree size); its `note` is the C2SP signed note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveInclusion(self, request, context):
+        """Where one record sits in a signed Merkle tree: O(log n) hashes, checkable by anyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProveConsistency(self, request, context):
+        """That the tree of one size extends the tree of a smaller one (nothing before it was rewritten).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -109,6 +134,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
                     response_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.Checkpoint.SerializeToString,
+            ),
+            'ProveInclusion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveInclusion,
+                    request_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveInclusionRequest.FromString,
+                    response_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.SerializeToString,
+            ),
+            'ProveConsistency': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveConsistency,
+                    request_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveConsistencyRequest.FromString,
+                    response_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.ConsistencyProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +254,60 @@ class AuditService:
             '/ztmesh.audit.v1.AuditService/GetCheckpoint',
             ztmesh_dot_audit_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
             ztmesh_dot_audit_dot_v1_dot_audit__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveInclusion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ztmesh.audit.v1.AuditService/ProveInclusion',
+            ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveInclusionRequest.SerializeToString,
+            ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveConsistency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ztmesh.audit.v1.AuditService/ProveConsistency',
+            ztmesh_dot_audit_dot_v1_dot_audit__pb2.ProveConsistencyRequest.SerializeToString,
+            ztmesh_dot_audit_dot_v1_dot_audit__pb2.ConsistencyProof.FromString,
             options,
             channel_credentials,
             insecure,
