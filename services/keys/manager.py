@@ -8,6 +8,7 @@ relies on are reserved for the workload that owns them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -32,7 +33,15 @@ from ztmesh.keys.errors import (
 )
 from ztmesh.keys.kek import Kek
 from ztmesh.keys.ledger import ShredLedger
-from ztmesh.keys.model import AccessPolicy, Key, KeyVersion, Operation, VersionState, check_key_id
+from ztmesh.keys.model import (
+    AccessPolicy,
+    Key,
+    KeyVersion,
+    Operation,
+    VersionState,
+    check_key_id,
+    reserved_for,
+)
 from ztmesh.keys.store import KeyStore
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
 
@@ -91,18 +100,33 @@ class KeyManager:
 
     def _check_reservations(self) -> None:
         """A reserved id taken by someone else before reservations existed must not pass unnoticed."""
-        for key_id, owner in self._reserved.items():
-            try:
-                key = self._store.get_key(key_id)
-            except KeyNotFound:
-                continue
+        for key in self._reserved_keys():
+            owner = reserved_for(self._reserved, key.key_id)
             if key.owner and key.owner != owner:
                 log.error(
                     "key %r is reserved for %s but was created by %s: destroy its versions and let %s create it",
-                    key_id, owner, key.owner, owner,
+                    key.key_id, owner, key.owner, owner,
                 )  # fmt: skip
             elif not key.owner:
-                log.warning("key %r (reserved for %s) predates recorded owners: check its access policy", key_id, owner)
+                log.warning(
+                    "key %r (reserved for %s) predates recorded owners: check its access policy", key.key_id, owner
+                )
+
+    def _reserved_keys(self) -> list[Key]:
+        """The stored keys whose ids are reserved (exact ids, and every id under a reserved prefix)."""
+        found: dict[str, Key] = {}
+        for pattern in self._reserved:
+            prefix = pattern.removesuffix("*")
+            with contextlib.suppress(KeyNotFound):
+                found[prefix] = self._store.get_key(prefix)
+            after = prefix
+            while pattern.endswith("*") and (page := self._store.list_keys(after, LIST_BATCH)):
+                under = [k for k in page if k.key_id.startswith(prefix)]
+                found.update((k.key_id, k) for k in under)
+                if len(under) < len(page):
+                    break
+                after = page[-1].key_id
+        return [key for key_id, key in sorted(found.items()) if reserved_for(self._reserved, key_id)]
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -192,10 +216,10 @@ class KeyManager:
         check_key_id(key_id)
         if not caller:
             raise PermissionDenied(caller, "create", key_id)
-        reserved_for = self._reserved.get(key_id)
-        if reserved_for is not None and caller != reserved_for:
-            self._record(caller, "create", key_id, None, "DENIED", reason="reserved", reserved_for=reserved_for)
-            raise ReservedKeyId(caller, key_id, reserved_for)
+        owner = reserved_for(self._reserved, key_id)
+        if owner is not None and caller != owner:
+            self._record(caller, "create", key_id, None, "DENIED", reason="reserved", reserved_for=owner)
+            raise ReservedKeyId(caller, key_id, owner)
         algorithm = algorithm or DEFAULT_ALGORITHM[purpose]
         if algorithm.purpose is not purpose:
             raise InvalidArgument(f"{algorithm.value} cannot be used for {purpose.value}")

@@ -97,12 +97,13 @@ class Key:
 
 
 def parse_reservations(entries: tuple[str, ...], trust_domain: str, namespace: str) -> dict[str, str]:
-    """`ID=SERVICE_ACCOUNT` or `ID=spiffe://…` entries as key id -> the one SPIFFE ID that may create it."""
+    """`ID=SERVICE_ACCOUNT` or `ID=spiffe://…` entries as key id -> the one SPIFFE ID that may create it.
+    An id ending in `*` reserves every id it begins (e.g. `audit-checkpoints*` for each checkpoint key)."""
     reserved: dict[str, str] = {}
     for entry in entries:
         key_id, _, owner = entry.partition("=")
         key_id, owner = key_id.strip(), owner.strip()
-        if not KEY_ID.match(key_id) or not owner:
+        if not KEY_ID.match(key_id.removesuffix("*")) or not owner:
             raise InvalidArgument(f"{entry!r} must be KEY_ID=SERVICE_ACCOUNT or KEY_ID=spiffe://…")
         try:
             spiffe_id = (
@@ -114,6 +115,14 @@ def parse_reservations(entries: tuple[str, ...], trust_domain: str, namespace: s
             raise InvalidArgument(f"{entry!r}: {exc}") from None
         reserved[key_id] = str(spiffe_id)
     return reserved
+
+
+def reserved_for(reservations: dict[str, str], key_id: str) -> str | None:
+    """The SPIFFE ID `key_id` is reserved for: an exact reservation first, else the longest prefix."""
+    if key_id in reservations:
+        return reservations[key_id]
+    prefixes = [p for p in reservations if p.endswith("*") and key_id.startswith(p[:-1])]
+    return reservations[max(prefixes, key=len)] if prefixes else None
 
 
 def check_key_id(key_id: str) -> str:

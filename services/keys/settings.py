@@ -24,8 +24,8 @@ class KeysSettings:
         None, doc="per-version secrets file (crypto-shredding boundary; default <data_dir>/keys/shred-ledger.json)"
     )
     key_reserved_ids: tuple[str, ...] = setting(
-        ("audit-checkpoints=audit",),
-        doc="key ids the mesh relies on, as ID=SERVICE_ACCOUNT or ID=spiffe://…: only that workload may create "
-        "them (reserve ZTMESH_AUDIT_SIGNING_KEY here if you change it)",
+        ("audit-checkpoints*=audit",),
+        doc="key ids the mesh relies on, as ID=SERVICE_ACCOUNT or ID=spiffe://… (ID* = every id it begins): only "
+        "that workload may create them (reserve ZTMESH_AUDIT_SIGNING_KEY here if you change it)",
         check=reservation_list,
     )

@@ -3,6 +3,7 @@ without grants cannot tell an absent key from a forbidden one (KeyManager over b
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 import pytest
@@ -31,6 +32,30 @@ def test_a_reserved_id_is_created_only_by_its_workload(reserving_manager, events
     assert events.events[-1].outcome == "DENIED" and events.events[-1].details["reason"] == "reserved"
     key = reserving_manager.create_key(AUDIT, "audit-checkpoints", Purpose.SIGN)
     assert key.owner == AUDIT
+
+
+def test_a_prefix_reserves_every_id_it_begins(store_factory, kek, tmp_path, events):
+    ledger = ShredLedger(tmp_path / "ledger.json")
+    reserved = {"audit-checkpoints*": AUDIT}
+    manager = KeyManager(store_factory(), OpenSslProvider(), kek, ledger, events, reserved_ids=reserved)
+    for key_id in ("audit-checkpoints", "audit-checkpoints-ed25519"):
+        with pytest.raises(ReservedKeyId):
+            manager.create_key(OTHER, key_id, Purpose.SIGN)
+        assert manager.create_key(AUDIT, key_id, Purpose.SIGN).owner == AUDIT
+    assert manager.create_key(OTHER, "audit-exports", Purpose.SIGN).owner == OTHER
+
+
+def test_a_reserved_id_taken_before_reservations_is_reported_at_start_up(store_factory, kek, tmp_path, events, caplog):
+    ledger = ShredLedger(tmp_path / "ledger.json")
+    KeyManager(store_factory(), OpenSslProvider(), kek, ledger, events).create_key(
+        OTHER, "audit-checkpoints-ml", Purpose.SIGN
+    )
+    with caplog.at_level(logging.ERROR, logger="ztmesh.keys.manager"):
+        KeyManager(store_factory(), OpenSslProvider(), kek, ledger, events, reserved_ids={"audit-checkpoints*": AUDIT})
+    assert any(
+        "'audit-checkpoints-ml' is reserved for " + AUDIT in r.getMessage() and OTHER in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
 
 
 def test_creating_a_taken_id_changes_nothing_of_the_owners_key(manager, store_factory):
@@ -96,6 +121,7 @@ def test_owners_survive_a_restart_and_old_stores_gain_the_column(tmp_path, kek):
     ("entries", "expected"),
     [
         (("audit-checkpoints=audit",), {"audit-checkpoints": AUDIT}),
+        (("audit-checkpoints*=audit",), {"audit-checkpoints*": AUDIT}),
         (("k=spiffe://ztmesh.local/ns/ops/sa/x",), {"k": "spiffe://ztmesh.local/ns/ops/sa/x"}),
     ],
 )
