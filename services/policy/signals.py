@@ -15,6 +15,7 @@ Redis store decays with Redis's own clock (TIME), so every replica computes the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 from ztmesh.policy.errors import SignalStoreError, SignalStoreFull, SignalStoreLost
 
 NEGLIGIBLE = 1e-4  # a decayed level below this no longer counts (nor is it kept)
+log = logging.getLogger("ztmesh.policy.signals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +285,7 @@ class RedisSignalStore:
         self._out_of_memory: type[BaseException] = redis.exceptions.OutOfMemoryError
         self._eviction_problem = ""  # set when Redis may evict our keys (see _check_eviction)
         self._eviction_checked = -math.inf
+        self._persistence_checked = False
 
     def _lost(self) -> SignalStoreLost:
         return SignalStoreLost(
@@ -367,6 +370,14 @@ class RedisSignalStore:
             info = self._redis.info("memory")
         except redis.ResponseError:  # INFO not allowed to our user (managed Redis): cannot tell
             return
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            with contextlib.suppress(redis.ResponseError):
+                if not int(self._redis.info("persistence").get("aof_enabled", 0)):
+                    log.warning(
+                        "redis keeps signals without an append-only file: a restart empties it, and decisions "
+                        "are DENY until the signals are restored from the audit trail (appendonly yes avoids it)"
+                    )
         maxmemory = int(info.get("maxmemory", 0))
         policy = str(info.get("maxmemory_policy", "noeviction"))
         self._eviction_problem = (

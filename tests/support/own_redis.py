@@ -30,13 +30,16 @@ class OwnRedis:
         binary = shutil.which("redis-server")
         if not binary:
             raise MissingComponent("redis-server is not installed (Debian package `redis-server`)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        run = Path(tempfile.mkdtemp(prefix="run-", dir=self.directory))  # the log; removed at stop
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.directory), *self.options]  # fmt: skip
-        self.handle, _ = spawn("redis", self.directory, lambda _port: argv, lambda _port: bool(self.client().ping()))
+                "--dir", str(data), *self.options]  # fmt: skip
+        self.handle, _ = spawn("redis", run, lambda _port: argv, lambda _port: bool(self.client().ping()))
 
     def stop(self) -> None:
-        """Stop it; its memory is gone (no persistence)."""
+        """Stop it. Without persistence (the default) its memory is gone; with `options` that turn
+        persistence on, a start() again reads back what it saved in `directory`."""
         if self.handle is not None:
             self.handle.stop()
             self.handle = None
@@ -53,3 +56,4 @@ def own_redis(*options: str) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
