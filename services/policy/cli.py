@@ -179,8 +179,9 @@ def _service(args: argparse.Namespace) -> int:
         elif args.policy_action == "reload":
             _print(stub.ReloadPolicy(policy_pb2.ReloadPolicyRequest(), timeout=30))
         else:
+            # The service records the caller (the operator certificate) as the source; the note is kept beside it.
             signal = policy_pb2.ReportSignalRequest(subject_id=args.subject, kind=args.kind, severity=args.severity,
-                                                    source="cli")  # fmt: skip
+                                                    source=args.note)  # fmt: skip
             _print(stub.ReportSignal(signal, timeout=10))
     except grpc.RpcError as exc:
         return _fail(f"policy {args.policy_action}: {exc.code().name}: {exc.details()}")
@@ -200,10 +201,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         parser.add_argument("dir", nargs="?", type=Path, default=_DEFAULTS.policy_dir, help="bundle folder")
     actions.add_parser("info", help="the serving engine, revision and packages").set_defaults(func=_service)
     actions.add_parser("reload", help="load the bundle again now (operators)").set_defaults(func=_service)
-    signal = actions.add_parser("signal", help="report a behaviour signal about a subject")
+    signal = actions.add_parser("signal", help="report a behaviour signal about a subject (operators, reporters)")
     signal.add_argument("subject")
     signal.add_argument("kind", help="failed_login, anomaly, impossible_travel... (policies/trust/weights.json)")
     signal.add_argument("--severity", type=float, default=1.0)
+    signal.add_argument("--note", default="ztmesh cli", help="free text kept with the record (e.g. a ticket id)")
     signal.set_defaults(func=_service)
 
     decide = commands.add_parser("decide", help="ask for a decision (exit 0 allow, 2 deny, 3 challenge)")
