@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,8 @@ class RedisReloadNotifier:
         self._redis = client or redis.Redis.from_url(url, socket_connect_timeout=1.0)
         self._channel = channel
         self._pubsub: Any = None
-        self._thread: Any = None  # redis-py's PubSubWorkerThread
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def publish(self, revision: str) -> None:
         try:
@@ -42,25 +42,31 @@ class RedisReloadNotifier:
             log.warning("cannot announce policy revision %s: %s", revision, exc)
 
     def subscribe(self, on_revision: Callable[[str], None]) -> None:
+        """Listen in a thread of our own: a Redis that is down at start-up or restarts later only
+        pauses the notifications (the replicas still poll their files), it never ends them."""
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
 
         def handle(message: dict[str, Any]) -> None:
             data = message.get("data")
             on_revision(data.decode() if isinstance(data, bytes) else str(data))
 
-        def lost(exc: BaseException, _pubsub: Any, _thread: Any) -> None:
-            # Redis restarted or unreachable: the next read reconnects and subscribes again; meanwhile
-            # the replicas still find new revisions by polling their files.
-            log.warning("policy reload notifications interrupted, reconnecting: %s", exc)
-            time.sleep(1.0)
+        def listen() -> None:
+            while not self._closing.is_set():
+                try:
+                    if not self._pubsub.subscribed:
+                        self._pubsub.subscribe(**{self._channel: handle})
+                    self._pubsub.get_message(timeout=0.2)  # calls `handle`
+                except Exception as exc:  # reconnects (and subscribes again) on the next round
+                    log.warning("policy reload notifications interrupted, retrying: %s", exc)
+                    self._closing.wait(1.0)
 
-        self._pubsub.subscribe(**{self._channel: handle})
-        self._thread = self._pubsub.run_in_thread(sleep_time=0.2, daemon=True, exception_handler=lost)
+        self._thread = threading.Thread(target=listen, name="policy-reload-notifications", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
+        self._closing.set()
         if self._thread is not None:
-            self._thread.stop()
-            self._thread.join(timeout=2)  # it polls every 0.5 s; closing under it would break its read
+            self._thread.join(timeout=2)  # it wakes every 0.2 s; closing under it would break its read
         if self._pubsub is not None:
             self._pubsub.close()
         self._redis.close()

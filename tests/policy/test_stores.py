@@ -170,3 +170,30 @@ def test_replicas_hear_of_a_new_revision_through_redis(make_engine, bundle_dir: 
         assert b.bundles.current.revision == a.bundles.current.revision  # B did not poll: it was told
     finally:
         watch_a.stop(), watch_b.stop()
+
+
+def test_reload_notifications_start_late_and_survive_a_redis_restart(tmp_path):
+    from tests.support.own_redis import OwnRedis
+    from tests.support.processes import free_port
+
+    server = OwnRedis(free_port(), tmp_path / "redis")  # not started yet: Redis down at start-up
+    heard: list[str] = []
+    listener = RedisReloadNotifier(server.url)
+    listener.subscribe(heard.append)
+    announcer = RedisReloadNotifier(server.url)
+
+    def announced(revision: str) -> bool:
+        deadline = time.monotonic() + 10
+        while revision not in heard and time.monotonic() < deadline:
+            announcer.publish(revision)  # a message published before the listener is back is lost
+            time.sleep(0.1)
+        return revision in heard
+
+    try:
+        server.start()
+        assert announced("r1")
+        server.stop()
+        server.start()
+        assert announced("r2")
+    finally:
+        listener.close(), announcer.close(), server.stop()
