@@ -68,7 +68,12 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     keys_settings = load_settings(KeysSettings, section="keys")
     peers = PeerChannels(settings, "keys")
     audit = audit_emitter(settings, "keys", peers)
-    manager = build_manager(settings, keys_settings, audit)
+    try:
+        manager = build_manager(settings, keys_settings, audit)
+    except BaseException:
+        audit.close()
+        peers.close()
+        raise
 
     def close() -> None:
         manager.close()

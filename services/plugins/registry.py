@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent
-from ztmesh.plugins.errors import BadInput, InvalidPlugin, PluginNotFound, SignatureRejected
+from ztmesh.plugins.errors import BadInput, InvalidPlugin, PluginNotFound, PluginsError, SignatureRejected
 from ztmesh.plugins.manifest import Manifest, ModuleSignature, signing_message
 from ztmesh.plugins.sandbox import CallResult, CompiledPlugin, Sandbox
 from ztmesh.plugins.store import PluginStore, StoredPlugin, now
@@ -72,7 +72,10 @@ class PluginRegistry:
             if hashlib.sha256(stored.module).hexdigest() != stored.module_sha256:
                 raise SignatureRejected("the stored module does not match its recorded SHA-256")
             if stored.signature is None:
-                raise SignatureRejected("it carries no signature (registered while signing was not required?)")
+                raise SignatureRejected(
+                    "it has no stored signature (registered while signing was not required, or before signatures "
+                    "were kept)"
+                )
             assert self._signers is not None
             self._signers.check(stored.signature, signing_message(stored.module, manifest))
         except SignatureRejected as exc:
@@ -114,6 +117,8 @@ class PluginRegistry:
         self._store.add(stored)
         with self._lock:
             self._plugins[(manifest.name, manifest.version)] = LoadedPlugin(stored, compiled)
+        signer = {"signing_key_id": signed.key_id} if signed is not None else {}
+        self._record(caller, "plugins.register", manifest, "OK", module_sha256=stored.module_sha256, **signer)
         return stored
 
     def _record(self, caller: str, action: str, manifest: Manifest, outcome: str, **details: object) -> None:
@@ -144,30 +149,40 @@ class PluginRegistry:
             raise PluginNotFound(f"no plugin {name!r}" + (f" version {version}" if version else "") + " is registered")
         return found
 
-    def execute(self, name: str, version: str, function: str, input_json: bytes) -> tuple[CallResult, str]:
+    def execute(self, caller: str, name: str, version: str, function: str, input_json: bytes) -> tuple[CallResult, str]:
+        """Run `function` of a plugin; audited with the caller, the function and what it cost (not the
+        input, which may carry personal data), or with the failure."""
         plugin = self._find(name, version)
         manifest = plugin.stored.manifest
         if function not in manifest.functions:
-            raise BadInput(f"plugin {name} {manifest.version} does not offer {function!r}")
-        return self._sandbox.call(plugin.compiled, function, input_json, manifest.limits), manifest.version
+            raise BadInput(f"function: plugin {name} {manifest.version} does not offer {function!r}")
+        try:
+            result = self._sandbox.call(plugin.compiled, function, input_json, manifest.limits)
+        except PluginsError as exc:
+            self._record(caller, "plugins.execute", manifest, "ERROR", function=function, error=type(exc).__name__)
+            raise
+        details = {"function": function, "fuel_consumed": result.fuel_consumed, "duration_us": result.duration_us}
+        self._record(caller, "plugins.execute", manifest, "OK", **details)
+        return result, manifest.version
 
-    def unregister(self, name: str, version: str) -> int:
+    def unregister(self, caller: str, name: str, version: str) -> int:
         removed = self._store.remove(name, version)
-        if removed and self._audit is not None:
-            self._audit.emit(
-                AuditEvent(
-                    service="plugins",
-                    action="plugins.unregister",
-                    outcome="OK",
-                    resource=f"plugin/{name}/{version or '*'}",
-                    details={"removed": removed},
-                )
-            )
         with self._lock:
             for key in [k for k in self._plugins if k[0] == name and (not version or k[1] == version)]:
                 del self._plugins[key]
         if not removed:
             raise PluginNotFound(f"no plugin {name!r}" + (f" version {version}" if version else "") + " is registered")
+        if self._audit is not None:  # after the removal, so a refused record leaves no half-removed plugin
+            self._audit.emit(
+                AuditEvent(
+                    service="plugins",
+                    action="plugins.unregister",
+                    outcome="OK",
+                    caller_spiffe_id=caller,
+                    resource=f"plugin/{name}/{version or '*'}",
+                    details={"removed": removed},
+                )
+            )
         return removed
 
     def close(self) -> None:

@@ -171,3 +171,14 @@ def test_cli_round_trip(pki, keys_server, tmp_path):
     assert bad.returncode != 0 and b"must be OPERATION=SPIFFE_ID" in bad.stderr
     assert ztmesh("destroy", "cli-key", "--version", "1").returncode == 0
     assert ztmesh("decrypt", "--aad", "ctx", data=sealed.stdout).returncode == 1
+
+
+@pytest.mark.parametrize("value", ["Bad Id=audit", "audit-checkpoints=", "k=spiffe://bad domain/x"])
+def test_bad_reservations_stop_start_up_naming_the_setting(pki, tmp_path, monkeypatch, value):
+    from ztmesh.mesh.errors import SettingsError
+
+    monkeypatch.setenv("ZTMESH_KEK", "A" * 43 + "=")
+    monkeypatch.setenv("ZTMESH_KEY_RESERVED_IDS", value)
+    with pytest.raises(SettingsError) as err:
+        build_app(settings_for(pki, tmp_path))
+    assert err.value.setting == "ZTMESH_KEY_RESERVED_IDS"

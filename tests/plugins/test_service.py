@@ -169,3 +169,21 @@ def test_200_concurrent_calls_mixing_good_and_hostile_plugins(pki, tmp_path, key
                 assert outcome == {"i": i}
             else:
                 assert outcome == grpc.StatusCode.RESOURCE_EXHAUSTED, (i, outcome)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("ZTMESH_PLUGIN_TRUSTED_SIGNERS", "plugin-signing", "must be KEY_ID@sha256:<64 hex digits>"),
+        ("ZTMESH_PLUGIN_TRUSTED_SIGNERS", "plugin-signing@sha256:abc", "must be KEY_ID@sha256:<64 hex digits>"),
+        ("ZTMESH_PLUGIN_SIGNER_ALGORITHMS", "ML-DSA-65,RSA", "'RSA' is not a signature algorithm"),
+    ],
+    ids=["unpinned", "short-pin", "unknown-algorithm"],
+)
+def test_bad_signer_settings_stop_start_up_naming_the_setting(pki, tmp_path, monkeypatch, name, value, problem):
+    from ztmesh.mesh.errors import SettingsError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        build_plugins_app(settings_for(pki, tmp_path))
+    assert err.value.setting == name and problem in err.value.problem
