@@ -135,6 +135,7 @@ def policy_service(pki: Pki, root: Path, audit: Service, **env: str) -> Service:
         "ZTMESH_AUDIT_ADDR": audit.address, "ZTMESH_POLICY_DIR": str(ROOT / "policies" / "rego"),
         "ZTMESH_TRUST_WEIGHTS": str(ROOT / "policies" / "trust" / "weights.json"),
         "ZTMESH_THREAT_DIR": str(ROOT / "policies" / "threat"), "ZTMESH_DECISION_CACHE": "false",
+        "ZTMESH_DEV_MODE": "true",  # the shipped pack is not signed; signing is not what these tests are about
     }  # fmt: skip
     return Service("policy", pki, root / "policy", {**files, **env})
 
