@@ -56,6 +56,8 @@ class _Library:
         lib.ztm_version.argtypes = out
         lib.ztm_version.restype = None
         self._lib = lib
+        self._eval = lib.ztm_eval
+        self._free = lib.ztm_free
         version = self._take(lambda o, n: lib.ztm_version(o, n))[1]["opa"]
         if version != OPA_VERSION:
             raise EngineError(f"{path} embeds OPA {version}, not the pinned {OPA_VERSION}: run make setup")
@@ -64,18 +66,25 @@ class _Library:
         out = ctypes.c_void_p()
         size = ctypes.c_int()
         rc = call(ctypes.byref(out), ctypes.byref(size))
+        return rc, json.loads(self._body(out, size))
+
+    def _body(self, out: ctypes.c_void_p, size: ctypes.c_int) -> bytes:
+        if not out.value:
+            return b"{}"
         try:
-            body = ctypes.string_at(out.value, size.value) if out.value else b"{}"
+            return ctypes.string_at(out.value, size.value)
         finally:
-            if out.value:
-                self._lib.ztm_free(out)
-        return rc, json.loads(body)
+            self._free(out)
 
     def prepare(self, request: bytes) -> tuple[int, Any]:
         return self._take(lambda o, n: self._lib.ztm_prepare(request, len(request), o, n))
 
     def eval(self, handle: int, payload: bytes, kind: int) -> tuple[int, Any]:
-        return self._take(lambda o, n: self._lib.ztm_eval(handle, payload, len(payload), kind, o, n))
+        # The decision path: no closure, the ctypes functions bound once.
+        out = ctypes.c_void_p()
+        size = ctypes.c_int()
+        rc = self._eval(handle, payload, len(payload), kind, ctypes.byref(out), ctypes.byref(size))
+        return rc, json.loads(self._body(out, size))
 
     def test(self, request: bytes) -> tuple[int, Any]:
         return self._take(lambda o, n: self._lib.ztm_test(request, len(request), o, n))

@@ -1,4 +1,4 @@
-"""Differential: the embedded engine (regorus) and the reference (a real OPA server, with the same
+"""Differential: the default engine (OPA in process) and the reference (a real OPA server, with the same
 bundle pushed to it) give identical decisions, reasons, obligations and step-ups on generated
 requests — seeded, so a failure replays."""
 
