@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from typing import TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -15,12 +12,10 @@ from ztmesh.keys import errors
 from ztmesh.keys.algorithms import Algorithm, Purpose
 from ztmesh.keys.manager import KeyManager
 from ztmesh.keys.model import AccessPolicy, Key, KeyVersion, Operation, VersionState
-from ztmesh.mesh.interceptors import current_caller
+from ztmesh.mesh.edge import Edge, caller_id
 
-T = TypeVar("T")
-
-# One place decides which core error becomes which status code.
-_STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+# Which core error becomes which status code, most specific first (audit outages: the mesh's rules).
+EDGE = Edge(
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.KeyNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.KeyExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -29,7 +24,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.KeyVersionUnusable, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.WrongPurpose, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.KeysError, grpc.StatusCode.INTERNAL),
-]
+)
 
 _ALGORITHMS = {
     keys_pb2.ALGORITHM_ML_KEM_768: Algorithm.ML_KEM_768,
@@ -103,129 +98,90 @@ def policy_from_proto(message: keys_pb2.KeyAccessPolicy) -> AccessPolicy:
     return AccessPolicy(grants)
 
 
-@contextmanager
-def _status(context: grpc.ServicerContext) -> Iterator[None]:
-    try:
-        yield
-    except errors.KeysError as exc:
-        code = next(code for kind, code in _STATUS if isinstance(exc, kind))
-        context.abort(code, str(exc))
-
-
-def _caller() -> str:
-    caller = current_caller()
-    return str(caller) if caller else ""
-
-
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     def __init__(self, manager: KeyManager) -> None:
         self.manager = manager
 
-    def _run(self, context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-        with _status(context):
-            return call()
-        raise AssertionError("unreachable: abort raises")
-
+    @EDGE.rpc
     def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: grpc.ServicerContext) -> keys_pb2.Key:
-        def create() -> keys_pb2.Key:
-            if request.purpose not in _PURPOSES:
-                raise errors.InvalidArgument("purpose must be KEY_PURPOSE_ENCRYPT or KEY_PURPOSE_SIGN")
-            algorithm = _ALGORITHMS.get(request.algorithm) if request.algorithm else None
-            if request.algorithm and algorithm is None:
-                raise errors.InvalidArgument(f"unknown algorithm {request.algorithm}")
-            key = self.manager.create_key(
-                _caller(),
-                request.key_id,
-                _PURPOSES[request.purpose],
-                algorithm,
-                policy_from_proto(request.access_policy),
-                dict(request.labels),
-            )
-            return key_to_proto(key)
+        if request.purpose not in _PURPOSES:
+            raise errors.InvalidArgument("purpose: must be KEY_PURPOSE_ENCRYPT or KEY_PURPOSE_SIGN")
+        algorithm = _ALGORITHMS.get(request.algorithm) if request.algorithm else None
+        if request.algorithm and algorithm is None:
+            raise errors.InvalidArgument(f"algorithm: unknown value {request.algorithm}")
+        key = self.manager.create_key(
+            caller_id(),
+            request.key_id,
+            _PURPOSES[request.purpose],
+            algorithm,
+            policy_from_proto(request.access_policy),
+            dict(request.labels),
+        )
+        return key_to_proto(key)
 
-        return self._run(context, create)
-
+    @EDGE.rpc
     def GetKey(self, request: keys_pb2.GetKeyRequest, context: grpc.ServicerContext) -> keys_pb2.Key:
-        return self._run(context, lambda: key_to_proto(self.manager.get_key(_caller(), request.key_id)))
+        return key_to_proto(self.manager.get_key(caller_id(), request.key_id))
 
+    @EDGE.rpc
     def ListKeys(self, request: keys_pb2.ListKeysRequest, context: grpc.ServicerContext) -> keys_pb2.ListKeysResponse:
-        def list_keys() -> keys_pb2.ListKeysResponse:
-            keys, token = self.manager.list_keys(_caller(), request.page_size, request.page_token)
-            return keys_pb2.ListKeysResponse(keys=[key_to_proto(k) for k in keys], next_page_token=token)
+        keys, token = self.manager.list_keys(caller_id(), request.page_size, request.page_token)
+        return keys_pb2.ListKeysResponse(keys=[key_to_proto(k) for k in keys], next_page_token=token)
 
-        return self._run(context, list_keys)
-
+    @EDGE.rpc
     def GetPublicKey(self, request: keys_pb2.GetPublicKeyRequest, context: grpc.ServicerContext) -> keys_pb2.PublicKey:
-        def get() -> keys_pb2.PublicKey:
-            info = self.manager.public_key(_caller(), request.key_id, request.version)
-            return keys_pb2.PublicKey(
-                key_id=info.key_id,
-                version=info.version,
-                algorithm=_ALGORITHM_CODES[info.algorithm],
-                public_key=info.public_key,
-            )
-
-        return self._run(context, get)
-
-    def RotateKey(self, request: keys_pb2.RotateKeyRequest, context: grpc.ServicerContext) -> keys_pb2.Key:
-        return self._run(context, lambda: key_to_proto(self.manager.rotate(_caller(), request.key_id)))
-
-    def Encrypt(self, request: keys_pb2.EncryptRequest, context: grpc.ServicerContext) -> keys_pb2.EncryptResponse:
-        def encrypt() -> keys_pb2.EncryptResponse:
-            envelope, version = self.manager.encrypt(
-                _caller(), request.key_id, request.plaintext, request.associated_data
-            )
-            return keys_pb2.EncryptResponse(envelope=envelope, key_version=version)
-
-        return self._run(context, encrypt)
-
-    def Decrypt(self, request: keys_pb2.DecryptRequest, context: grpc.ServicerContext) -> keys_pb2.DecryptResponse:
-        def decrypt() -> keys_pb2.DecryptResponse:
-            plaintext, key_id, version = self.manager.decrypt(
-                _caller(), request.envelope, request.associated_data, request.key_id
-            )
-            return keys_pb2.DecryptResponse(plaintext=plaintext, key_id=key_id, key_version=version)
-
-        return self._run(context, decrypt)
-
-    def Sign(self, request: keys_pb2.SignRequest, context: grpc.ServicerContext) -> keys_pb2.SignResponse:
-        def sign() -> keys_pb2.SignResponse:
-            signature, version, algorithm = self.manager.sign(_caller(), request.key_id, request.message)
-            return keys_pb2.SignResponse(
-                signature=signature, key_version=version, algorithm=_ALGORITHM_CODES[algorithm]
-            )
-
-        return self._run(context, sign)
-
-    def Verify(self, request: keys_pb2.VerifyRequest, context: grpc.ServicerContext) -> keys_pb2.VerifyResponse:
-        return self._run(
-            context,
-            lambda: keys_pb2.VerifyResponse(
-                valid=self.manager.verify(
-                    _caller(), request.key_id, request.key_version, request.message, request.signature
-                )
-            ),
+        info = self.manager.public_key(caller_id(), request.key_id, request.version)
+        return keys_pb2.PublicKey(
+            key_id=info.key_id,
+            version=info.version,
+            algorithm=_ALGORITHM_CODES[info.algorithm],
+            public_key=info.public_key,
         )
 
+    @EDGE.rpc
+    def RotateKey(self, request: keys_pb2.RotateKeyRequest, context: grpc.ServicerContext) -> keys_pb2.Key:
+        return key_to_proto(self.manager.rotate(caller_id(), request.key_id))
+
+    @EDGE.rpc
+    def Encrypt(self, request: keys_pb2.EncryptRequest, context: grpc.ServicerContext) -> keys_pb2.EncryptResponse:
+        envelope, version = self.manager.encrypt(
+            caller_id(), request.key_id, request.plaintext, request.associated_data
+        )
+        return keys_pb2.EncryptResponse(envelope=envelope, key_version=version)
+
+    @EDGE.rpc
+    def Decrypt(self, request: keys_pb2.DecryptRequest, context: grpc.ServicerContext) -> keys_pb2.DecryptResponse:
+        plaintext, key_id, version = self.manager.decrypt(
+            caller_id(), request.envelope, request.associated_data, request.key_id
+        )
+        return keys_pb2.DecryptResponse(plaintext=plaintext, key_id=key_id, key_version=version)
+
+    @EDGE.rpc
+    def Sign(self, request: keys_pb2.SignRequest, context: grpc.ServicerContext) -> keys_pb2.SignResponse:
+        signature, version, algorithm = self.manager.sign(caller_id(), request.key_id, request.message)
+        return keys_pb2.SignResponse(signature=signature, key_version=version, algorithm=_ALGORITHM_CODES[algorithm])
+
+    @EDGE.rpc
+    def Verify(self, request: keys_pb2.VerifyRequest, context: grpc.ServicerContext) -> keys_pb2.VerifyResponse:
+        valid = self.manager.verify(
+            caller_id(), request.key_id, request.key_version, request.message, request.signature
+        )
+        return keys_pb2.VerifyResponse(valid=valid)
+
+    @EDGE.rpc
     def DisableKeyVersion(
         self, request: keys_pb2.KeyVersionRequest, context: grpc.ServicerContext
     ) -> keys_pb2.KeyVersion:
-        return self._run(
-            context,
-            lambda: version_to_proto(self.manager.set_enabled(_caller(), request.key_id, request.version, False)),
-        )
+        return version_to_proto(self.manager.set_enabled(caller_id(), request.key_id, request.version, False))
 
+    @EDGE.rpc
     def EnableKeyVersion(
         self, request: keys_pb2.KeyVersionRequest, context: grpc.ServicerContext
     ) -> keys_pb2.KeyVersion:
-        return self._run(
-            context,
-            lambda: version_to_proto(self.manager.set_enabled(_caller(), request.key_id, request.version, True)),
-        )
+        return version_to_proto(self.manager.set_enabled(caller_id(), request.key_id, request.version, True))
 
+    @EDGE.rpc
     def DestroyKeyVersion(
         self, request: keys_pb2.KeyVersionRequest, context: grpc.ServicerContext
     ) -> keys_pb2.KeyVersion:
-        return self._run(
-            context, lambda: version_to_proto(self.manager.destroy(_caller(), request.key_id, request.version))
-        )
+        return version_to_proto(self.manager.destroy(caller_id(), request.key_id, request.version))

@@ -14,11 +14,13 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, ParamSpec, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 
-from ztmesh.mesh.errors import AuditUnavailable, PeerIdentityError
+from ztmesh.mesh.errors import AuditUnavailable, InvalidField, PeerIdentityError
 from ztmesh.mesh.spiffe import SpiffeId
 
 P = ParamSpec("P")
@@ -69,6 +71,16 @@ def lenient_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes
     return parse
 
 
+def timestamp_to_datetime(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A protobuf Timestamp as an aware datetime; InvalidField naming `field` when no datetime can hold
+    it (seconds beyond years 1-9999, nanos outside 0-999999999), where protobuf raises a bare ValueError."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        problem = str(exc).removeprefix("Timestamp is not valid: ").rstrip(".")
+        raise InvalidField(field, f"not a valid time ({problem[:1].lower()}{problem[1:]})") from None
+
+
 # --- errors -> status codes -------------------------------------------------------------------------
 
 
@@ -83,6 +95,7 @@ class StatusRule(NamedTuple):
 # After every service's own rules, so a service may still say something more specific.
 MESH_RULES: tuple[StatusRule, ...] = (
     StatusRule(PeerIdentityError, grpc.StatusCode.UNAUTHENTICATED),
+    StatusRule(InvalidField, grpc.StatusCode.INVALID_ARGUMENT),
     StatusRule(AuditUnavailable, grpc.StatusCode.UNAVAILABLE, "audit trail unavailable, the operation is refused"),
 )
 

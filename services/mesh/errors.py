@@ -31,6 +31,16 @@ class SpiffeIdError(MeshError, ValueError):
     """A string is not a valid SPIFFE ID."""
 
 
+class InvalidField(MeshError, ValueError):
+    """A request field the edge decodes (a timestamp, an enum) holds a value no core type can: the
+    message starts with the field's path, like every INVALID_ARGUMENT."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
 class AuditUnavailable(MeshError):
     """An audit event could not be made durable, so the operation it records is refused (fail closed).
 

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import grpc
 from google.protobuf import timestamp_pb2
 
 from ztmesh._proto.plugins.v1 import plugins_pb2, plugins_pb2_grpc
-from ztmesh.mesh.interceptors import current_caller
+from ztmesh.mesh.edge import Edge, caller_id
 from ztmesh.plugins import errors
 from ztmesh.plugins.manifest import Manifest
 from ztmesh.plugins.registry import PluginRegistry
 from ztmesh.plugins.sandbox import Limits
 from ztmesh.plugins.store import StoredPlugin
 
-T = TypeVar("T")
-
-_STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+# Which core error becomes which status code, most specific first (audit outages: the mesh's rules).
+EDGE = Edge(
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.SignatureRejected, grpc.StatusCode.PERMISSION_DENIED),
@@ -28,7 +24,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.BadInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.PluginFailed, grpc.StatusCode.ABORTED),
     (errors.PluginsError, grpc.StatusCode.INTERNAL),
-]
+)
 
 
 def manifest_from_proto(message: plugins_pb2.Manifest) -> Manifest:
@@ -77,60 +73,43 @@ class PluginServicer(plugins_pb2_grpc.PluginServiceServicer):
     def __init__(self, registry: PluginRegistry) -> None:
         self.registry = registry
 
-    @staticmethod
-    def _run(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except errors.PluginsError as exc:
-            code = next(code for kind, code in _STATUS if isinstance(exc, kind))
-            context.abort(code, str(exc))
-        raise AssertionError("unreachable: abort raises")
-
+    @EDGE.rpc
     def RegisterPlugin(
         self, request: plugins_pb2.RegisterPluginRequest, context: grpc.ServicerContext
     ) -> plugins_pb2.Plugin:
-        caller = current_caller()
+        stored = self.registry.register(
+            caller_id(),
+            request.module,
+            manifest_from_proto(request.manifest),
+            request.signature,
+            request.signing_key_id,
+            request.signing_key_version,
+        )
+        return plugin_to_proto(stored)
 
-        def register() -> plugins_pb2.Plugin:
-            stored = self.registry.register(
-                str(caller) if caller else "",
-                request.module,
-                manifest_from_proto(request.manifest),
-                request.signature,
-                request.signing_key_id,
-                request.signing_key_version,
-            )
-            return plugin_to_proto(stored)
-
-        return self._run(context, register)
-
+    @EDGE.rpc
     def ListPlugins(
         self, request: plugins_pb2.ListPluginsRequest, context: grpc.ServicerContext
     ) -> plugins_pb2.ListPluginsResponse:
         return plugins_pb2.ListPluginsResponse(plugins=[plugin_to_proto(p) for p in self.registry.list(request.name)])
 
+    @EDGE.rpc
     def Execute(
         self, request: plugins_pb2.ExecuteRequest, context: grpc.ServicerContext
     ) -> plugins_pb2.ExecuteResponse:
-        def execute() -> plugins_pb2.ExecuteResponse:
-            result, version = self.registry.execute(
-                request.name, request.version, request.function, request.input_json.encode()
-            )
-            return plugins_pb2.ExecuteResponse(
-                output_json=result.output_json,
-                fuel_consumed=result.fuel_consumed,
-                duration_us=result.duration_us,
-                version=version,
-            )
+        result, version = self.registry.execute(
+            caller_id(), request.name, request.version, request.function, request.input_json.encode()
+        )
+        return plugins_pb2.ExecuteResponse(
+            output_json=result.output_json,
+            fuel_consumed=result.fuel_consumed,
+            duration_us=result.duration_us,
+            version=version,
+        )
 
-        return self._run(context, execute)
-
+    @EDGE.rpc
     def UnregisterPlugin(
         self, request: plugins_pb2.UnregisterPluginRequest, context: grpc.ServicerContext
     ) -> plugins_pb2.UnregisterPluginResponse:
-        return self._run(
-            context,
-            lambda: plugins_pb2.UnregisterPluginResponse(
-                removed=self.registry.unregister(request.name, request.version)
-            ),
-        )
+        removed = self.registry.unregister(caller_id(), request.name, request.version)
+        return plugins_pb2.UnregisterPluginResponse(removed=removed)

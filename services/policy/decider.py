@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent, uuid7
 from ztmesh.policy.answer import Answer, parse_answer
@@ -239,8 +239,8 @@ class PolicyEngine:
     def report_signal(self, signal: Signal, caller: str = "") -> float:
         """Record a behaviour signal from `caller` (its SPIFFE ID, the recorded source; the signal's own
         `source` is only an annotation); return the subject's behaviour factor (0-1) after it.
-        Raises SignalRefused (NotAReporter, ReporterRateLimited) for a caller that may not report,
-        audited; InvalidRequest for a bad signal; SignalStoreError (SignalStoreFull...) when the store fails."""
+        Raises SignalRefused (NotAReporter, ReporterRateLimited) for a caller that may not report, and
+        InvalidRequest for a bad signal, both audited; SignalStoreError (SignalStoreFull...) when the store fails."""
         if self.reporters is not None:
             try:
                 self.reporters.admit(caller)
@@ -250,7 +250,10 @@ class PolicyEngine:
                 raise
         now = self.clock()
         kinds = self.scorer.model.config.behaviour.kinds
-        self.validator.validate_signal(signal, kinds.keys(), now)
+        try:
+            self.validator.validate_signal(signal, kinds.keys(), now)
+        except InvalidRequest as exc:
+            self.refuse_signal(signal, exc, caller)
         at = signal.time.timestamp() if signal.time is not None else None
         kind = kinds[signal.kind]
         self.signals.record(signal.subject_id, signal.kind, signal.severity, kind.half_life_s, now, at)
@@ -262,6 +265,13 @@ class PolicyEngine:
                    "at": at if at is not None else state.as_of, "behaviour_score": score}  # fmt: skip
         self._record_admin("policy.signal", "OK", caller, details, subject=signal.subject_id)
         return score
+
+    def refuse_signal(self, signal: Signal, problem: Exception, caller: str = "") -> NoReturn:
+        """Audit a signal refused as malformed (also one whose fields could not even be read, such as a
+        time no clock can hold: `signal` then carries what could be), then raise `problem`."""
+        details = {"kind": signal.kind, "annotation": signal.source, "error": str(problem)}
+        self._record_admin("policy.signal", "REFUSED", caller, details, subject=signal.subject_id)
+        raise problem
 
     def info(self) -> PolicyInfo:
         bundle = self.bundles.current if self.bundles.loaded else None

@@ -13,6 +13,7 @@ upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2
+from ztmesh.mesh.edge import caller_id
 from ztmesh.mesh.errors import SpiffeIdError
 from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.policy.decider import PolicyEngine
@@ -37,6 +39,7 @@ DecideFn = Callable[[policy_pb2.DecideRequest, str], policy_pb2.DecideResponse]
 # An audited DENY with this reason for the request, by the caller (Envoy): what a refused peer gets.
 RefuseFn = Callable[[policy_pb2.DecideRequest, str, str], policy_pb2.DecideResponse]
 
+log = logging.getLogger(__name__)
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 PURPOSE_HEADER = "x-processing-purpose"
 METHOD_ACTIONS = {
@@ -272,9 +275,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
-        from ztmesh.mesh.interceptors import current_caller
-
-        caller = current_caller()
+        caller = caller_id()
         incoming = dict(request.attributes.request.http.headers)
         try:
             decide_request = check_to_decide(request)
@@ -282,10 +283,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             if refusal is not None:
                 # Audited with what was presented: the subject is the principal Envoy saw, as is.
                 decide_request.subject.CopyFrom(policy_pb2.Subject(id=request.attributes.source.principal))
-                decision = self._refuse(decide_request, refusal, str(caller) if caller else "")
+                decision = self._refuse(decide_request, refusal, caller)
             else:
-                decision = self._decide(decide_request, str(caller) if caller else "")
+                decision = self._decide(decide_request, caller)
         except Exception as exc:  # fail closed: whatever broke, the answer is DENY with the reason
+            log.exception("ext_authz Check failed; answering DENY")
             decision = policy_pb2.DecideResponse(
                 decision=policy_pb2.DECISION_DENY, reasons=[f"internal error: {type(exc).__name__}"]
             )

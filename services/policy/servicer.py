@@ -6,14 +6,15 @@ same); every other failure is already a DENY with its reason and fault, made by 
 
 from __future__ import annotations
 
-from datetime import UTC
+import dataclasses
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
-from ztmesh.mesh.interceptors import current_caller
+from ztmesh.mesh.edge import Edge, caller_id, timestamp_to_datetime
+from ztmesh.mesh.errors import InvalidField
 from ztmesh.policy import headers
 from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.errors import (
@@ -92,6 +93,7 @@ def request_from_proto(msg: policy_pb2.DecideRequest) -> DecisionRequest:
         age = d.patch_age_days if d.HasField("patch_age_days") else None
         device = Device(d.id, d.managed, d.compliant, d.os, age, d.disk_encrypted, d.endpoint_protection)
     c = msg.context
+    at = timestamp_to_datetime(c.time, "context.time") if c.HasField("time") else None
     attributes: dict[str, Any] = {}
     if msg.HasField("attributes"):
         attributes = json_format.MessageToDict(msg.attributes)
@@ -102,8 +104,7 @@ def request_from_proto(msg: policy_pb2.DecideRequest) -> DecisionRequest:
                           tuple(msg.resource.consented_purposes)),
         action=msg.action,
         device=device,
-        context=RequestContext(c.source_ip, c.user_agent, c.time.ToDatetime(tzinfo=UTC) if c.HasField("time") else None,
-                               c.purpose, c.request_id),
+        context=RequestContext(c.source_ip, c.user_agent, at, c.purpose, c.request_id),
         attributes=attributes,
     )  # fmt: skip
 
@@ -127,9 +128,17 @@ def decision_to_proto(decision: Decision) -> policy_pb2.DecideResponse:
     )  # fmt: skip
 
 
-def _caller() -> str:
-    caller = current_caller()
-    return str(caller) if caller else ""
+# Which core error becomes which status code, most specific first (audit outages: the mesh's rules).
+# Decide never raises: its failures are DENYs made by the core.
+EDGE = Edge(
+    (NotAReporter, grpc.StatusCode.PERMISSION_DENIED),
+    (ReporterRateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (SignalStoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (SignalStoreError, grpc.StatusCode.UNAVAILABLE),
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION, "bundle refused, the old one keeps serving"),
+    (EngineError, grpc.StatusCode.UNAVAILABLE),
+)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -150,47 +159,45 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             return decision_to_proto(self.engine.refuse(request, f"invalid request: {exc}", caller))
         return decision_to_proto(self.engine.decide(request, caller))
 
+    @EDGE.rpc
     def Decide(self, request: policy_pb2.DecideRequest, context: grpc.ServicerContext) -> policy_pb2.DecideResponse:
-        reply = self.decide_proto(request, _caller())
+        reply = self.decide_proto(request, caller_id())
         if reply.fault == policy_pb2.FAULT_INVALID_REQUEST:
             # The refusal is audited as a DENY: its id lets the caller find that record.
             context.set_trailing_metadata(((headers.DECISION_ID, reply.decision_id),))
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.reasons[0])
         return reply
 
+    @EDGE.rpc
     def DecideBatch(
         self, request: policy_pb2.DecideBatchRequest, context: grpc.ServicerContext
     ) -> policy_pb2.DecideBatchResponse:
         if len(request.requests) > self.engine.max_batch:
-            _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT,
-                f"requests: {len(request.requests)} requests; the maximum per batch is {self.engine.max_batch}",
-            )  # fmt: skip
-        caller = _caller()
+            raise InvalidRequest(
+                "requests", f"{len(request.requests)} requests; the maximum per batch is {self.engine.max_batch}"
+            )
+        caller = caller_id()
         return policy_pb2.DecideBatchResponse(responses=[self.decide_proto(r, caller) for r in request.requests])
 
+    @EDGE.rpc
     def ReportSignal(
         self, request: policy_pb2.ReportSignalRequest, context: grpc.ServicerContext
     ) -> policy_pb2.ReportSignalResponse:
+        caller = caller_id()
         signal = Signal(
             subject_id=request.subject_id,
             kind=request.kind,
             severity=request.severity or 1.0,
-            time=request.time.ToDatetime(tzinfo=UTC) if request.HasField("time") else None,
             source=request.source,  # an annotation: the recorded source is the caller
         )
-        try:
-            score = self.engine.report_signal(signal, _caller())
-        except NotAReporter as exc:
-            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except (ReporterRateLimited, SignalStoreFull) as exc:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except InvalidRequest as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except SignalStoreError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        return policy_pb2.ReportSignalResponse(behaviour_score=score)
+        if request.HasField("time"):
+            try:
+                signal = dataclasses.replace(signal, time=timestamp_to_datetime(request.time, "time"))
+            except InvalidField as exc:  # refused and audited like any other malformed signal
+                self.engine.refuse_signal(signal, exc, caller)
+        return policy_pb2.ReportSignalResponse(behaviour_score=self.engine.report_signal(signal, caller))
 
+    @EDGE.rpc
     def GetPolicyInfo(
         self, request: policy_pb2.GetPolicyInfoRequest, context: grpc.ServicerContext
     ) -> policy_pb2.PolicyInfo:
@@ -202,13 +209,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             trust_revision=info.trust_revision, last_error=info.last_error,
         )  # fmt: skip
 
+    @EDGE.rpc
     def ReloadPolicy(
         self, request: policy_pb2.ReloadPolicyRequest, context: grpc.ServicerContext
     ) -> policy_pb2.ReloadPolicyResponse:
-        try:
-            result = self.engine.reload(_caller())  # the watcher announces a swap to the other replicas
-        except BundleError as exc:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"bundle refused, the old one keeps serving: {exc}")
-        except EngineError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        result = self.engine.reload(caller_id())  # the watcher announces a swap to the other replicas
         return policy_pb2.ReloadPolicyResponse(revision=result.revision, changed=result.changed)
