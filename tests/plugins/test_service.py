@@ -187,3 +187,24 @@ def test_bad_signer_settings_stop_start_up_naming_the_setting(pki, tmp_path, mon
     with pytest.raises(SettingsError) as err:
         build_plugins_app(settings_for(pki, tmp_path))
     assert err.value.setting == name and problem in err.value.problem
+
+
+def test_stored_signatures_are_checked_offline_and_registration_fails_closed(pki, tmp_path, keys_server):
+    server, keys = keys_server
+    request = signed_request(keys, modules.ECHO, ECHO)
+    with start_plugins(pki, tmp_path / "p", server.port) as first:
+        plugins_pb2_grpc.PluginServiceStub(pki.channel("client", first.port)).RegisterPlugin(request, timeout=30)
+    server.stop(grace=1.0)  # the keys service is gone
+    with start_plugins(pki, tmp_path / "p", server.port) as second:
+        stub = plugins_pb2_grpc.PluginServiceStub(pki.channel("client", second.port))
+        # The kept signature and public key suffice to load the module again...
+        reply = stub.Execute(plugins_pb2.ExecuteRequest(name="echo", function="echo", input_json="[3]"), timeout=10)
+        assert reply.output_json == "[3]"
+        # ...but a new registration cannot be checked without the signer's public key: refused, with why.
+        again = plugins_pb2.RegisterPluginRequest()
+        again.CopyFrom(request)
+        again.manifest.version = "1.0.1"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RegisterPlugin(again, timeout=30)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "cannot fetch the public key of 'plugin-signing'" in err.value.details()
