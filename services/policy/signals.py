@@ -185,7 +185,8 @@ class MemorySignalStore:
                 count += 1
         return count
 
-    def __len__(self) -> int:
+    def subject_count(self) -> int:
+        # Not __len__: an empty store would be falsy, and `store or MemorySignalStore()` would replace it.
         return len(self._subjects)
 
     def close(self) -> None:

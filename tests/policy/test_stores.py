@@ -78,7 +78,7 @@ def test_memory_store_full_of_live_signals_refuses_new_subjects_and_keeps_the_ol
     # Once a's and b's failed logins are negligible (~13.3 half-lives) b can go; a's anomaly still counts.
     later = 1001.0 + 14 * 1800.0
     store.record("fresh", "failed_login", 1.0, 1800.0, now=later)
-    assert len(store) == 3
+    assert store.subject_count() == 3
     assert store.state("flagged", later, {"malware_detected": 7 * 86400.0}).levels["malware_detected"] > 0.9
     assert store.state("a", later, {"anomaly": 3600.0}).levels
 
