@@ -33,6 +33,19 @@ class AuditSettings:
     audit_local_key_file: Path | None = setting(
         None, doc="local ML-DSA-65 seed (default <data_dir>/audit/checkpoint-signing.key; public key beside it)"
     )
+    audit_note_signing_key: str = setting(
+        "audit-checkpoints-ed25519", doc="Ed25519 key id at the keys service for checkpoint notes (audit_signer=keys)"
+    )
+    audit_local_note_key_file: Path | None = setting(
+        None, doc="local Ed25519 key for checkpoint notes (default <data_dir>/audit/checkpoint-ed25519.key)"
+    )
+    audit_signing_key_pins: str = setting(
+        "", doc="`KEY_ID@sha256:HEX,…`: checkpoint keys at the keys service must have these public keys"
+    )
+    audit_log_origin: str = setting("", doc="the log's name on its checkpoints (default `<trust domain>/audit`)")
+    audit_witness_dir: Path | None = setting(
+        None, doc="publish every checkpoint here (a volume apart from the database); verify checks against it"
+    )
     # Used by emitting services (policy, keys, plugins), not by audit itself.
     audit_spool_dir: Path | None = setting(
         None, doc="emitter spool folder (default <data_dir>/spool/<service>; one numbered slot per process)"

@@ -27,9 +27,9 @@ class WitnessRefused(AuditError):
 
 
 class DirectoryWitness:
-    def __init__(self, directory: Path, verifiers: Sequence[note.NoteVerifier]) -> None:
+    def __init__(self, directory: Path, verifiers: Callable[[], Sequence[note.NoteVerifier]]) -> None:
         self.directory = directory
-        self._verifiers = list(verifiers)
+        self._verifiers = verifiers  # asked each time: keys at the keys service are known once fetched
 
     def latest(self) -> tuple[str, note.TreeHead] | None:
         """The newest witnessed checkpoint (its note and what it states), None before the first."""
@@ -37,13 +37,13 @@ class DirectoryWitness:
         if not path.exists():
             return None
         text = path.read_text()
-        opened = note.open_note(text, self._verifiers)
+        opened = note.open_note(text, self._verifiers())
         return text, note.parse_tree_head(opened.text)
 
     def publish(self, signed: str, prove: Callable[[int, int], Sequence[bytes]]) -> bool:
         """Accept `signed` if its signatures verify and it extends the latest witnessed checkpoint (`prove`
         gives the consistency proof between two sizes). Returns False when it is already held."""
-        head = note.parse_tree_head(note.open_note(signed, self._verifiers).text)
+        head = note.parse_tree_head(note.open_note(signed, self._verifiers()).text)
         held = self.latest()
         if held is not None:
             _, old = held

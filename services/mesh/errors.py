@@ -18,6 +18,11 @@ class SettingsError(MeshError):
         super().__init__(f"{setting}: {problem}")
 
 
+class FatalMisconfiguration(MeshError):
+    """Found while starting (e.g. by a readiness check): the service must not run like this at all.
+    The server logs it and stops the process with a non-zero exit instead of waiting to become ready."""
+
+
 class CertificateError(MeshError):
     """A certificate or key file cannot be read or does not fit the mesh's identity rules."""
 

@@ -69,6 +69,9 @@ def serve(service: str) -> int:
         app.close()
         raise SettingsError("ZTMESH_TLS_CERT/ZTMESH_TLS_KEY/ZTMESH_TLS_CA", str(exc)) from None
     server.run_until_signalled()
+    if server.fatal is not None:
+        print(f"ztmesh serve {service}: {server.fatal}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -79,6 +82,10 @@ def up() -> int:
         init_dev_pki(settings.cert_dir, settings.trust_domain, settings.namespace)
         print(f"ztmesh up: created a dev PKI in {settings.cert_dir}", flush=True)
     env = {k: v for k, v in os.environ.items() if k not in _PER_PROCESS_SETTINGS}
+    if "ZTMESH_POLICY_SIGNING_REQUIRED" not in env and "ZTMESH_POLICY_TRUSTED_SIGNERS" not in env:
+        # The local quick start serves the unsigned shipped pack; a deployment signs its bundles.
+        env["ZTMESH_POLICY_SIGNING_REQUIRED"] = "false"
+        print("ztmesh up: policy bundles load unsigned (ZTMESH_POLICY_TRUSTED_SIGNERS requires signatures)", flush=True)
     children = []
     for name in START_ORDER:
         children.append(subprocess.Popen([sys.executable, "-m", "ztmesh.cli", "serve", name], env=env))

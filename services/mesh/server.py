@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.errors import FatalMisconfiguration
 from ztmesh.mesh.interceptors import MeshInterceptor, MethodRules
 from ztmesh.mesh.metrics import serve_metrics
 from ztmesh.mesh.spiffe import Authorizer, authorize_member_of
@@ -74,6 +75,8 @@ class MeshServer:
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._stopping = threading.Event()
+        self._stop_requested = threading.Event()
+        self.fatal: FatalMisconfiguration | None = None
         self._threads: list[threading.Thread] = []
         self._probe_server: grpc.Server | None = None
         self.port = 0
@@ -116,6 +119,11 @@ class MeshServer:
         while not stopping.is_set():
             try:
                 now_ready = bool(self.app.readiness())
+            except FatalMisconfiguration as exc:
+                log.critical("%s cannot run: %s", self.app.name, exc)
+                self.fatal = exc
+                self._stop_requested.set()
+                return
             except Exception:  # a failing probe means not ready, never a dead watcher
                 log.exception("readiness check failed")
                 now_ready = False
@@ -142,7 +150,7 @@ class MeshServer:
 
     def run_until_signalled(self) -> None:
         """Block until SIGTERM or SIGINT, then stop gracefully."""
-        stop_requested = threading.Event()
+        stop_requested = self._stop_requested
 
         def request_stop(signum: int, _frame: object) -> None:
             log.info("received %s; shutting down", signal.Signals(signum).name)
