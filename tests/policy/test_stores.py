@@ -132,7 +132,8 @@ def test_cache_is_never_stale_after_a_signal_or_a_reload(make_engine, bundle_dir
     for name in ("data.json", "authz_test.rego"):  # a new step-up, and the pack's test that says so
         path = bundle_dir / name
         path.write_text(path.read_text().replace("supervisor_approval", "second_opinion"))
-    engine.reload(), fresh.reload()
+    engine.reload()
+    fresh.reload()
     after_reload = check()
     assert not after_reload.cached and after_reload.step_up == ("mfa", "second_opinion")
 
@@ -157,7 +158,8 @@ def test_replicas_hear_of_a_new_revision_through_redis(make_engine, bundle_dir: 
     channel = prefix + "reload"
     watch_a = PolicyWatcher(a, interval_s=3600, notifier=RedisReloadNotifier(redis_url, channel))
     watch_b = PolicyWatcher(b, interval_s=3600, notifier=RedisReloadNotifier(redis_url, channel))
-    watch_a.start(), watch_b.start()
+    watch_a.start()
+    watch_b.start()
     try:
         time.sleep(0.3)  # let both subscriptions settle
         data = bundle_dir / "data.json"
@@ -169,7 +171,8 @@ def test_replicas_hear_of_a_new_revision_through_redis(make_engine, bundle_dir: 
             time.sleep(0.05)
         assert b.bundles.current.revision == a.bundles.current.revision  # B did not poll: it was told
     finally:
-        watch_a.stop(), watch_b.stop()
+        watch_a.stop()
+        watch_b.stop()
 
 
 def test_reload_notifications_start_late_and_survive_a_redis_restart(tmp_path):
@@ -196,4 +199,6 @@ def test_reload_notifications_start_late_and_survive_a_redis_restart(tmp_path):
         server.start()
         assert announced("r2")
     finally:
-        listener.close(), announcer.close(), server.stop()
+        listener.close()
+        announcer.close()
+        server.stop()
