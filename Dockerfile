@@ -13,6 +13,26 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/ztmesh
 WORKDIR /src
+# The in-process OPA (the default Rego engine): services/policy/opa_shim built with cgo as a shared
+# library. Go is the golang.org/toolchain module from the Go module proxy, pinned by hash; gcc from Debian.
+ARG GO_TOOLCHAIN=v0.0.1-go1.26.8.linux-amd64
+ARG GO_TOOLCHAIN_SHA256=30c2b1bf7dcc88d3eb0a1364e47ddd9128edb3110a30e8a0ef61cd5856b31de7
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -c "import hashlib, io, os, sys, urllib.request, zipfile; \
+data = urllib.request.urlopen(sys.argv[1], timeout=300).read(); \
+assert hashlib.sha256(data).hexdigest() == sys.argv[2], 'Go toolchain hash mismatch'; \
+z = zipfile.ZipFile(io.BytesIO(data)); \
+[(z.extract(i, '/opt/gotc'), os.chmod(os.path.join('/opt/gotc', i.filename), (i.external_attr >> 16) & 0o777 or 0o644)) \
+ for i in z.infolist() if not i.is_dir()]" \
+    "https://proxy.golang.org/golang.org/toolchain/@v/${GO_TOOLCHAIN}.zip" "${GO_TOOLCHAIN_SHA256}" \
+ && mv "/opt/gotc/golang.org/toolchain@${GO_TOOLCHAIN}" /opt/go && rm -rf /opt/gotc
+COPY services/policy/opa_shim ./opa_shim
+RUN cd opa_shim \
+ && CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS="-trimpath -mod=readonly" GOPATH=/tmp/gopath \
+    /opt/go/bin/go build -buildmode=c-shared -o /opt/ztmesh/lib/libztmesh_opa.so . \
+ && rm -rf /opt/ztmesh/lib/libztmesh_opa.h /tmp/gopath /root/.cache/go-build
 # Only what the package needs (see .dockerignore): dependency pins live in pyproject.toml.
 COPY pyproject.toml README.md ./
 COPY services ./services
@@ -42,6 +62,7 @@ ENV PATH=/opt/ztmesh/bin:$PATH \
     HOME=/tmp \
     ZTMESH_HOST=0.0.0.0 \
     ZTMESH_DATA_DIR=/var/lib/ztmesh \
+    ZTMESH_OPA_LIBRARY=/opt/ztmesh/lib/libztmesh_opa.so \
     ZTMESH_POLICY_DIR=/usr/share/ztmesh/policies/rego \
     ZTMESH_TRUST_WEIGHTS=/usr/share/ztmesh/policies/trust/weights.json \
     ZTMESH_THREAT_DIR=/usr/share/ztmesh/policies/threat
