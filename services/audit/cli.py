@@ -111,15 +111,18 @@ def _migrate(args: argparse.Namespace) -> int:
             version = pg_schema.check_version(conn)
             if version is None:
                 pg_schema.install(conn, service_role=args.grant, partition_unit=args.partition,
-                                  min_retention=args.min_retention)  # fmt: skip
+                                  min_retention=args.min_retention or pg_schema.DEFAULT_MIN_RETENTION)  # fmt: skip
                 print(f"installed the audit schema (version {pg_schema.SCHEMA_VERSION})")
             else:
                 print(f"audit schema version {version} already installed")
                 if args.grant:
                     pg_schema.grant_service_role(conn, args.grant)
+                if args.min_retention:
+                    pg_schema.set_min_retention(conn, args.min_retention)
+            print(f"no retention run may drop records younger than {pg_schema.min_retention(conn)}")
             if args.grant:
                 print(f"role {args.grant} may INSERT and SELECT the trail, nothing else")
-    except psycopg.Error as exc:
+    except (psycopg.Error, ValueError) as exc:
         print(f"ztmesh audit migrate: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
@@ -191,8 +194,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     migrate.add_argument("--dsn", required=True, help="owner connection string")
     migrate.add_argument("--grant", help="the audit service's role: gets INSERT and SELECT only")
     migrate.add_argument("--partition", choices=["month", "day"], default="month")
-    migrate.add_argument("--min-retention", default="30 days",
-                         help="no retention run may drop records younger than this (PostgreSQL interval)")  # fmt: skip
+    migrate.add_argument("--min-retention",
+                         help="no retention run may drop records younger than this (PostgreSQL interval, "
+                              "default 2557 days; on an installed schema: changes it)")  # fmt: skip
     migrate.set_defaults(func=_migrate)
 
     public = actions.add_parser("public-key", help="write the checkpoint public key(s) as PEM")

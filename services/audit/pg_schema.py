@@ -3,18 +3,22 @@
 Records are partitioned by `recorded_at` (native range partitions, or a TimescaleDB hypertable when the
 extension is installed). A trigger refuses UPDATE, DELETE and TRUNCATE for every role; the service's
 role holds INSERT and SELECT only, plus EXECUTE on two SECURITY DEFINER functions: one creates the next
-partition, the other drops partitions older than a floor the owner sets, and only those that a stored
-PRUNE checkpoint covers. No role but the owner can change what was written.
+partition, the other drops partitions older than a floor the owner sets (`min_retention` in audit_meta,
+which the service role may only read), and only those that a stored PRUNE checkpoint covers. No role but
+the owner can change what was written, and no row the service role inserts moves the floor.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 SCHEMA_VERSION = "2"  # 2: the Merkle tree (audit_tree)
-DEFAULT_MIN_RETENTION = "30 days"
+# The floor no retention run may go below, whatever the service role asks or inserts: the product's
+# default retention (AuditSettings.audit_retention_days, 7 years). Only the owner lowers it.
+DEFAULT_MIN_RETENTION = "2557 days"
 INSTALL_LOCK = 0x7A746D6573686169  # serializes installers: several processes may start on an empty database
 
 _TABLES = """
@@ -101,7 +105,11 @@ DECLARE
     n bigint;
     dropped bigint := 0;
 BEGIN
-    IF cutoff > now() - floor THEN
+    IF floor IS NULL THEN  -- fail closed: a database without a floor drops nothing
+        RAISE EXCEPTION 'audit_meta holds no min_retention (the owner sets it: ztmesh audit migrate --min-retention)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF cutoff IS NULL OR cutoff > now() - floor THEN
         RAISE EXCEPTION 'retention cutoff % is within the minimum retention (%) the database owner set', cutoff, floor
             USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -158,6 +166,7 @@ def install(
     hyper = timescaledb_available(conn)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
+        min_retention = _interval(conn, min_retention)
         if schema_present(conn):
             if service_role:
                 grant_service_role(conn, service_role)
@@ -180,6 +189,35 @@ def install(
                      "audit_drop_partitions(timestamptz) FROM PUBLIC")  # fmt: skip
         if service_role:
             grant_service_role(conn, service_role)
+
+
+def _interval(conn: Any, value: str) -> str:
+    """`value` as PostgreSQL's own interval text; a negative or unreadable one is a ValueError."""
+    try:
+        with conn.transaction():
+            text, negative = conn.execute(
+                "SELECT %s::interval::text, %s::interval < interval '0'", (value, value)
+            ).fetchone()
+    except psycopg.errors.DataError:
+        raise ValueError(f"min retention {value!r} is not a PostgreSQL interval (e.g. '2557 days')") from None
+    if negative:
+        raise ValueError(f"min retention {value!r} is negative")
+    return str(text)
+
+
+def set_min_retention(conn: Any, value: str) -> str:
+    """Set the retention floor (as the owner: the service role may only read audit_meta); returns it."""
+    text = _interval(conn, value)
+    conn.execute(
+        "INSERT INTO audit_meta VALUES ('min_retention', %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (text,),
+    )
+    return text
+
+
+def min_retention(conn: Any) -> str | None:
+    row = conn.execute("SELECT value FROM audit_meta WHERE name = 'min_retention'").fetchone()
+    return row[0] if row else None
 
 
 def grant_service_role(conn: Any, role: str) -> None:

@@ -20,6 +20,9 @@ from ztmesh.audit.merkle import NodeId
 from ztmesh.audit.record import AuditRecord, EventV1, masked_json
 
 Clock = Callable[[], datetime]
+# No retention run drops records younger than this unless the database owner lowers it (pg_schema.py,
+# SQLite's audit_meta): the product's default retention, 7 years (AuditSettings.audit_retention_days).
+DEFAULT_MIN_RETENTION = timedelta(days=2557)
 
 
 def utc_now() -> datetime:

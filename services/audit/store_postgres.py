@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from binascii import unhexlify
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,6 +22,7 @@ from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
 from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, quoted
 from ztmesh.audit.store import (
     CHECKPOINT_COLUMNS,
+    DEFAULT_MIN_RETENTION,
     RECORD_COLUMNS,
     AppendResult,
     Clock,
@@ -117,6 +118,7 @@ class PostgresAuditStore:
         pool_size: int = 4,
         partition_unit: str = "month",
         connect_timeout: float = 30.0,
+        min_retention: timedelta = DEFAULT_MIN_RETENTION,
     ) -> None:
         self.dsn = dsn
         self.clock = clock
@@ -132,7 +134,8 @@ class PostgresAuditStore:
                     if not install:
                         raise SchemaMissing(_missing_schema_message())
                     try:
-                        pg_schema.install(conn, partition_unit=partition_unit)
+                        floor = f"{min_retention.total_seconds()} seconds"
+                        pg_schema.install(conn, partition_unit=partition_unit, min_retention=floor)
                     except psycopg.errors.InsufficientPrivilege:
                         raise SchemaMissing(_missing_schema_message()) from None
                 elif version != pg_schema.SCHEMA_VERSION:
@@ -294,14 +297,22 @@ class PostgresAuditStore:
 
     def plan_prune(self, cutoff: datetime) -> PrunePlan | None:
         def plan(conn: Any) -> PrunePlan | None:
+            # Never plan past the owner's floor: the drop function would refuse it after the PRUNE
+            # checkpoint was signed. No floor at all plans nothing (the function refuses that too).
+            floor = conn.execute(
+                "SELECT now() - value::interval FROM audit_meta WHERE name = 'min_retention'"
+            ).fetchone()
+            if floor is None:
+                return None
+            cutoff_now = min(cutoff, floor[0])
             if self.partition_unit == "timescaledb":
                 boundary = conn.execute(
                     "SELECT max(range_end) FROM timescaledb_information.chunks "
-                    "WHERE hypertable_name = 'audit_records' AND range_end <= %s", (cutoff,)
+                    "WHERE hypertable_name = 'audit_records' AND range_end <= %s", (cutoff_now,)
                 ).fetchone()[0]  # fmt: skip
             else:
                 boundary = conn.execute(
-                    "SELECT max(upper_bound) FROM audit_partitions WHERE upper_bound <= %s", (cutoff,)
+                    "SELECT max(upper_bound) FROM audit_partitions WHERE upper_bound <= %s", (cutoff_now,)
                 ).fetchone()[0]
             if boundary is None:
                 return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ztmesh.audit.errors import AppendOnlyViolation, StoreError
 from ztmesh.audit.record import AuditRecord, EventV1, assemble, quoted
 from ztmesh.audit.store import (
     CHECKPOINT_COLUMNS,
+    DEFAULT_MIN_RETENTION,
     RECORD_COLUMNS,
     AppendResult,
     Clock,
@@ -37,6 +38,14 @@ from ztmesh.audit.store import (
 )
 
 _REFUSE = "audit trail is append-only: {} refused"
+_UNCOVERED_DELETE = "DELETE of audit_records not covered by a prune checkpoint or younger than the minimum retention"
+# A record may go only when a PRUNE checkpoint covers it AND it is older than the floor in audit_meta
+# (no floor row: nothing goes). The clock is SQLite's, not the caller's.
+_DELETE_GUARD = f"""CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records
+WHEN NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE kind = 'prune' AND pruned_through_sequence >= OLD.sequence)
+  OR julianday(OLD.recorded_at) > julianday('now')
+     - coalesce((SELECT CAST(value AS REAL) FROM audit_meta WHERE name = 'min_retention_days'), 1e9)
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format(_UNCOVERED_DELETE)}'); END;"""
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_records (
     sequence INTEGER PRIMARY KEY, recorded_at TEXT NOT NULL, event_id TEXT NOT NULL UNIQUE, time TEXT NOT NULL,
@@ -55,9 +64,12 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 CREATE INDEX IF NOT EXISTS audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
 CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_records")}'); END;
-CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records
-WHEN NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE kind = 'prune' AND pruned_through_sequence >= OLD.sequence)
-BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_records not covered by a prune checkpoint")}'); END;
+CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_meta_no_update BEFORE UPDATE ON audit_meta
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_meta")}'); END;
+CREATE TRIGGER IF NOT EXISTS audit_meta_no_delete BEFORE DELETE ON audit_meta
+BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_meta")}'); END;
+{_DELETE_GUARD}
 CREATE TABLE IF NOT EXISTS audit_tree (
     level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS audit_tree_no_update BEFORE UPDATE ON audit_tree
@@ -69,6 +81,23 @@ BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("UPDATE of audit_checkpoints")}'); EN
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_checkpoints")}'); END;
 """
+
+
+def _set_retention_floor(db: sqlite3.Connection, floor: timedelta) -> None:
+    """Record the floor once, when the file is made (a file made before floors existed gets it now, and
+    its old delete trigger, which knew no floor, is replaced)."""
+    db.execute(
+        "INSERT OR IGNORE INTO audit_meta VALUES ('min_retention_days', ?)", (str(floor.total_seconds() / 86400),)
+    )
+    trigger = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'audit_records_no_delete'")
+    if "audit_meta" not in trigger.fetchone()[0]:
+        db.executescript(f"BEGIN; DROP TRIGGER audit_records_no_delete; {_DELETE_GUARD} COMMIT;")
+
+
+def retention_floor_cutoff(db: sqlite3.Connection) -> datetime | None:
+    """Now minus the file's floor (None without a floor: then nothing may be pruned)."""
+    row = db.execute("SELECT CAST(value AS REAL) FROM audit_meta WHERE name = 'min_retention_days'").fetchone()
+    return utc_now() - timedelta(days=row[0]) if row else None
 
 
 def _add_tree_columns(db: sqlite3.Connection) -> None:
@@ -89,6 +118,7 @@ class SqliteAuditStore:
         partition: str = "month",
         read_only: bool = False,
         busy_timeout: float = 30.0,
+        min_retention: timedelta = DEFAULT_MIN_RETENTION,
     ) -> None:
         self.path = str(path)
         self.clock = clock
@@ -113,6 +143,7 @@ class SqliteAuditStore:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(SCHEMA)
                 _add_tree_columns(self._db)
+                _set_retention_floor(self._db, min_retention)
         except sqlite3.Error as exc:
             raise StoreError(f"audit database {self.path}: {exc}") from None
         self._lock = threading.RLock()
@@ -285,7 +316,11 @@ class SqliteAuditStore:
         return checkpoint_from_row(rows[0]) if rows else None
 
     def plan_prune(self, cutoff: datetime) -> PrunePlan | None:
-        boundary = floor_time(cutoff, self.partition)
+        with self._lock:
+            floor = retention_floor_cutoff(self._db)
+        if floor is None:
+            return None
+        boundary = floor_time(min(cutoff, floor), self.partition)
         row = self._read(
             "SELECT max(sequence) FROM audit_records WHERE recorded_at < ?", (canonical.format_time(boundary),)
         )[0]

@@ -18,9 +18,15 @@ from ztmesh.audit.store import QueryFilter
 from ztmesh.audit.trail import AuditTrail, TrailSettings
 
 
-def make_trail(backend: Backend, signer: LocalMlDsaSigner, clock: Clock | None = None, **settings) -> AuditTrail:
+def make_trail(
+    backend: Backend,
+    signer: LocalMlDsaSigner,
+    clock: Clock | None = None,
+    min_retention: timedelta | None = None,
+    **settings,
+) -> AuditTrail:
     clock = clock or Clock()
-    store = backend.store(clock)
+    store = backend.store(clock, **({"min_retention": min_retention} if min_retention else {}))
     return AuditTrail(store, signer, signer, TrailSettings(**{"checkpoint_every": 25, **settings}), clock)
 
 
@@ -201,7 +207,9 @@ def test_retention_prunes_old_partitions_and_verify_still_passes(
 ) -> None:
     clock = Clock()
     now = clock.now
-    trail = make_trail(backend, signer, clock, retention=timedelta(days=45), checkpoint_every=1000)
+    # The owner lowered the floor below this deployment's 45-day retention (the default floor is 7 years).
+    floor = timedelta(days=30)
+    trail = make_trail(backend, signer, clock, floor, retention=timedelta(days=45), checkpoint_every=1000)
     for days_ago in (150, 120, 90, 60, 2):
         clock.now = now - timedelta(days=days_ago)
         trail.append(events(10), POLICY)
@@ -228,7 +236,7 @@ def test_retention_prunes_old_partitions_and_verify_still_passes(
 
 def test_pruning_without_a_checkpoint_is_refused(backend: Backend, signer: LocalMlDsaSigner) -> None:
     clock = Clock(Clock().now - timedelta(days=200))
-    store = backend.store(clock)
+    store = backend.store(clock, min_retention=timedelta(days=30))
     store.append(events(5), POLICY)
     clock.advance(days=200)
     plan = store.plan_prune(clock.now - timedelta(days=60))
