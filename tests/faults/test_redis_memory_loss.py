@@ -1,61 +1,103 @@
-"""Fault: the signal store's Redis loses its memory (restart without persistence, FLUSHALL) while
-decisions are being made about a subject flagged `malware_detected`. An empty Redis must not read
-as a clean history: every decision stays DENY (signal store error) until the policy service has
-restored the signals from the audit trail, then DENY because of the flag. Real Redis, real policy
-and audit services over mTLS; the recovery time is printed."""
+"""Fault: the signal store's Redis loses its memory (restart without persistence, FLUSHALL) under steady
+Decide load about subjects flagged `malware_detected`. An empty Redis must not read as a clean
+history: every decision stays DENY (signal store error) until the policy service has restored the
+signals from the audit trail, then DENY because of the flags. Real processes (audit on PostgreSQL,
+policy, a Redis of the test's own), every acknowledged decision looked up in the trail."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
+import grpc
+import psycopg
 import pytest
 
-from tests.security.test_signal_reporters import physician, stub
-from tests.support.audited_policy import audited_policy, wait_until
-from tests.support.own_redis import OwnRedis, own_redis
-from ztmesh._proto.policy.v1 import policy_pb2
+from tests.faults.support import Answer, FaultMesh, Load, assert_nothing_lost, tally, wait_for
+from tests.security.test_signal_reporters import physician
+from tests.support.own_redis import own_redis
+from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 
 EPOCH = "ztmesh:signals:epoch"
+SUBJECTS = [f"dr.fault{n}" for n in range(7)]  # every subject the steady load asks about
 
 
-@pytest.fixture
-def store_redis() -> Iterator[OwnRedis]:
-    with own_redis() as server:  # without persistence, as the dev overlay used to run it
-        yield server
+def _patient_record(n: int) -> policy_pb2.DecideRequest:
+    """Dr. n reading a patient record for treatment: ALLOW with a clean history, DENY when flagged."""
+    request = physician()
+    request.subject.id = SUBJECTS[n % len(SUBJECTS)]
+    return request
+
+
+class FlaggedLoad(Load):
+    """The steady load of tests/faults, asking only about flagged subjects: every answer must be DENY."""
+
+    def _run(self, client: int) -> None:
+        n = client
+        channel = self.pki.channel("client", self.policy.port)
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    reply = stub.Decide(_patient_record(n), timeout=self.timeout)
+                    answer = Answer(time.monotonic(), time.monotonic() - started, False, reply.decision_id,
+                                    policy_pb2.Decision.Name(reply.decision).removeprefix("DECISION_"),
+                                    policy_pb2.Fault.Name(reply.fault))  # fmt: skip
+                except grpc.RpcError as err:
+                    answer = Answer(time.monotonic(), time.monotonic() - started, False,
+                                    error=f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]  # fmt: skip
+                with self._lock:
+                    self.answers.append(answer)
+                n += self.clients
+                self._stop.wait(self.pause)
+        finally:
+            channel.close()
+
+
+def _signals_in_trail(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM audit_records WHERE action = 'policy.signal'").fetchone()
+    return int(row[0]) if row else 0
 
 
 @pytest.mark.parametrize("loss", ["restart", "flushall"])
-def test_a_redis_that_lost_its_memory_never_allows_a_flagged_subject(pki, tmp_path, store_redis, loss):
-    with audited_policy(pki, tmp_path, {}, redis_url=store_redis.url) as mesh:
-        operator = stub(mesh, "client")
-        wait_until(lambda: store_redis.client().exists(EPOCH) == 1, 10, "the new store is marked whole")
-        assert operator.Decide(physician(), timeout=10).decision == policy_pb2.DECISION_ALLOW
-        operator.ReportSignal(policy_pb2.ReportSignalRequest(subject_id="dr.ana", kind="malware_detected"), timeout=10)
-        assert operator.Decide(physician(), timeout=10).decision == policy_pb2.DECISION_DENY
-        assert mesh.wait_for_records(1, service="policy", action="policy.signal", outcome="OK")
+def test_a_redis_that_lost_its_memory_never_allows_a_flagged_subject(
+    fault_mesh: Callable[..., FaultMesh], loss: str
+) -> None:
+    with own_redis() as redis_server:  # without persistence, as the dev overlay used to run it
+        store = redis_server.client()
+        mesh = fault_mesh(policy_env={"ZTMESH_REDIS_URL": redis_server.url})  # ready once the store is whole
+        assert store.exists(EPOCH) == 1
+        operator = policy_pb2_grpc.PolicyServiceStub(mesh.pki.channel("client", mesh.policy.port))
+        assert operator.Decide(_patient_record(0), timeout=10).decision == policy_pb2.DECISION_ALLOW  # unflagged
+        for subject in SUBJECTS:
+            flag = policy_pb2.ReportSignalRequest(subject_id=subject, kind="malware_detected", source="edr")
+            operator.ReportSignal(flag, timeout=10)
+        wait_for(lambda: _signals_in_trail(mesh.database_url) == len(SUBJECTS), 30, "the flags in the audit trail")
+        with FlaggedLoad(mesh.pki, mesh.policy, clients=2, rate=25) as load:
+            load.wait_answers(20)
+            lost_at = time.monotonic()
+            if loss == "restart":
+                redis_server.stop()
+                redis_server.start()
+            else:
+                store.flushall()
 
-        lost_at = time.monotonic()
-        if loss == "restart":
-            store_redis.stop()
-            store_redis.start()
-        else:
-            store_redis.client().flushall()
-        decisions = faults = 0
-        restored_after = None
-        while time.monotonic() - lost_at < 30:
-            reply = operator.Decide(physician(), timeout=10)
-            decisions += 1
-            assert reply.decision != policy_pb2.DECISION_ALLOW, f"wrong ALLOW after {decisions} decisions"
-            if reply.fault == policy_pb2.FAULT_SIGNAL_STORE_ERROR:
-                faults += 1
-                assert "signal store unavailable" in reply.reasons[0]
-            elif {f.name: f.score for f in reply.factors}.get("behaviour") == 0.0:
-                restored_after = time.monotonic() - lost_at  # DENY again because of the restored flag
-                break
-            time.sleep(0.02)
-        assert restored_after is not None, "the signals were not restored within 30 s"
-        print(f"\n{loss}: {decisions} decisions, {faults} DENY by store error, 0 wrong ALLOW, "
-              f"flag restored from the audit trail after {restored_after:.2f} s")  # fmt: skip
-        assert store_redis.client().exists(EPOCH) == 1
-        assert operator.Decide(physician(), timeout=10).decision == policy_pb2.DECISION_DENY
+            def first(after: float, fault: str) -> float | None:
+                return min((a.at for a in load.since(after) if a.fault == fault), default=None)
+
+            def flags_back() -> bool:  # a DENY made with the flag again, after the loss was noticed
+                noticed = first(lost_at, "FAULT_SIGNAL_STORE_ERROR")
+                return noticed is not None and first(noticed, "FAULT_UNSPECIFIED") is not None
+
+            wait_for(flags_back, 30, "the flags restored from the audit trail")
+            noticed = first(lost_at, "FAULT_SIGNAL_STORE_ERROR")
+            assert noticed is not None
+            restored = (first(noticed, "FAULT_UNSPECIFIED") or 0.0) - lost_at
+            load.wait_answers(20)
+        store_errors = sum(1 for a in load.since(lost_at) if a.fault == "FAULT_SIGNAL_STORE_ERROR")
+        recovery = f"flags restored from the trail {restored:.2f}s after the loss ({store_errors} DENY by store error)"
+        result = tally(f"redis {loss} (no persistence), 7 flagged subjects", load, mesh.database_url, recovery)
+        assert_nothing_lost(result)  # wrong_allow counts every ALLOW: each subject asked about is flagged
+        assert store_errors > 0, "the loss was never noticed: the test did not exercise it"
