@@ -2,7 +2,10 @@ module github.com/ztmesh/ztmesh/opa-shim
 
 go 1.26.0
 
-require github.com/open-policy-agent/opa v1.22.2
+require (
+	github.com/open-policy-agent/opa v1.22.2
+	github.com/valyala/fastjson v1.6.10
+)
 
 require (
 	github.com/agnivade/levenshtein v1.2.1 // indirect
@@ -20,7 +23,6 @@ require (
 	github.com/lestrrat-go/option/v2 v2.0.0 // indirect
 	github.com/segmentio/asm v1.2.1 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
-	github.com/valyala/fastjson v1.6.10 // indirect
 	github.com/vektah/gqlparser/v2 v2.5.58 // indirect
 	github.com/xeipuuv/gojsonpointer v0.0.0-20190905194746-02993c407bfb // indirect
 	github.com/xeipuuv/gojsonreference v0.0.0-20180127040603-bd5ef7bd5415 // indirect
