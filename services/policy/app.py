@@ -26,6 +26,7 @@ from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.settings import load_settings
 from ztmesh.mesh.spiffe import SpiffeId, authorize_member_of, authorize_service_accounts
 from ztmesh.policy.bundle import BundleManager
+from ztmesh.policy.bundle_signing import BundleVerifier, parse_trusted_signers
 from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from ztmesh.policy.decider import PluginClient, PolicyEngine
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
@@ -73,6 +74,24 @@ def opa_server_engine(policy: PolicySettings) -> OpaServerEngine:
         raise
 
 
+def bundle_verifier(settings: MeshSettings, policy: PolicySettings) -> BundleVerifier | None:
+    """Outside dev mode only bundles signed by the configured signers load (None: any bundle)."""
+    required = policy.policy_signing_required
+    if not (required if required is not None else not settings.dev_mode):
+        return None
+    if not policy.policy_trusted_signers:
+        raise SettingsError(
+            "ZTMESH_POLICY_TRUSTED_SIGNERS",
+            "outside dev mode only bundles signed by a trusted signer load, and none is configured "
+            "(`ztmesh policy sign` prints the entries; ZTMESH_DEV_MODE=true loads unsigned bundles)",
+        )
+    floor = settings.data_dir / "policy" / "bundle-floor.json"
+    try:
+        return BundleVerifier(parse_trusted_signers(policy.policy_trusted_signers), floor)
+    except BundleError as exc:
+        raise SettingsError("ZTMESH_DATA_DIR", str(exc)) from None
+
+
 def build_engine(
     settings: MeshSettings, policy: PolicySettings, audit: AuditEmitter, plugins: Sequence[PluginClient] = ()
 ) -> PolicyEngine:
@@ -96,7 +115,7 @@ def build_engine(
     cache: DecisionCache | None = None
     if policy.decision_cache:
         cache = RedisDecisionCache(settings.redis_url) if settings.redis_url else MemoryDecisionCache()
-    bundles = BundleManager(policy.policy_dir, rego, probe_inputs())
+    bundles = BundleManager(policy.policy_dir, rego, probe_inputs(), verifier=bundle_verifier(settings, policy))
     try:
         bundles.reload()
     except BundleError as exc:

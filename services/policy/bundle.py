@@ -5,6 +5,8 @@ the path of its folder, as in OPA). Before a bundle replaces the serving one it 
 every Rego test (run in process), and answer each probe request with a well-shaped decision; a
 bundle that fails is refused with a BundleError naming file and line, and the old one keeps
 serving. The revision is a hash of the content, so the same files always give the same revision.
+Outside dev mode a bundle must also be signed, for exactly that revision, by trusted signers and
+not be older than the one serving (bundle_signing.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import yaml
 
 from ztmesh.policy.answer import parse_answer
+from ztmesh.policy.bundle_signing import BundleVerifier
 from ztmesh.policy.errors import BundleError, EngineError, MalformedDecision
 from ztmesh.policy.opa_inproc import PreparedQuery, RegoRuntimeError, analyse_input_paths, check_modules, run_tests
 from ztmesh.policy.rego import InputPaths, RegoEngine, TestResult, packages_of, prune, pruning_tree, rule_path
@@ -220,8 +223,10 @@ class BundleManager:
         probes: Mapping[str, Mapping[str, Any]],
         entrypoint: str = DEFAULT_ENTRYPOINT,
         require_tests: bool = True,
+        verifier: BundleVerifier | None = None,
     ) -> None:
         self.root = Path(root)
+        self.verifier = verifier  # None: unsigned bundles load (dev mode)
         self.engine = engine
         self.entrypoint = entrypoint
         self._probes = probes
@@ -256,6 +261,7 @@ class BundleManager:
                 bundle = read_bundle(self.root, self.entrypoint)
                 if previous is not None and bundle.revision == previous.revision:
                     return ReloadResult(previous.revision, changed=False, previous=previous.revision)
+                signature = self.verifier.check(self.root, bundle.revision) if self.verifier else None
                 checked = self._checked
                 if checked is None or checked.revision != bundle.revision:  # a retry skips the checks
                     checked = check_bundle(bundle, self._probes, self._require_tests).bundle
@@ -273,6 +279,8 @@ class BundleManager:
                 raise
             self._current = checked
             self.last_error = self.pending = ""
+            if signature is not None and self.verifier is not None:
+                self.verifier.accept(signature)
         log.info("policy bundle %s serving (was %s)", checked.revision, previous.revision if previous else "none")
         for listener in self._listeners:
             listener(checked)

@@ -70,6 +70,71 @@ def _test(args: argparse.Namespace) -> int:
     return 1 if failed or not results else 0
 
 
+class KeysServiceSigner:
+    """The keys service over mTLS with the operator's identity, as a bundle signer."""
+
+    def __init__(self) -> None:
+        from ztmesh._proto.keys.v1 import keys_pb2_grpc
+        from ztmesh.mesh.peers import operator_channel
+
+        self._stub = keys_pb2_grpc.KeyServiceStub(operator_channel("keys"))
+
+    def algorithm(self, key_id: str) -> str:
+        from ztmesh._proto.keys.v1 import keys_pb2
+
+        reply = self._stub.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key_id), timeout=10)
+        return str(keys_pb2.Algorithm.Name(reply.algorithm))
+
+    def public_key(self, key_id: str) -> tuple[int, bytes]:
+        from ztmesh._proto.keys.v1 import keys_pb2
+
+        reply = self._stub.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key_id), timeout=10)
+        return reply.version, reply.public_key
+
+    def sign(self, key_id: str, message: bytes) -> tuple[bytes, int]:
+        from ztmesh._proto.keys.v1 import keys_pb2
+
+        reply = self._stub.Sign(keys_pb2.SignRequest(key_id=key_id, message=message), timeout=10)
+        return reply.signature, reply.key_version
+
+
+def sign_with_keys(directory: Path, key_ids: list[str], signer: KeysServiceSigner, opa_key: Path | None) -> int:
+    """Check the bundle, then sign it with one Ed25519 and one ML-DSA-65 key of the keys service."""
+    from ztmesh.policy.bundle import check_bundle, read_bundle
+    from ztmesh.policy.bundle_signing import SigningKeys, ed25519_pem, fingerprint, sign_bundle
+    from ztmesh.policy.inputs import probe_inputs
+
+    roles: dict[str, list[str]] = {}
+    for key_id in key_ids:
+        roles.setdefault(signer.algorithm(key_id), []).append(key_id)
+    classical, post_quantum = roles.get("ALGORITHM_ED25519", []), roles.get("ALGORITHM_ML_DSA_65", [])
+    if len(classical) != 1 or len(post_quantum) != 1 or len(key_ids) != 2:
+        found = ", ".join(f"{k} ({a.removeprefix('ALGORITHM_')})" for a, ks in roles.items() for k in ks)
+        return _fail(f"policy sign: --key an Ed25519 key (OPA checks it) and --key an ML-DSA-65 key; got {found}")
+    try:
+        bundle = check_bundle(read_bundle(directory), probe_inputs()).bundle
+        claims = sign_bundle(directory, bundle.revision, SigningKeys(classical[0], post_quantum[0]), signer)
+    except BundleError as exc:
+        return _fail(f"policy sign {directory}: {exc}")
+    pins = []
+    for key_id in (classical[0], post_quantum[0]):
+        pins.append(f"{key_id}@{fingerprint(signer.public_key(key_id)[1])}")
+    print(f"{directory}: signed revision {bundle.revision} at {claims['ztmesh']['signed_at_ms']} ms, "
+          f"{len(claims['files'])} files")  # fmt: skip
+    print(f"  trust it: ZTMESH_POLICY_TRUSTED_SIGNERS={','.join(pins)}")
+    if opa_key is not None:
+        opa_key.write_text(ed25519_pem(signer.public_key(classical[0])[1]))
+        print(f"  OPA: opa run --verification-key {opa_key} --verification-key-id {classical[0]} --signing-alg EdDSA")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    try:
+        return sign_with_keys(args.dir, args.key, KeysServiceSigner(), args.opa_key)
+    except grpc.RpcError as exc:
+        return _fail(f"policy sign: keys service: {exc.code().name}: {exc.details()}")
+
+
 # --- decisions ----------------------------------------------------------------------------------
 
 
@@ -197,7 +262,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     test = actions.add_parser("test", help="run a bundle's Rego tests in process, like `opa test`")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
     test.set_defaults(func=_test)
-    for parser in (check, test):
+    sign = actions.add_parser("sign", help="sign a bundle with keys-service keys (OPA's .signatures.json + ML-DSA-65)")
+    sign.add_argument("--key", action="append", required=True, metavar="KEY_ID",
+                      help="twice: an Ed25519 key (the JWS OPA verifies) and an ML-DSA-65 key")  # fmt: skip
+    sign.add_argument("--opa-key", type=Path, help="also write the Ed25519 public key as PEM for OPA")
+    sign.set_defaults(func=_sign)
+    for parser in (check, test, sign):
         parser.add_argument("dir", nargs="?", type=Path, default=_DEFAULTS.policy_dir, help="bundle folder")
     actions.add_parser("info", help="the serving engine, revision and packages").set_defaults(func=_service)
     actions.add_parser("reload", help="load the bundle again now (operators)").set_defaults(func=_service)

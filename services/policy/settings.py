@@ -8,6 +8,7 @@ from pathlib import Path
 from ztmesh.mesh.errors import SpiffeIdError
 from ztmesh.mesh.settings import one_of, positive, setting
 from ztmesh.mesh.spiffe import SpiffeId
+from ztmesh.policy.bundle_signing import parse_trusted_signers
 from ztmesh.policy.trust_config import TrustFiles
 
 # The shipped pack and trust data beside the sources (a checkout, installed editable): `ztmesh up`
@@ -24,6 +25,14 @@ def spiffe_ids(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def signer_pins(values: tuple[str, ...]) -> str | None:
+    try:
+        parse_trusted_signers(values)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     policy_dir: Path = setting(_POLICIES / "rego", doc="Rego bundle folder (OPA layout), hot-reloaded")
@@ -34,6 +43,13 @@ class PolicySettings:
     rego_engine: str = setting(
         "embedded", doc="embedded (OPA itself, in process) or opa (an OPA server at ZTMESH_OPA_URL)",
         check=one_of("embedded", "opa"),
+    )  # fmt: skip
+    policy_signing_required: bool | None = setting(
+        None, doc="load only bundles signed by a trusted signer (default: on unless ZTMESH_DEV_MODE)"
+    )
+    policy_trusted_signers: tuple[str, ...] = setting(
+        (), doc="bundle signers whose signatures count, KEY_ID@sha256:FINGERPRINT (`ztmesh keys fingerprint KEY_ID`)",
+        check=signer_pins,
     )  # fmt: skip
     opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")
     opa_timeout: float = setting(1.0, doc="seconds one OPA query may take before the decision is DENY", check=positive)

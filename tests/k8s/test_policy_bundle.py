@@ -11,6 +11,7 @@ import pytest
 
 from scripts import sync_policy_configmap as sync
 from tests.k8s.manifests import OVERLAYS, REPO_ROOT, Objects, find, kustomize
+from tests.support.bundle_keys import BundleKeys
 
 
 def test_policies_kustomization_lists_the_bundle_files() -> None:
@@ -171,3 +172,25 @@ def test_the_opa_sidecar_flags_make_opa_pull_and_activate_the_bundle(
     finally:
         opa.stop()
         bundles.close()
+
+
+def test_a_signed_bundle_ships_through_the_configmap_and_still_verifies(
+    kubectl: str, repo_copy: Path, bundle_keys: BundleKeys
+) -> None:
+    """`.manifest` and `.signatures.json` are ConfigMap keys like any file: the bundle a pod mounts
+    verifies against the same trusted signers as the folder that was signed."""
+    from ztmesh.policy.bundle_signing import parse_trusted_signers, verify_bundle
+
+    bundle = repo_copy / "policies" / "rego"
+    shutil.rmtree(bundle)
+    shutil.copytree(REPO_ROOT / "policies" / "rego", bundle)
+    assert bundle_keys.sign(bundle) == 0
+    assert _sync(repo_copy) == 0
+    shipped = sync.bundle_from_manifests(kustomize(kubectl, repo_copy / "k8s" / "overlays" / "dev"))
+    assert {".manifest", ".signatures.json"} <= set(shipped)
+    mounted = repo_copy / "mounted"
+    for path, content in shipped.items():
+        (mounted / path).parent.mkdir(parents=True, exist_ok=True)
+        (mounted / path).write_bytes(content if isinstance(content, bytes) else content.encode())
+    trusted = parse_trusted_signers(bundle_keys.pins().split(","))
+    assert verify_bundle(mounted, trusted).signers == (bundle_keys.classical, bundle_keys.post_quantum)

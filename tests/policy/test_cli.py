@@ -63,3 +63,40 @@ def test_decide_from_a_file_against_the_service(pki, policy_server, tmp_path, mo
     assert json.loads(capsys.readouterr().out)["engine"] == "opa-embedded"
     assert main(["policy", "signal", "dr.ana", "impossible_travel"]) == 0
     assert json.loads(capsys.readouterr().out)["behaviour_score"] == pytest.approx(0.4)
+
+
+def test_policy_sign_writes_opa_and_ml_dsa_signatures_and_prints_the_pins(bundle_dir, bundle_keys, tmp_path, capsys):
+    from ztmesh.policy.bundle import read_bundle
+    from ztmesh.policy.bundle_signing import parse_trusted_signers, verify_bundle
+
+    pem = tmp_path / "opa.pem"
+    assert bundle_keys.sign(bundle_dir, opa_key=pem) == 0
+    out = capsys.readouterr().out
+    revision = read_bundle(bundle_dir).revision
+    assert f"signed revision {revision}" in out and pem.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    (pins,) = [line.split("ZTMESH_POLICY_TRUSTED_SIGNERS=", 1)[1] for line in out.splitlines() if "TRUSTED" in line]
+    assert pins == bundle_keys.pins()
+    assert json.loads((bundle_dir / ".manifest").read_text())["revision"] == revision
+    signature = verify_bundle(bundle_dir, parse_trusted_signers(pins.split(",")))
+    assert (signature.revision, signature.signers) == (revision, (bundle_keys.classical, bundle_keys.post_quantum))
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        (("bundle-signer-ed",), "--key an Ed25519 key (OPA checks it) and --key an ML-DSA-65 key"),
+        (("bundle-signer-pq", "bundle-signer-pq"), "got bundle-signer-pq (ML_DSA_65), bundle-signer-pq (ML_DSA_65)"),
+        (("bundle-signer-ed", "no-such-key"), "keys service: NOT_FOUND"),
+    ],
+)
+def test_policy_sign_needs_one_ed25519_and_one_ml_dsa_key(bundle_dir, bundle_keys, capsys, keys, words):
+    assert bundle_keys.sign(bundle_dir, *keys) == 1
+    assert words in capsys.readouterr().err
+    assert not (bundle_dir / ".signatures.json").exists()
+
+
+def test_policy_sign_refuses_a_bundle_that_fails_its_checks(bundle_dir, bundle_keys, capsys):
+    data = bundle_dir / "data.json"
+    data.write_text(data.read_text().replace('"patient_data": 75', '"patient_data": 80'))
+    assert bundle_keys.sign(bundle_dir) == 1
+    assert "tests failed" in capsys.readouterr().err and not (bundle_dir / ".signatures.json").exists()
