@@ -1,13 +1,18 @@
-"""`ztmesh audit …`: query and verify the trail, install its PostgreSQL schema, export the checkpoint key.
+"""`ztmesh audit …`: query and verify the trail, prove records and consistency, install its PostgreSQL
+schema, export the checkpoint keys.
 
 `ztmesh audit verify` asks the audit service; with `--dsn` it verifies offline, straight from the
-database, with the checkpoint public key(s) given by `--public-key` — no audit service needed.
+database, with the checkpoint public key(s) given by `--public-key` — no audit service needed. With
+`--checkpoint FILE` (a signed note kept elsewhere) either way also proves the database still extends it.
+Proof documents (`prove`, `consistency`) are the JSON of docs/audit-record.md ("Proofs").
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -66,9 +71,23 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_checkpoints(args: argparse.Namespace) -> list[str]:
+    notes = [path.read_text() for path in args.checkpoint]
+    if args.witness_dir or os.environ.get("ZTMESH_AUDIT_WITNESS_DIR"):
+        latest = Path(args.witness_dir or os.environ["ZTMESH_AUDIT_WITNESS_DIR"]) / "latest"
+        if latest.exists():
+            notes.append(latest.read_text())
+    return notes
+
+
 def _verify(args: argparse.Namespace) -> int:
     from ztmesh.audit.errors import AuditError
 
+    try:
+        held = _read_checkpoints(args)
+    except OSError as exc:
+        print(f"ztmesh audit verify: cannot read a checkpoint: {exc}", file=sys.stderr)
+        return 2
     if args.dsn:
         from ztmesh.audit.offline import verify_offline
 
@@ -76,7 +95,10 @@ def _verify(args: argparse.Namespace) -> int:
             print("ztmesh audit verify: --dsn needs --public-key (the checkpoint public key, PEM)", file=sys.stderr)
             return 2
         try:
-            report = verify_offline(args.dsn, args.public_key, args.from_sequence, args.to_sequence)
+            report = verify_offline(
+                args.dsn, args.public_key, args.from_sequence, args.to_sequence,
+                checkpoints=held, verifier_keys=args.verifier_key,
+            )  # fmt: skip
         except AuditError as exc:
             print(f"ztmesh audit verify: {exc}", file=sys.stderr)
             return 2
@@ -88,7 +110,10 @@ def _verify(args: argparse.Namespace) -> int:
 
     try:
         reply = _stub().Verify(
-            audit_pb2.VerifyRequest(from_sequence=args.from_sequence, to_sequence=args.to_sequence), timeout=3600
+            audit_pb2.VerifyRequest(
+                from_sequence=args.from_sequence, to_sequence=args.to_sequence, witnessed_checkpoints=held
+            ),
+            timeout=3600,
         )
     except grpc.RpcError as err:
         print(f"ztmesh audit verify: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -99,6 +124,101 @@ def _verify(args: argparse.Namespace) -> int:
     reason = audit_pb2.VerifyProblem.Name(reply.reason).removeprefix("VERIFY_PROBLEM_").lower()
     print(f"chain BROKEN at sequence {reply.first_bad_sequence} ({reason}): {reply.problem}")
     return 1
+
+
+def _fail(command: str, err: Any) -> int:
+    print(f"ztmesh audit {command}: {err.code().name}: {err.details()}", file=sys.stderr)
+    return 1
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ztmesh._proto.audit.v1 import audit_pb2
+
+    try:
+        cp = _stub().GetCheckpoint(audit_pb2.GetCheckpointRequest(tree_size=args.size), timeout=30)
+    except grpc.RpcError as err:
+        return _fail("checkpoint", err)
+    if not cp.note:
+        print("ztmesh audit checkpoint: this checkpoint predates signed notes", file=sys.stderr)
+        return 1
+    if args.json:
+        from ztmesh.audit import note
+
+        head = note.parse_tree_head(cp.note.split("\n\n")[0] + "\n")
+        print(json.dumps({
+            "origin": head.origin, "tree_size": head.size, "root_hash": base64.b64encode(head.root).decode(),
+            "checkpoint_id": cp.checkpoint_id, "note": cp.note,
+        }, indent=2))  # fmt: skip
+    else:
+        sys.stdout.write(cp.note)
+    return 0
+
+
+def _note_verifiers(args: argparse.Namespace, origin: str) -> list[Any]:
+    from ztmesh.audit import note
+    from ztmesh.audit.signing import load_public_key
+
+    verifiers = [note.parse_vkey(_key_text(v)) for v in args.verifier_key]
+    for path in args.public_key:
+        public = load_public_key(path.read_bytes(), str(path)).public_bytes_raw()
+        verifiers.append(note.mldsa65_verifier(origin, public))
+    return verifiers
+
+
+def _key_text(value: str) -> str:
+    """A verifier key given inline or as a file holding it."""
+    return Path(value).read_text().strip() if Path(value).is_file() else value
+
+
+def _prove(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ztmesh._proto.audit.v1 import audit_pb2
+    from ztmesh.audit import note, proofs
+
+    request = audit_pb2.ProveInclusionRequest(tree_size=args.size)
+    if args.decision:
+        request.decision_id = args.decision
+    else:
+        request.event_id = args.event
+    try:
+        reply = _stub().ProveInclusion(request, timeout=30)
+    except grpc.RpcError as err:
+        return _fail("prove", err)
+    proof = proofs.InclusionProof(reply.checkpoint, reply.sequence, reply.record, tuple(reply.proof))
+    print(proofs.dumps(proof.to_json()))
+    if args.verifier_key or args.public_key:
+        origin = reply.checkpoint.split("\n", 1)[0]
+        try:
+            head = proof.verify(_note_verifiers(args, origin))
+        except (note.NoteError, proofs.ProofDocumentError) as exc:
+            print(f"ztmesh audit prove: the proof does NOT verify: {exc}", file=sys.stderr)
+            return 1
+        print(f"verified: record {reply.sequence} is in the signed tree of {head.size} records", file=sys.stderr)
+    return 0
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ztmesh._proto.audit.v1 import audit_pb2
+    from ztmesh.audit import proofs
+
+    try:
+        reply = _stub().ProveConsistency(
+            audit_pb2.ProveConsistencyRequest(old_size=args.old, new_size=args.new), timeout=30
+        )
+    except grpc.RpcError as err:
+        return _fail("consistency", err)
+    proof = proofs.ConsistencyProof(reply.origin, reply.old_size, reply.old_root, reply.new_size, reply.new_root,
+                                    tuple(reply.proof))  # fmt: skip
+    print(proofs.dumps(proof.to_json()))
+    if not proof.holds():
+        print("ztmesh audit consistency: the proof does NOT hold", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -188,7 +308,35 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="checkpoint public key (PEM); repeat for rotated keys")  # fmt: skip
     verify.add_argument("--from", dest="from_sequence", type=int, default=0, help="first sequence (default: first)")
     verify.add_argument("--to", dest="to_sequence", type=int, default=0, help="last sequence (default: head)")
+    verify.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="a signed checkpoint note kept elsewhere: the database must still extend it")  # fmt: skip
+    verify.add_argument("--witness-dir", help="also check against the latest checkpoint there "
+                        "(default: $ZTMESH_AUDIT_WITNESS_DIR)")  # fmt: skip
+    verify.add_argument("--verifier-key", action="append", default=[],
+                        help="Ed25519 note verifier key (name+hash+key, or a file with it) for --dsn")  # fmt: skip
     verify.set_defaults(func=_verify)
+
+    checkpoint = actions.add_parser("checkpoint", help="print the newest signed checkpoint (a C2SP signed note)")
+    checkpoint.add_argument("--size", type=int, default=0, help="the checkpoint of this tree size")
+    checkpoint.add_argument("--json", action="store_true", help="origin, size, root hash and note as JSON")
+    checkpoint.set_defaults(func=_checkpoint)
+
+    prove = actions.add_parser("prove", help="inclusion proof of one record in a signed tree (JSON)")
+    which = prove.add_mutually_exclusive_group(required=True)
+    which.add_argument("--decision", help="the record of this decision id")
+    which.add_argument("--event", help="the record of this event id")
+    prove.add_argument("--size", type=int, default=0, help="against the checkpoint of this size (default newest)")
+    for parser in (prove,):
+        parser.add_argument("--verifier-key", action="append", default=[],
+                            help="check the proof here with this Ed25519 note verifier key (or file)")  # fmt: skip
+        parser.add_argument("--public-key", type=Path, action="append", default=[],
+                            help="…or with the ML-DSA-65 checkpoint public key (PEM)")  # fmt: skip
+    prove.set_defaults(func=_prove)
+
+    consistency = actions.add_parser("consistency", help="proof that tree size NEW extends tree size OLD (JSON)")
+    consistency.add_argument("old", type=int)
+    consistency.add_argument("new", type=int, nargs="?", default=0, help="default: the newest checkpoint")
+    consistency.set_defaults(func=_consistency)
 
     migrate = actions.add_parser("migrate", help="install the PostgreSQL schema (as the database owner)")
     migrate.add_argument("--dsn", required=True, help="owner connection string")

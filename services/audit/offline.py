@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ztmesh.audit import note
 from ztmesh.audit.chain import CheckpointVerifier, VerifyReport
+from ztmesh.audit.errors import CheckpointError
 from ztmesh.audit.signing import load_public_keys
 from ztmesh.audit.store import AuditStore
 from ztmesh.audit.trail import verify_store
@@ -28,14 +30,44 @@ def open_for_reading(dsn: str) -> AuditStore:
 
 
 def verify_database(
-    dsn: str, verifier: CheckpointVerifier, from_sequence: int = 0, to_sequence: int = 0
+    dsn: str,
+    verifier: CheckpointVerifier,
+    from_sequence: int = 0,
+    to_sequence: int = 0,
+    *,
+    note_verifiers: Sequence[note.NoteVerifier] | None = None,
+    witnessed: Sequence[tuple[str, note.TreeHead]] = (),
 ) -> VerifyReport:
     store = open_for_reading(dsn)
     try:
-        return verify_store(store, verifier, from_sequence, to_sequence)
+        return verify_store(
+            store, verifier, from_sequence, to_sequence, note_verifiers=note_verifiers, witnessed=witnessed
+        )
     finally:
         store.close()
 
 
-def verify_offline(dsn: str, public_keys: Sequence[Path], from_sequence: int = 0, to_sequence: int = 0) -> VerifyReport:
-    return verify_database(dsn, load_public_keys(public_keys), from_sequence, to_sequence)
+def verify_offline(
+    dsn: str,
+    public_keys: Sequence[Path],
+    from_sequence: int = 0,
+    to_sequence: int = 0,
+    *,
+    checkpoints: Sequence[str] = (),
+    verifier_keys: Sequence[str] = (),
+) -> VerifyReport:
+    """Verify from the database with the ML-DSA-65 public key(s); `checkpoints` are signed notes kept
+    elsewhere (checked with those keys and any Ed25519 `verifier_keys`) that the log must still extend."""
+    verifier = load_public_keys(public_keys)
+    origins = {text.split("\n", 1)[0] for text in checkpoints}
+    note_verifiers = [note.parse_vkey(Path(v).read_text() if Path(v).is_file() else v) for v in verifier_keys]
+    for public in verifier.keys:
+        note_verifiers += [note.mldsa65_verifier(origin, public.public_bytes_raw()) for origin in origins]
+    witnessed = []
+    for text in checkpoints:
+        try:
+            head = note.parse_tree_head(note.open_note(text, note_verifiers).text)
+        except note.NoteError as exc:
+            raise CheckpointError(f"the checkpoint you hold does not verify: {exc}") from None
+        witnessed.append(("the checkpoint you hold", head))
+    return verify_database(dsn, verifier, from_sequence, to_sequence, witnessed=witnessed)

@@ -155,7 +155,8 @@ class AuditServicer:
 
     @EDGE.rpc
     def Verify(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.VerifyResponse:
-        report = self.trail.verify(request.from_sequence, request.to_sequence)
+        held = [("the checkpoint you hold", self.trail.open_checkpoint(n)) for n in request.witnessed_checkpoints]
+        report = self.trail.verify(request.from_sequence, request.to_sequence, held)
         return audit_pb2.VerifyResponse(
             ok=report.ok, records_checked=report.records_checked, checkpoints_checked=report.checkpoints_checked,
             first_bad_sequence=report.first_bad_sequence, problem=report.detail, reason=_PROBLEMS[report.problem],

@@ -102,6 +102,10 @@ class PublicKeyVerifier:
         if not self._keys:
             raise CheckpointError("no public key to verify checkpoint signatures with")
 
+    @property
+    def keys(self) -> list[mldsa.MLDSA65PublicKey]:
+        return list(self._keys)
+
     def verify(self, payload: bytes, signature: Signature) -> bool:
         if signature.algorithm != ALGORITHM:
             return False

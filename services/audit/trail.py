@@ -173,6 +173,16 @@ class AuditTrail:
     def note_verifiers(self) -> list[note.NoteVerifier]:
         return self.note_keys.verifiers() if self.note_keys is not None else []
 
+    def open_checkpoint(self, signed: str) -> note.TreeHead:
+        """What a checkpoint note held elsewhere states, once its signature is one of this log's."""
+        try:
+            head = note.parse_tree_head(note.open_note(signed, self.note_verifiers()).text)
+        except note.NoteError as exc:
+            raise InvalidQuery(f"witnessed checkpoint: {exc}") from None
+        if head.origin != self.origin:
+            raise InvalidQuery(f"witnessed checkpoint is of log {head.origin!r}, not {self.origin!r}")
+        return head
+
     # --- proofs -------------------------------------------------------------------------------------------
 
     def checkpoint_at(self, tree_size: int = 0) -> Checkpoint | None:

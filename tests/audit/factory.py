@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,15 +49,17 @@ class Backend:
         self.stores.append(made)
         return made
 
-    def tamper(self, *statements: str) -> None:
-        """Run statements as a malicious superuser would: append-only triggers switched off."""
+    def tamper(self, *statements: str | tuple[str, Sequence[Any]]) -> None:
+        """Run statements (text, or text and parameters) as a malicious superuser would: append-only
+        triggers switched off. Parameters use the driver's placeholder (`?` SQLite, `%s` PostgreSQL)."""
         if self.kind == "sqlite":
             db = sqlite3.connect(self.dsn, isolation_level=None)
             for trigger in ("audit_records_no_update", "audit_records_no_delete", "audit_checkpoints_no_update",
-                            "audit_checkpoints_no_delete"):  # fmt: skip
+                            "audit_checkpoints_no_delete", "audit_tree_no_update", "audit_tree_no_delete"):  # fmt: skip
                 db.execute(f"DROP TRIGGER {trigger}")
             for statement in statements:
-                db.execute(statement)
+                text, params = (statement, ()) if isinstance(statement, str) else statement
+                db.execute(text, params)
             db.executescript(SCHEMA)
             db.close()
             return
@@ -65,7 +68,8 @@ class Backend:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("SET session_replication_role = replica")  # superuser-only: triggers do not fire
             for statement in statements:
-                conn.execute(statement)
+                text, params = (statement, ()) if isinstance(statement, str) else statement
+                conn.execute(text.replace("?", "%s") if params else text, params or None)
 
     def start_outage(self) -> Any:
         """Make the database refuse this trail's writers for real; returns a handle for end_outage."""

@@ -1,22 +1,14 @@
-"""Build the small Go programs that tests use as independent implementations (tlog verifiers, TLS
-probes): `go build` of a folder with its own go.mod and go.sum, once per test session."""
+"""Build Go programs that need modules (e.g. the tlog verifier over golang.org/x/mod): `go build` of a
+folder with its own go.mod and go.sum, modules from the Go module proxy. Standard-library-only
+programs use tests.support.servers.go_build, which never reaches the network."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.processes import MissingComponent
-
-
-def find_go() -> Path:
-    """The go command: on PATH, or where Debian-based images put it (/usr/local/go/bin)."""
-    found = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
-    if found is None:
-        raise MissingComponent("the Go toolchain (go) is not installed")
-    return Path(found)
+from tests.support.servers import find_go
 
 
 def build_go_program(source: Path, output_dir: Path, timeout: float = 300.0) -> Path:

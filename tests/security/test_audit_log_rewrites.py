@@ -1,0 +1,134 @@
+"""Attack class: rewriting, truncating or wiping the audit log behind the service's back.
+
+A database superuser (triggers off) can rebuild the whole log consistently — chain, tree and all —
+and drop the checkpoints they cannot re-sign. Before the transparency log, `verify` then said "chain
+intact" (a rewrite with re-signed checkpoints, a tail cut together with its checkpoint). Now a
+checkpoint held outside the database — the witness directory, or a note an auditor kept — makes each
+of these a loud failure, on SQLite and on real PostgreSQL, and the witness refuses to sign off on
+the forged history.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from tests.audit.factory import POLICY, Backend, Clock, events
+from ztmesh.audit import merkle, note
+from ztmesh.audit.chain import ChainHead, Problem, extend_with_leaves
+from ztmesh.audit.checkpoint_keys import local_note_keys
+from ztmesh.audit.offline import verify_offline
+from ztmesh.audit.record import make_event
+from ztmesh.audit.signing import LocalMlDsaSigner
+from ztmesh.audit.store import QueryFilter, record_params
+from ztmesh.audit.trail import AuditTrail, verify_store
+from ztmesh.audit.witness import DirectoryWitness
+
+ORIGIN = "ztmesh.local/audit"
+
+
+@pytest.fixture
+def logged(backend: Backend, tmp_path: Path) -> tuple[AuditTrail, str, list]:
+    """A log of 40 records with a checkpoint every 10, each witnessed; the size-20 note kept aside."""
+    signer = LocalMlDsaSigner.generate("audit-local")
+    keys = local_note_keys(ORIGIN, tmp_path / "note.key", signer)
+    clock = Clock(datetime(2026, 11, 30, 12, tzinfo=UTC))
+    witness = DirectoryWitness(tmp_path / "witness", keys.verifiers)
+    trail = AuditTrail(backend.store(clock), signer, signer, clock=clock, note_keys=keys, origin=ORIGIN,
+                       witness=witness)  # fmt: skip
+    batch = events(40)
+    for start in range(0, 40, 10):
+        trail.append(batch[start : start + 10], POLICY)
+        trail.checkpoint()
+    kept = trail.checkpoint_at(20)
+    assert kept is not None and trail.verify().ok
+    (tmp_path / "held-20.note").write_text(kept.note)
+    (tmp_path / "checkpoint.pem").write_bytes(signer.public_pem())
+    return trail, kept.note, batch
+
+
+def rebuild_forged_log(backend: Backend, trail: AuditTrail, batch: list) -> None:
+    """What a superuser can do without the signing keys: rewrite record 5, recompute every hash and the
+    whole Merkle tree so the database is self-consistent, and drop the checkpoints it cannot re-sign."""
+    stored = trail.store.query(QueryFilter(newest_first=False), 0, 100)
+    original = stored[4].event
+    forged_event = make_event(
+        event_id=original.event_id, time=datetime.fromisoformat(original.time.replace("Z", "+00:00")),
+        service=original.service, action=original.action, outcome="ALLOW", caller=original.caller,
+        subject=original.subject, resource=original.resource, decision_id=original.decision_id,
+        details={"i": 4, "rewritten": True},
+    )  # fmt: skip
+    forged_events = [r.event for r in stored]
+    forged_events[4] = forged_event
+    records, leaves = extend_with_leaves(ChainHead(), forged_events, stored[0].recorded_at, stored[0].emitter)
+    tree = merkle.MemoryNodes()
+    tree.append(leaves)
+    mark = "?" if backend.kind == "sqlite" else "%s"
+    columns = "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, " \
+              "outcome, decision_id, trace_id, details, masked, prev_hash, hash"  # fmt: skip
+    backend.tamper(
+        "DELETE FROM audit_records", "DELETE FROM audit_tree", "DELETE FROM audit_checkpoints",
+        *[(f"INSERT INTO audit_records ({columns}) VALUES ({', '.join([mark] * 17)})", record_params(r))
+          for r in records],
+        *[("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)", (level, idx, h))
+          for (level, idx), h in tree.nodes.items()],
+    )  # fmt: skip
+
+
+def test_a_consistent_rewrite_is_caught_by_the_witness_and_by_a_held_checkpoint(
+    backend: Backend, logged, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail, held, batch = logged
+    rebuild_forged_log(backend, trail, batch)
+    # The database alone is now self-consistent: this is exactly why checkpoints must live elsewhere.
+    assert verify_store(trail.store, trail.verifier).ok
+    report = trail.verify()  # consults the witness directory
+    assert (report.ok, report.problem, report.first_bad_sequence) == (False, Problem.TREE_MISMATCH, 40)
+    assert "witnessed checkpoint" in report.detail and "rewritten" in report.detail
+    # A note an auditor kept at size 20 pins the damage further back.
+    held_head = trail.open_checkpoint(held)
+    report = trail.verify(witnessed=[("the auditor's checkpoint", held_head)])
+    assert (report.ok, report.problem, report.first_bad_sequence) == (False, Problem.TREE_MISMATCH, 20)
+    # Offline, straight from the database, with the note file: the same verdict (`audit verify --checkpoint`).
+    offline = verify_offline(backend.dsn, [tmp_path / "checkpoint.pem"], checkpoints=[held])
+    assert (offline.ok, offline.problem, offline.first_bad_sequence) == (False, Problem.TREE_MISMATCH, 20)
+    # The witness will not accept a checkpoint of the forged history.
+    before = (tmp_path / "witness" / "latest").read_text()
+    trail.append(events(1), POLICY)
+    with caplog.at_level(logging.CRITICAL, logger="ztmesh.audit.trail"):
+        assert trail.checkpoint() is not None
+    assert "REFUSED" in caplog.text and "rewritten" in caplog.text
+    assert (tmp_path / "witness" / "latest").read_text() == before
+
+
+@pytest.mark.parametrize("keep", [30, 0], ids=["tail truncated", "wiped"])
+def test_truncation_and_wipe_are_caught(backend: Backend, logged, tmp_path: Path, keep: int) -> None:
+    trail, held, _ = logged
+    backend.tamper(
+        f"DELETE FROM audit_records WHERE sequence > {keep}", f"DELETE FROM audit_checkpoints WHERE sequence > {keep}"
+    )
+    report = trail.verify()
+    assert (report.ok, report.problem) == (False, Problem.TRUNCATED)
+    assert "records" in report.detail and "were removed" in report.detail
+    offline = verify_offline(backend.dsn, [tmp_path / "checkpoint.pem"], checkpoints=[held])
+    assert offline.ok is (keep >= 20)  # the size-20 note catches only what reaches back past it
+    if keep < 20:
+        assert offline.problem is Problem.TRUNCATED
+
+
+def test_a_checkpoint_signed_by_another_key_is_no_checkpoint(backend: Backend, logged, tmp_path: Path) -> None:
+    """Someone with their own keys can sign a note for any tree; no verifier of this log accepts it."""
+    trail, _, _ = logged
+    mallory = [
+        note.Ed25519NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate()),
+        note.MlDsa65NoteSigner(ORIGIN, mldsa.MLDSA65PrivateKey.generate()),
+    ]
+    forged = note.sign(note.TreeHead(ORIGIN, 40, bytes(32)).text(), mallory)
+    with pytest.raises(Exception, match="no signature by a trusted key"):
+        trail.open_checkpoint(forged)
+    with pytest.raises(Exception, match="does not verify"):
+        verify_offline(backend.dsn, [tmp_path / "checkpoint.pem"], checkpoints=[forged])
