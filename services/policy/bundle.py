@@ -249,6 +249,19 @@ class BundleManager:
     def loaded(self) -> bool:
         return self._current is not None
 
+    def engine_problem(self) -> str:
+        """Why the engine does not serve the current bundle right now, or "" (asked live of engines
+        that can tell, i.e. an OPA server: restarted, unreachable, serving something else)."""
+        serving_revision = getattr(self.engine, "serving_revision", None)
+        bundle = self._current
+        if serving_revision is None or bundle is None:
+            return ""
+        serving = serving_revision()
+        if serving == bundle.revision:
+            return ""
+        now = f"serves revision {serving}" if serving else "serves no bundle (unreachable, or not activated yet)"
+        return f"the {self.engine.name} engine {now}, not {bundle.revision}: decisions are DENY until it does"
+
     def on_swap(self, listener: Callable[[Bundle], None]) -> None:
         self._listeners.append(listener)
 

@@ -281,7 +281,7 @@ class PolicyEngine:
             packages=bundle.packages if bundle else (),
             loaded_at=bundle.loaded_at if bundle else 0.0,
             trust_revision=self.scorer.model.revision,
-            last_error=self.bundles.last_error,
+            last_error=self.bundles.last_error or self.bundles.engine_problem(),
         )
 
     def reload(self, caller: str = "") -> ReloadResult:

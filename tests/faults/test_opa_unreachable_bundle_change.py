@@ -41,6 +41,8 @@ def test_a_change_made_while_opa_is_down_serves_once_it_returns(make_engine, bun
     watcher.start()
     try:
         opa_sidecar.stop()
+        info = engine.info()  # nothing pending yet: the engine itself is asked
+        assert info.revision == old and "serves no bundle (unreachable" in info.last_error, info.last_error
         _add_watermark_obligation(bundle_dir)
         new = read_bundle(bundle_dir).revision
         _wait_for(lambda: new in engine.info().last_error, 10, "the watcher tried the new bundle")
