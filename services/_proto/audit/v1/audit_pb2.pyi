@@ -28,6 +28,7 @@ class VerifyProblem(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERIFY_PROBLEM_CHECKPOINT_MISMATCH: _ClassVar[VerifyProblem]
     VERIFY_PROBLEM_TRUNCATED: _ClassVar[VerifyProblem]
     VERIFY_PROBLEM_ANCHOR: _ClassVar[VerifyProblem]
+    VERIFY_PROBLEM_TREE_MISMATCH: _ClassVar[VerifyProblem]
 
 class CheckpointKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,7 @@ VERIFY_PROBLEM_CHECKPOINT_SIGNATURE: VerifyProblem
 VERIFY_PROBLEM_CHECKPOINT_MISMATCH: VerifyProblem
 VERIFY_PROBLEM_TRUNCATED: VerifyProblem
 VERIFY_PROBLEM_ANCHOR: VerifyProblem
+VERIFY_PROBLEM_TREE_MISMATCH: VerifyProblem
 CHECKPOINT_KIND_UNSPECIFIED: CheckpointKind
 CHECKPOINT_KIND_HEAD: CheckpointKind
 CHECKPOINT_KIND_PRUNE: CheckpointKind
@@ -152,12 +154,14 @@ class QueryResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("from_sequence", "to_sequence")
+    __slots__ = ("from_sequence", "to_sequence", "witnessed_checkpoints")
     FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TO_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    WITNESSED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     from_sequence: int
     to_sequence: int
-    def __init__(self, from_sequence: _Optional[int] = ..., to_sequence: _Optional[int] = ...) -> None: ...
+    witnessed_checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_sequence: _Optional[int] = ..., to_sequence: _Optional[int] = ..., witnessed_checkpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("ok", "records_checked", "checkpoints_checked", "first_bad_sequence", "problem", "reason", "last_sequence", "last_hash")
