@@ -37,6 +37,7 @@ DEFAULT_ENTRYPOINT = "data.ztmesh.authz.decision"
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
 MAX_FILES = 1000
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
+_SIGNED_EXTRAS = (".signatures.json", ".manifest")
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,10 @@ def fingerprint(*roots: Path) -> tuple[tuple[str, int, int], ...]:
             continue
         candidates = [root] if root.is_file() else sorted(root.rglob("*"))
         for path in candidates:
-            if path != root and any(p.startswith(".") for p in path.relative_to(root).parts):
+            rel = path.relative_to(root)
+            # Hidden entries are skipped (a ConfigMap's `..data`), but not the signature and manifest,
+            # which may change after the files they vouch for.
+            if path != root and any(p.startswith(".") for p in rel.parts) and rel.as_posix() not in _SIGNED_EXTRAS:
                 continue
             try:
                 st = path.stat()

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -234,3 +235,28 @@ def test_the_real_opa_verifies_ztmesh_signature_and_refuses_a_tampered_bundle(op
     assert run.returncode != 0 and "data.json: digest mismatch" in run.stdout + run.stderr, run.stdout + run.stderr
     with pytest.raises((ServerStartError, MissingComponent)):
         start_opa(opa_bin, tmp_path, extra_args=["--bundle", str(tampered), *verify], timeout=10).stop()
+
+
+def test_the_watcher_loads_a_bundle_whose_signature_arrives_after_its_files(
+    pki, tmp_path, signed_dir, bundle_keys, monkeypatch
+):
+    """Files copied one by one: the new content first (refused: its signature is the old one's), then
+    its signature; the signature's arrival alone is a change the watcher acts on."""
+    monkeypatch.setenv("ZTMESH_RELOAD_INTERVAL", "0.1")
+    staging = tmp_path / "staging"
+    shutil.copytree(signed_dir, staging)
+    _edit(staging / "data.json", '"public": 30', '"public": 31')
+    assert bundle_keys.sign(staging) == 0
+    with PolicyService(pki, tmp_path / "policy") as stub:
+        first = _info(stub).revision
+        shutil.copy(staging / "data.json", signed_dir / "data.json")
+        deadline = time.monotonic() + 10
+        while "changed since the bundle was signed" not in _info(stub).last_error:
+            assert time.monotonic() < deadline, "the watcher did not look"
+            time.sleep(0.05)
+        for name in (SIGNATURES_FILE, ".manifest"):
+            shutil.copy(staging / name, signed_dir / name)
+        while _info(stub).revision == first:
+            assert time.monotonic() < deadline, "the signed bundle did not load"
+            time.sleep(0.05)
+        assert _info(stub).last_error == ""
