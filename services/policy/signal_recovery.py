@@ -90,6 +90,7 @@ class SignalStoreMonitor:
         self.status = StoreStatus(False, "not checked yet")
         self.skew_reported = False
         self.last_restore_s = 0.0  # how long the last restore took
+        self._restore_problem = ""
 
     @property
     def ready(self) -> bool:
@@ -108,14 +109,17 @@ class SignalStoreMonitor:
         started = time.monotonic()
         half_lives = self.half_lives()
         since = self.clock() - replay_span(half_lives)
-        log.error("signal store lost its memory: restoring signals audited since %.0f from the audit trail", since)
+        if not self.status.lost:
+            log.error("signal store lost its memory: restoring signals audited since %.0f from the audit trail", since)
         try:
             count = self.store.restore(self.source(since), half_lives)
-        except PolicyError as exc:
-            log.error("signal store restore failed (decisions stay DENY): %s", exc)
-        except Exception as exc:  # the audit trail unreachable (grpc.RpcError): try again later
-            log.error("signal store restore failed, audit trail unavailable (decisions stay DENY): %s", exc)
+        except Exception as exc:  # the store, or the audit trail unreachable (grpc.RpcError): again in a second
+            problem = f"{exc}" if isinstance(exc, PolicyError) else f"audit trail unavailable: {exc}"
+            if problem != self._restore_problem:  # once per cause, not once a second per replica
+                log.error("signal store restore failed (decisions stay DENY): %s", problem)
+            self._restore_problem = problem
         else:
+            self._restore_problem = ""
             self.last_restore_s = time.monotonic() - started
             RESTORED.set(count)
             log.warning("signal store restored: %d signals replayed in %.2f s", count, self.last_restore_s)

@@ -61,9 +61,10 @@ def _signals_in_trail(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.parametrize("loss", ["restart", "flushall"])
+@pytest.mark.parametrize(("loss", "audit_down"), [("restart", False), ("flushall", False), ("flushall", True)],
+                         ids=["restart", "flushall", "flushall-with-audit-down"])  # fmt: skip
 def test_a_redis_that_lost_its_memory_never_allows_a_flagged_subject(
-    fault_mesh: Callable[..., FaultMesh], loss: str
+    fault_mesh: Callable[..., FaultMesh], loss: str, audit_down: bool
 ) -> None:
     with own_redis() as redis_server:  # without persistence, as the dev overlay used to run it
         store = redis_server.client()
@@ -77,27 +78,35 @@ def test_a_redis_that_lost_its_memory_never_allows_a_flagged_subject(
         wait_for(lambda: _signals_in_trail(mesh.database_url) == len(SUBJECTS), 30, "the flags in the audit trail")
         with FlaggedLoad(mesh.pki, mesh.policy, clients=2, rate=25) as load:
             load.wait_answers(20)
+            if audit_down:  # nothing to restore from: DENY until the trail answers again
+                mesh.audit.kill()
             lost_at = time.monotonic()
             if loss == "restart":
                 redis_server.stop()
                 redis_server.start()
             else:
                 store.flushall()
+            if audit_down:
+                load.wait_answers(100)  # two seconds without the trail
+                during = load.since(lost_at + 0.1)
+                assert during and {a.fault for a in during} == {"FAULT_SIGNAL_STORE_ERROR"}, mesh.policy.tail(20)
+                mesh.audit.start()
+                lost_at = time.monotonic()  # the recovery below counts from the trail's return
 
             def first(after: float, fault: str) -> float | None:
                 return min((a.at for a in load.since(after) if a.fault == fault), default=None)
 
-            def flags_back() -> bool:  # a DENY made with the flag again, after the loss was noticed
-                noticed = first(lost_at, "FAULT_SIGNAL_STORE_ERROR")
-                return noticed is not None and first(noticed, "FAULT_UNSPECIFIED") is not None
+            def restored_at() -> float | None:  # a DENY made with the flag again, once the loss was noticed
+                noticed = lost_at if audit_down else first(lost_at, "FAULT_SIGNAL_STORE_ERROR")
+                return None if noticed is None else first(noticed, "FAULT_UNSPECIFIED")
 
-            wait_for(flags_back, 30, "the flags restored from the audit trail")
-            noticed = first(lost_at, "FAULT_SIGNAL_STORE_ERROR")
-            assert noticed is not None
-            restored = (first(noticed, "FAULT_UNSPECIFIED") or 0.0) - lost_at
+            wait_for(restored_at, 30, "the flags restored from the audit trail")
+            restored = (restored_at() or 0.0) - lost_at
             load.wait_answers(20)
-        store_errors = sum(1 for a in load.since(lost_at) if a.fault == "FAULT_SIGNAL_STORE_ERROR")
-        recovery = f"flags restored from the trail {restored:.2f}s after the loss ({store_errors} DENY by store error)"
-        result = tally(f"redis {loss} (no persistence), 7 flagged subjects", load, mesh.database_url, recovery)
+        store_errors = sum(1 for a in load.answers if a.fault == "FAULT_SIGNAL_STORE_ERROR")
+        after = "audit's return" if audit_down else "the loss"
+        recovery = f"flags restored from the trail {restored:.2f}s after {after} ({store_errors} DENY by store error)"
+        scenario = f"redis {loss} (no persistence){' during an audit outage' if audit_down else ''}, 7 flagged subjects"
+        result = tally(scenario, load, mesh.database_url, recovery)
         assert_nothing_lost(result)  # wrong_allow counts every ALLOW: each subject asked about is flagged
         assert store_errors > 0, "the loss was never noticed: the test did not exercise it"
