@@ -126,7 +126,9 @@ class PostgresAuditStore:
         try:
             self.pool = ConnectionPool(
                 dsn, min_size=1, max_size=pool_size, open=True, timeout=connect_timeout,
-                kwargs={"options": "-c TimeZone=UTC -c DateStyle=ISO,YMD"},
+                # synchronous_commit on whatever the server's default: audit acknowledges an Append only
+                # once its commit is in the WAL, or a database crash forgets records emitters then dropped.
+                kwargs={"options": "-c TimeZone=UTC -c DateStyle=ISO,YMD -c synchronous_commit=on"},
             )  # fmt: skip
             with self.pool.connection(timeout=connect_timeout) as conn:
                 version = pg_schema.check_version(conn)
