@@ -130,64 +130,9 @@ def evaluate_rule(engine: regorus.Engine, entrypoint: str, document: Mapping[str
         ) from None
 
 
-# --- which input paths the policies read --------------------------------------------------------
+# --- the input paths the policies read (found by opa_inproc.analyse_input_paths) ------------------
 
 InputPaths = tuple[tuple[str, ...], ...]
-
-
-def _ref_segments(node: dict[str, Any], visit: list[Any]) -> tuple[Any, list[str | None]]:
-    """Unwind a chain of RefDot/RefBrack down to its root; segments from the root, None = dynamic."""
-    segments: list[str | None] = []
-    current: Any = node
-    while isinstance(current, dict) and len(current) == 1:
-        ((kind, body),) = current.items()
-        if kind == "RefDot":
-            segments.append(body["field"][1])
-        elif kind == "RefBrack":
-            index = body["index"]
-            literal = index.get("String") if isinstance(index, dict) else None
-            segments.append(literal["value"] if literal else None)
-            if not literal:
-                visit.append(index)  # the index expression may itself read input
-        else:
-            break
-        current = body["refr"]
-    segments.reverse()
-    return current, segments
-
-
-def input_paths(modules_ast: list[Any]) -> InputPaths | None:
-    """The input paths the modules read, as prefixes (a read of input.a.b[x] reads all of input.a.b).
-    None when some reference cannot be bounded (bare `input`, `input[x]`): then the whole input counts."""
-    paths: set[tuple[str, ...]] = set()
-    pending: list[Any] = [m.get("ast") for m in modules_ast]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        if len(node) == 1:
-            ((kind, body),) = node.items()
-            if kind in ("RefDot", "RefBrack"):
-                root, segments = _ref_segments(node, pending)
-                if isinstance(root, dict) and root.get("Var", {}).get("value") == "input":
-                    prefix = []
-                    for segment in segments:
-                        if segment is None:
-                            break
-                        prefix.append(segment)
-                    if not prefix:
-                        return None
-                    paths.add(tuple(prefix))
-                else:
-                    pending.append(root)
-                continue
-            if kind == "Var" and isinstance(body, dict) and body.get("value") == "input":
-                return None
-        pending.extend(node.values())
-    return minimal_prefixes(paths)
 
 
 def minimal_prefixes(paths: Iterable[tuple[str, ...]]) -> InputPaths:
@@ -197,11 +142,6 @@ def minimal_prefixes(paths: Iterable[tuple[str, ...]]) -> InputPaths:
         if not any(path[: len(p)] == p for p in minimal):
             minimal.append(path)
     return tuple(sorted(minimal))
-
-
-def analyse_input_paths(modules: Mapping[str, str]) -> InputPaths | None:
-    engine = new_engine(modules, {})
-    return input_paths(json.loads(engine.get_ast_as_json()))
 
 
 def pruning_tree(paths: InputPaths) -> dict[str, Any]:
@@ -227,7 +167,7 @@ def prune(document: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-# --- the embedded engine ------------------------------------------------------------------------
+# --- regorus: a candidate the harness and the bench measure, not an engine of the service ---------
 
 
 # Per-thread engines of every RegorusEngine, in one module-level thread-local: a regorus Engine may
@@ -318,7 +258,7 @@ class RegorusEngine:
         _retired.add(self._token)
 
 
-# --- Rego unit tests (`test_` rules), run in process -----------------------------------------------
+# --- Rego unit tests (`test_` rules): their results and where they are ----------------------------
 
 
 @dataclass(frozen=True)
@@ -343,28 +283,6 @@ def discover_tests(tests: Mapping[str, str]) -> list[tuple[str, str, int]]:
             line = source.count("\n", 0, match.start()) + 1
             found.setdefault(rule, (rule, path, line))  # several bodies of one test: the first names it
     return list(found.values())
-
-
-def run_tests(modules: Mapping[str, str], tests: Mapping[str, str], data: Mapping[str, Any]) -> list[TestResult]:
-    """Evaluate every test rule against the policies and data: a test passes when its rule is true."""
-    engine = new_engine({**modules, **tests}, data)
-    results = []
-    for rule, file, line in discover_tests(tests):
-        if rule.rsplit(".", 1)[1].startswith("todo_"):
-            results.append(TestResult(rule, file, line, passed=True, skipped=True))
-            continue
-        try:
-            engine.set_input({})
-            value = engine.eval_rule(rule)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            error = regorus_error(exc, file)
-            results.append(TestResult(rule, error.file or file, error.line or line, passed=False, error=error.problem))
-            continue
-        # As `opa test`: a test fails when undefined or false; any other value passes.
-        failed = value is None or value is False
-        error = ("undefined" if value is None else "false") if failed else ""
-        results.append(TestResult(rule, file, line, passed=not failed, error=error))
-    return results
 
 
 def packages_of(modules: Iterable[str]) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from tests.policy.conftest import (
 )
 from ztmesh.policy.answer import Answer
 from ztmesh.policy.model import Assurance, Outcome, RegistrationStatus
-from ztmesh.policy.rego import run_tests
+from ztmesh.policy.opa_inproc import run_tests
 
 Evaluate = Callable[..., Answer]
 MINIMUM = {

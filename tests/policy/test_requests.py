@@ -11,7 +11,7 @@ import pytest
 from tests.policy.conftest import physician, with_context, with_device, with_resource, with_subject
 from ztmesh.policy.errors import InvalidRequest
 from ztmesh.policy.model import Fault, Outcome, Registration, request_from_mapping
-from ztmesh.policy.rego import analyse_input_paths
+from ztmesh.policy.opa_inproc import analyse_input_paths
 
 BAD_REQUESTS = [
     ("no subject id", with_subject(physician(), id=""), "subject.id: is required"),
