@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from ztmesh.policy.errors import BundleError
+
+log = logging.getLogger("ztmesh.policy.bundle_signing")
 
 SIGNATURES_FILE = ".signatures.json"
 MANIFEST_FILE = ".manifest"
@@ -352,8 +355,12 @@ class BundleVerifier:
     def accept(self, signature: BundleSignature) -> None:
         """Raise the floor to a bundle that now serves."""
         self._floor = (signature.signed_at_ms, signature.revision)
-        if self.floor_file is not None:
+        if self.floor_file is None:
+            return
+        try:
             self.floor_file.parent.mkdir(parents=True, exist_ok=True)
             temporary = self.floor_file.with_suffix(".tmp")
             temporary.write_text(json.dumps({"signed_at_ms": signature.signed_at_ms, "revision": signature.revision}))
             temporary.replace(self.floor_file)
+        except OSError as exc:  # the bundle serves; only a restart would forget how new it is
+            log.warning("replay floor %s not saved (kept in memory): %s", self.floor_file, exc)
