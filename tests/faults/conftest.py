@@ -21,7 +21,7 @@ def fault_mesh(pki: Pki, postgres: Any, tmp_path: Path) -> Iterator[Callable[...
     made: list[FaultMesh] = []
 
     def make(audit_env: dict[str, str] | None = None, policy_env: dict[str, str] | None = None,
-             start_policy: bool = True, server: Any = None) -> FaultMesh:  # fmt: skip
+             start_policy: bool = True, server: Any = None, pki: Pki = pki) -> FaultMesh:  # fmt: skip
         database_url = (server or postgres).new_database(f"faults_{next(_databases)}")
         audit = audit_service(pki, tmp_path, database_url, **(audit_env or {})).start()
         policy = policy_service(pki, tmp_path, audit, **(policy_env or {}))
