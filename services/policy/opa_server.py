@@ -107,11 +107,21 @@ class BundleStatus:
     message: str
     received_at: float
     downloads: int  # how many tarballs OPA had fetched when this report arrived
+    file: str = ""  # where the first error is, when OPA says
+    line: int = 0
+
+
+def _describe_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    location = error.get("location") or {}
+    where = f"{location.get('file', '').lstrip('/')}:{location.get('row', '')}: " if location.get("file") else ""
+    return f"{where}{error.get('code', '')}: {error.get('message', '')}"
 
 
 def _status_message(status: Mapping[str, Any]) -> str:
     errors = status.get("errors") or []
-    details = "; ".join(str(e) for e in errors if e)
+    details = "; ".join(_describe_error(e) for e in errors if e)
     message = str(status.get("message") or status.get("code") or "")
     return f"{message}: {details}" if details else message
 
@@ -215,6 +225,8 @@ class OpaBundleServer:
             return
         if not isinstance(status, dict):
             return
+        first = next((e for e in status.get("errors") or [] if isinstance(e, dict)), {})
+        location = first.get("location") or {}
         with self._cond:
             self.status = BundleStatus(
                 active_revision=str(status.get("active_revision") or ""),
@@ -222,6 +234,8 @@ class OpaBundleServer:
                 message=_status_message(status),
                 received_at=time.monotonic(),
                 downloads=self._downloads,
+                file=str(location.get("file") or "").lstrip("/"),
+                line=int(location.get("row") or 0),
             )
             self._cond.notify_all()
 
@@ -326,7 +340,7 @@ class OpaServerEngine:
                 status is not None and status.code and status.downloads > downloads_before
                 and self.bundles.downloaded(etag) and status.active_revision != bundle.revision
             ):  # fmt: skip
-                raise BundleError(f"OPA refused the bundle: {status.message}")
+                raise BundleError(f"OPA refused the bundle: {status.message}", status.file, status.line)
             now = time.monotonic()
             if now >= deadline or (not reached and now - started > min(1.0, self.activation_timeout_s)):
                 break
