@@ -20,15 +20,16 @@ from ztmesh._proto.policy.v1 import policy_pb2_grpc
 from ztmesh.audit.client import audit_emitter
 from ztmesh.mesh.auditing import AuditEmitter
 from ztmesh.mesh.config import MeshSettings
-from ztmesh.mesh.errors import SettingsError
+from ztmesh.mesh.errors import SettingsError, SpiffeIdError
 from ztmesh.mesh.peers import PeerChannels
 from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.settings import load_settings
-from ztmesh.mesh.spiffe import SpiffeId, authorize_member_of, authorize_service_accounts
+from ztmesh.mesh.spiffe import Authorizer, SpiffeId, authorize_member_of, authorize_service_accounts
 from ztmesh.policy.bundle import BundleManager
 from ztmesh.policy.bundle_signing import BundleVerifier, parse_trusted_signers
 from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisionCache
 from ztmesh.policy.decider import PluginClient, PolicyEngine
+from ztmesh.policy.decision_proofs import DecisionProofs
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
 from ztmesh.policy.extauthz import AuthorizationServicer, GatewayWorkloads, refuse_with
 from ztmesh.policy.inputs import probe_inputs
@@ -137,6 +138,13 @@ def signal_reporters(settings: MeshSettings, policy: PolicySettings) -> Reporter
     return ReporterGate([*operators, *policy.signal_reporters], policy.signal_rate, policy.signal_burst)
 
 
+def _is(authorizer: Authorizer, caller: str) -> bool:
+    try:
+        return authorizer(SpiffeId.parse(caller)) if caller else False
+    except SpiffeIdError:
+        return False
+
+
 def build_app(settings: MeshSettings) -> ServiceApp:
     policy = load_settings(PolicySettings, section="policy")
     try:
@@ -160,14 +168,16 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         engine.signals, source, lambda: engine.scorer.model.config.behaviour.half_lives, policy.signal_max_clock_skew
     )
     watcher = PolicyWatcher(engine, policy.trust_files, policy.reload_interval, notifier)
-    servicer = PolicyServicer(engine)
     members = authorize_member_of(settings.trust_domain)
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
+    proofs = DecisionProofs(peers.channel("audit"), lambda caller: _is(operators, caller))
+    servicer = PolicyServicer(engine, proofs)
     rules = {
         f"/{SERVICE}/Decide": members,
         f"/{SERVICE}/DecideBatch": members,
         f"/{SERVICE}/ReportSignal": members,
         f"/{SERVICE}/GetPolicyInfo": members,
+        f"/{SERVICE}/ProveDecision": members,  # the decision's own caller (checked by DecisionProofs)
         f"/{SERVICE}/ReloadPolicy": operators,
         f"/{AUTHORIZATION}/Check": members,  # Envoy gateways and sidecars, each with its workload identity
     }

@@ -12,11 +12,13 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
+from ztmesh._proto.audit.v1 import audit_pb2
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 from ztmesh.mesh.edge import Edge, caller_id, timestamp_to_datetime
 from ztmesh.mesh.errors import InvalidField
 from ztmesh.policy import headers
 from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.decision_proofs import DecisionNotFound, DecisionProofs, ProofUnavailable
 from ztmesh.policy.errors import (
     BundleError,
     EngineError,
@@ -138,6 +140,8 @@ EDGE = Edge(
     (SignalStoreError, grpc.StatusCode.UNAVAILABLE),
     (BundleError, grpc.StatusCode.FAILED_PRECONDITION, "bundle refused, the old one keeps serving"),
     (EngineError, grpc.StatusCode.UNAVAILABLE),
+    (DecisionNotFound, grpc.StatusCode.NOT_FOUND),
+    (ProofUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -147,8 +151,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: PolicyEngine, proofs: DecisionProofs | None = None) -> None:
         self.engine = engine
+        self.proofs = proofs
 
     def decide_proto(self, msg: policy_pb2.DecideRequest, caller: str) -> policy_pb2.DecideResponse:
         """One decision from a protobuf request (also what ext_authz Check calls). Never raises."""
@@ -208,6 +213,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             engine=info.engine, revision=info.revision, packages=info.packages, loaded_time=loaded,
             trust_revision=info.trust_revision, last_error=info.last_error,
         )  # fmt: skip
+
+    @EDGE.rpc
+    def ProveDecision(
+        self, request: policy_pb2.ProveDecisionRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.InclusionProof:
+        if self.proofs is None:
+            raise ProofUnavailable("this policy service has no audit service to ask for proofs")
+        return self.proofs.prove(request.decision_id, caller_id())
 
     @EDGE.rpc
     def ReloadPolicy(

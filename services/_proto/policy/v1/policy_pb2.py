@@ -25,55 +25,58 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from ztmesh._proto.audit.v1 import audit_pb2 as ztmesh_dot_audit_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dztmesh/policy/v1/policy.proto\x12\x10ztmesh.policy.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x18ProfessionalRegistration\x12\x0f\n\x07\x63ouncil\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.ztmesh.policy.v1.RegistrationStatus\"\xb0\x01\n\x07Subject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x13\n\x0b\x61uth_method\x18\x03 \x01(\t\x12\x33\n\tassurance\x18\x04 \x01(\x0e\x32 .ztmesh.policy.v1.AssuranceLevel\x12@\n\x0cregistration\x18\x05 \x01(\x0b\x32*.ztmesh.policy.v1.ProfessionalRegistration\"\xa9\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07managed\x18\x02 \x01(\x08\x12\x11\n\tcompliant\x18\x03 \x01(\x08\x12\n\n\x02os\x18\x04 \x01(\t\x12\x1b\n\x0epatch_age_days\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0e\x64isk_encrypted\x18\x06 \x01(\x08\x12\x1b\n\x13\x65ndpoint_protection\x18\x07 \x01(\x08\x42\x11\n\x0f_patch_age_days\"g\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x16\n\x0e\x63lassification\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x1a\n\x12\x63onsented_purposes\x18\x05 \x03(\t\"\x86\x01\n\x0eRequestContext\x12\x11\n\tsource_ip\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x83\x02\n\rDecideRequest\x12*\n\x07subject\x18\x01 \x01(\x0b\x32\x19.ztmesh.policy.v1.Subject\x12(\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x18.ztmesh.policy.v1.Device\x12,\n\x08resource\x18\x03 \x01(\x0b\x32\x1a.ztmesh.policy.v1.Resource\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x31\n\x07\x63ontext\x18\x05 \x01(\x0b\x32 .ztmesh.policy.v1.RequestContext\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\x06\x46\x61\x63tor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x04 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\"\x9f\x02\n\x0e\x44\x65\x63ideResponse\x12,\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1a.ztmesh.policy.v1.Decision\x12\x13\n\x0btrust_score\x18\x02 \x01(\x01\x12)\n\x07\x66\x61\x63tors\x18\x03 \x03(\x0b\x32\x18.ztmesh.policy.v1.Factor\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x13\n\x0bobligations\x18\x05 \x03(\t\x12\x0f\n\x07step_up\x18\x06 \x03(\t\x12\x17\n\x0fpolicy_revision\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12&\n\x05\x66\x61ult\x18\t \x01(\x0e\x32\x17.ztmesh.policy.v1.Fault\x12\x12\n\nrequest_id\x18\n \x01(\t\"G\n\x12\x44\x65\x63ideBatchRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.ztmesh.policy.v1.DecideRequest\"J\n\x13\x44\x65\x63ideBatchResponse\x12\x33\n\tresponses\x18\x01 \x03(\x0b\x32 .ztmesh.policy.v1.DecideResponse\"\x83\x01\n\x13ReportSignalRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x05 \x01(\t\"/\n\x14ReportSignalResponse\x12\x17\n\x0f\x62\x65haviour_score\x18\x01 \x01(\x01\"\x16\n\x14GetPolicyInfoRequest\"\x9d\x01\n\nPolicyInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x10\n\x08packages\x18\x03 \x03(\t\x12/\n\x0bloaded_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrust_revision\x18\x05 \x01(\t\x12\x12\n\nlast_error\x18\x06 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"9\n\x14ReloadPolicyResponse\x12\x10\n\x08revision\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08*c\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_CHALLENGE\x10\x03*\xee\x01\n\x05\x46\x61ult\x12\x15\n\x11\x46\x41ULT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ULT_INVALID_REQUEST\x10\x01\x12\x16\n\x12\x46\x41ULT_ENGINE_ERROR\x10\x02\x12\x1c\n\x18\x46\x41ULT_ENGINE_UNAVAILABLE\x10\x03\x12\x1c\n\x18\x46\x41ULT_MALFORMED_DECISION\x10\x04\x12\x1c\n\x18\x46\x41ULT_SIGNAL_STORE_ERROR\x10\x05\x12\x16\n\x12\x46\x41ULT_PLUGIN_ERROR\x10\x06\x12\x15\n\x11\x46\x41ULT_AUDIT_ERROR\x10\x07\x12\x12\n\x0e\x46\x41ULT_INTERNAL\x10\x08*\x80\x01\n\x0e\x41ssuranceLevel\x12\x1f\n\x1b\x41SSURANCE_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSURANCE_LEVEL_LOW\x10\x01\x12\x1a\n\x16\x41SSURANCE_LEVEL_MEDIUM\x10\x02\x12\x18\n\x14\x41SSURANCE_LEVEL_HIGH\x10\x03*\x9d\x01\n\x12RegistrationStatus\x12#\n\x1fREGISTRATION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREGISTRATION_STATUS_ACTIVE\x10\x01\x12!\n\x1dREGISTRATION_STATUS_SUSPENDED\x10\x02\x12\x1f\n\x1bREGISTRATION_STATUS_EXPIRED\x10\x03\x32\xcd\x03\n\rPolicyService\x12K\n\x06\x44\x65\x63ide\x12\x1f.ztmesh.policy.v1.DecideRequest\x1a .ztmesh.policy.v1.DecideResponse\x12Z\n\x0b\x44\x65\x63ideBatch\x12$.ztmesh.policy.v1.DecideBatchRequest\x1a%.ztmesh.policy.v1.DecideBatchResponse\x12]\n\x0cReportSignal\x12%.ztmesh.policy.v1.ReportSignalRequest\x1a&.ztmesh.policy.v1.ReportSignalResponse\x12U\n\rGetPolicyInfo\x12&.ztmesh.policy.v1.GetPolicyInfoRequest\x1a\x1c.ztmesh.policy.v1.PolicyInfo\x12]\n\x0cReloadPolicy\x12%.ztmesh.policy.v1.ReloadPolicyRequest\x1a&.ztmesh.policy.v1.ReloadPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dztmesh/policy/v1/policy.proto\x12\x10ztmesh.policy.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bztmesh/audit/v1/audit.proto\"\x81\x01\n\x18ProfessionalRegistration\x12\x0f\n\x07\x63ouncil\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0e\n\x06number\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.ztmesh.policy.v1.RegistrationStatus\"\xb0\x01\n\x07Subject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x13\n\x0b\x61uth_method\x18\x03 \x01(\t\x12\x33\n\tassurance\x18\x04 \x01(\x0e\x32 .ztmesh.policy.v1.AssuranceLevel\x12@\n\x0cregistration\x18\x05 \x01(\x0b\x32*.ztmesh.policy.v1.ProfessionalRegistration\"\xa9\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07managed\x18\x02 \x01(\x08\x12\x11\n\tcompliant\x18\x03 \x01(\x08\x12\n\n\x02os\x18\x04 \x01(\t\x12\x1b\n\x0epatch_age_days\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0e\x64isk_encrypted\x18\x06 \x01(\x08\x12\x1b\n\x13\x65ndpoint_protection\x18\x07 \x01(\x08\x42\x11\n\x0f_patch_age_days\"g\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x16\n\x0e\x63lassification\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x1a\n\x12\x63onsented_purposes\x18\x05 \x03(\t\"\x86\x01\n\x0eRequestContext\x12\x11\n\tsource_ip\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x83\x02\n\rDecideRequest\x12*\n\x07subject\x18\x01 \x01(\x0b\x32\x19.ztmesh.policy.v1.Subject\x12(\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x18.ztmesh.policy.v1.Device\x12,\n\x08resource\x18\x03 \x01(\x0b\x32\x1a.ztmesh.policy.v1.Resource\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x31\n\x07\x63ontext\x18\x05 \x01(\x0b\x32 .ztmesh.policy.v1.RequestContext\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"`\n\x06\x46\x61\x63tor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x04 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\"\x9f\x02\n\x0e\x44\x65\x63ideResponse\x12,\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1a.ztmesh.policy.v1.Decision\x12\x13\n\x0btrust_score\x18\x02 \x01(\x01\x12)\n\x07\x66\x61\x63tors\x18\x03 \x03(\x0b\x32\x18.ztmesh.policy.v1.Factor\x12\x0f\n\x07reasons\x18\x04 \x03(\t\x12\x13\n\x0bobligations\x18\x05 \x03(\t\x12\x0f\n\x07step_up\x18\x06 \x03(\t\x12\x17\n\x0fpolicy_revision\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12&\n\x05\x66\x61ult\x18\t \x01(\x0e\x32\x17.ztmesh.policy.v1.Fault\x12\x12\n\nrequest_id\x18\n \x01(\t\"G\n\x12\x44\x65\x63ideBatchRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.ztmesh.policy.v1.DecideRequest\"J\n\x13\x44\x65\x63ideBatchResponse\x12\x33\n\tresponses\x18\x01 \x03(\x0b\x32 .ztmesh.policy.v1.DecideResponse\"\x83\x01\n\x13ReportSignalRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x05 \x01(\t\"/\n\x14ReportSignalResponse\x12\x17\n\x0f\x62\x65haviour_score\x18\x01 \x01(\x01\"\x16\n\x14GetPolicyInfoRequest\"\x9d\x01\n\nPolicyInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x10\n\x08packages\x18\x03 \x03(\t\x12/\n\x0bloaded_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrust_revision\x18\x05 \x01(\t\x12\x12\n\nlast_error\x18\x06 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"9\n\x14ReloadPolicyResponse\x12\x10\n\x08revision\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"+\n\x14ProveDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t*c\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_CHALLENGE\x10\x03*\xee\x01\n\x05\x46\x61ult\x12\x15\n\x11\x46\x41ULT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ULT_INVALID_REQUEST\x10\x01\x12\x16\n\x12\x46\x41ULT_ENGINE_ERROR\x10\x02\x12\x1c\n\x18\x46\x41ULT_ENGINE_UNAVAILABLE\x10\x03\x12\x1c\n\x18\x46\x41ULT_MALFORMED_DECISION\x10\x04\x12\x1c\n\x18\x46\x41ULT_SIGNAL_STORE_ERROR\x10\x05\x12\x16\n\x12\x46\x41ULT_PLUGIN_ERROR\x10\x06\x12\x15\n\x11\x46\x41ULT_AUDIT_ERROR\x10\x07\x12\x12\n\x0e\x46\x41ULT_INTERNAL\x10\x08*\x80\x01\n\x0e\x41ssuranceLevel\x12\x1f\n\x1b\x41SSURANCE_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSURANCE_LEVEL_LOW\x10\x01\x12\x1a\n\x16\x41SSURANCE_LEVEL_MEDIUM\x10\x02\x12\x18\n\x14\x41SSURANCE_LEVEL_HIGH\x10\x03*\x9d\x01\n\x12RegistrationStatus\x12#\n\x1fREGISTRATION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREGISTRATION_STATUS_ACTIVE\x10\x01\x12!\n\x1dREGISTRATION_STATUS_SUSPENDED\x10\x02\x12\x1f\n\x1bREGISTRATION_STATUS_EXPIRED\x10\x03\x32\xa7\x04\n\rPolicyService\x12K\n\x06\x44\x65\x63ide\x12\x1f.ztmesh.policy.v1.DecideRequest\x1a .ztmesh.policy.v1.DecideResponse\x12Z\n\x0b\x44\x65\x63ideBatch\x12$.ztmesh.policy.v1.DecideBatchRequest\x1a%.ztmesh.policy.v1.DecideBatchResponse\x12]\n\x0cReportSignal\x12%.ztmesh.policy.v1.ReportSignalRequest\x1a&.ztmesh.policy.v1.ReportSignalResponse\x12U\n\rGetPolicyInfo\x12&.ztmesh.policy.v1.GetPolicyInfoRequest\x1a\x1c.ztmesh.policy.v1.PolicyInfo\x12X\n\rProveDecision\x12&.ztmesh.policy.v1.ProveDecisionRequest\x1a\x1f.ztmesh.audit.v1.InclusionProof\x12]\n\x0cReloadPolicy\x12%.ztmesh.policy.v1.ReloadPolicyRequest\x1a&.ztmesh.policy.v1.ReloadPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ztmesh.policy.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=2087
-  _globals['_DECISION']._serialized_end=2186
-  _globals['_FAULT']._serialized_start=2189
-  _globals['_FAULT']._serialized_end=2427
-  _globals['_ASSURANCELEVEL']._serialized_start=2430
-  _globals['_ASSURANCELEVEL']._serialized_end=2558
-  _globals['_REGISTRATIONSTATUS']._serialized_start=2561
-  _globals['_REGISTRATIONSTATUS']._serialized_end=2718
-  _globals['_PROFESSIONALREGISTRATION']._serialized_start=115
-  _globals['_PROFESSIONALREGISTRATION']._serialized_end=244
-  _globals['_SUBJECT']._serialized_start=247
-  _globals['_SUBJECT']._serialized_end=423
-  _globals['_DEVICE']._serialized_start=426
-  _globals['_DEVICE']._serialized_end=595
-  _globals['_RESOURCE']._serialized_start=597
-  _globals['_RESOURCE']._serialized_end=700
-  _globals['_REQUESTCONTEXT']._serialized_start=703
-  _globals['_REQUESTCONTEXT']._serialized_end=837
-  _globals['_DECIDEREQUEST']._serialized_start=840
-  _globals['_DECIDEREQUEST']._serialized_end=1099
-  _globals['_FACTOR']._serialized_start=1101
-  _globals['_FACTOR']._serialized_end=1197
-  _globals['_DECIDERESPONSE']._serialized_start=1200
-  _globals['_DECIDERESPONSE']._serialized_end=1487
-  _globals['_DECIDEBATCHREQUEST']._serialized_start=1489
-  _globals['_DECIDEBATCHREQUEST']._serialized_end=1560
-  _globals['_DECIDEBATCHRESPONSE']._serialized_start=1562
-  _globals['_DECIDEBATCHRESPONSE']._serialized_end=1636
-  _globals['_REPORTSIGNALREQUEST']._serialized_start=1639
-  _globals['_REPORTSIGNALREQUEST']._serialized_end=1770
-  _globals['_REPORTSIGNALRESPONSE']._serialized_start=1772
-  _globals['_REPORTSIGNALRESPONSE']._serialized_end=1819
-  _globals['_GETPOLICYINFOREQUEST']._serialized_start=1821
-  _globals['_GETPOLICYINFOREQUEST']._serialized_end=1843
-  _globals['_POLICYINFO']._serialized_start=1846
-  _globals['_POLICYINFO']._serialized_end=2003
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=2005
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=2026
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=2028
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2085
-  _globals['_POLICYSERVICE']._serialized_start=2721
-  _globals['_POLICYSERVICE']._serialized_end=3182
+  _globals['_DECISION']._serialized_start=2161
+  _globals['_DECISION']._serialized_end=2260
+  _globals['_FAULT']._serialized_start=2263
+  _globals['_FAULT']._serialized_end=2501
+  _globals['_ASSURANCELEVEL']._serialized_start=2504
+  _globals['_ASSURANCELEVEL']._serialized_end=2632
+  _globals['_REGISTRATIONSTATUS']._serialized_start=2635
+  _globals['_REGISTRATIONSTATUS']._serialized_end=2792
+  _globals['_PROFESSIONALREGISTRATION']._serialized_start=144
+  _globals['_PROFESSIONALREGISTRATION']._serialized_end=273
+  _globals['_SUBJECT']._serialized_start=276
+  _globals['_SUBJECT']._serialized_end=452
+  _globals['_DEVICE']._serialized_start=455
+  _globals['_DEVICE']._serialized_end=624
+  _globals['_RESOURCE']._serialized_start=626
+  _globals['_RESOURCE']._serialized_end=729
+  _globals['_REQUESTCONTEXT']._serialized_start=732
+  _globals['_REQUESTCONTEXT']._serialized_end=866
+  _globals['_DECIDEREQUEST']._serialized_start=869
+  _globals['_DECIDEREQUEST']._serialized_end=1128
+  _globals['_FACTOR']._serialized_start=1130
+  _globals['_FACTOR']._serialized_end=1226
+  _globals['_DECIDERESPONSE']._serialized_start=1229
+  _globals['_DECIDERESPONSE']._serialized_end=1516
+  _globals['_DECIDEBATCHREQUEST']._serialized_start=1518
+  _globals['_DECIDEBATCHREQUEST']._serialized_end=1589
+  _globals['_DECIDEBATCHRESPONSE']._serialized_start=1591
+  _globals['_DECIDEBATCHRESPONSE']._serialized_end=1665
+  _globals['_REPORTSIGNALREQUEST']._serialized_start=1668
+  _globals['_REPORTSIGNALREQUEST']._serialized_end=1799
+  _globals['_REPORTSIGNALRESPONSE']._serialized_start=1801
+  _globals['_REPORTSIGNALRESPONSE']._serialized_end=1848
+  _globals['_GETPOLICYINFOREQUEST']._serialized_start=1850
+  _globals['_GETPOLICYINFOREQUEST']._serialized_end=1872
+  _globals['_POLICYINFO']._serialized_start=1875
+  _globals['_POLICYINFO']._serialized_end=2032
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=2034
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=2055
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=2057
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=2114
+  _globals['_PROVEDECISIONREQUEST']._serialized_start=2116
+  _globals['_PROVEDECISIONREQUEST']._serialized_end=2159
+  _globals['_POLICYSERVICE']._serialized_start=2795
+  _globals['_POLICYSERVICE']._serialized_end=3346
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from ztmesh._proto.audit.v1 import audit_pb2 as ztmesh_dot_audit_dot_v1_dot_audit__pb2
 from ztmesh._proto.policy.v1 import policy_pb2 as ztmesh_dot_policy_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,11 @@ class PolicyServiceStub:
                 request_serializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.GetPolicyInfoRequest.SerializeToString,
                 response_deserializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.ProveDecision = channel.unary_unary(
+                '/ztmesh.policy.v1.PolicyService/ProveDecision',
+                request_serializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.ProveDecisionRequest.SerializeToString,
+                response_deserializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.FromString,
+                _registered_method=True)
         self.ReloadPolicy = channel.unary_unary(
                 '/ztmesh.policy.v1.PolicyService/ReloadPolicy',
                 request_serializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.ReloadPolicyRequest.SerializeToString,
@@ -91,6 +97,15 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProveDecision(self, request, context):
+        """Proof that a decision's record is in the audit trail: its inclusion proof against a signed
+        checkpoint, checkable offline (docs/audit-record.md, "Proofs"). For the decision's own caller
+        (and operators); anyone else gets NOT_FOUND, as for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadPolicy(self, request, context):
         """Load the policy bundle again now (operators only); a bad bundle is refused, the old one stays.
         """
@@ -120,6 +135,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyInfo,
                     request_deserializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.GetPolicyInfoRequest.FromString,
                     response_serializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
+            ),
+            'ProveDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveDecision,
+                    request_deserializer=ztmesh_dot_policy_dot_v1_dot_policy__pb2.ProveDecisionRequest.FromString,
+                    response_serializer=ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.SerializeToString,
             ),
             'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadPolicy,
@@ -235,6 +255,33 @@ class PolicyService:
             '/ztmesh.policy.v1.PolicyService/GetPolicyInfo',
             ztmesh_dot_policy_dot_v1_dot_policy__pb2.GetPolicyInfoRequest.SerializeToString,
             ztmesh_dot_policy_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ztmesh.policy.v1.PolicyService/ProveDecision',
+            ztmesh_dot_policy_dot_v1_dot_policy__pb2.ProveDecisionRequest.SerializeToString,
+            ztmesh_dot_audit_dot_v1_dot_audit__pb2.InclusionProof.FromString,
             options,
             channel_credentials,
             insecure,
