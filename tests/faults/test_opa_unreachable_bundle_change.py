@@ -1,20 +1,36 @@
-"""Fault: the policy bundle changes while the OPA sidecar is down. Meanwhile every decision is a
-DENY and GetPolicyInfo names the revision that last served, the checked one waiting and why; once
-OPA is back, the new revision serves within a bound (no restart, no manual reload)."""
+"""Fault: OPA is unreachable when a bundle must reach it — the bundle changes while the OPA sidecar is
+down, or the policy service starts before it. Meanwhile every decision is a DENY and GetPolicyInfo
+names the revision that last served (if any), the checked one waiting and why; once OPA is back,
+the new revision serves within a bound (no restart, no manual reload)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from tests.policy.conftest import bundle_dir, clock, make_engine, physician, with_resource
+from tests.policy.conftest import (
+    bundle_dir,
+    clock,
+    make_engine,
+    physician,
+    policy_dir,
+    serve_policy_from,
+    with_resource,
+)
+from tests.support.mesh import running, settings_for
+from tests.support.opa_bundles import OpaSidecar
+from tests.support.servers import free_port
+from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
+from ztmesh.policy.app import build_app
 from ztmesh.policy.bundle import read_bundle
+from ztmesh.policy.cli import request_to_proto
 from ztmesh.policy.model import Fault, Outcome
 from ztmesh.policy.watch import PolicyWatcher
 
-FIXTURES = (bundle_dir, clock, make_engine)  # the policy fixtures, used by name below
+FIXTURES = (bundle_dir, clock, make_engine, policy_dir)  # the policy fixtures, used by name below
 APPLY_BOUND_S = 10.0  # watcher interval 0.1 s + OPA's first fetch (it polls 1-2 s before its first answer)
 
 
@@ -66,3 +82,36 @@ def test_a_change_made_while_opa_is_down_serves_once_it_returns(make_engine, bun
     manifest = requests.get(f"{opa_sidecar.url}/v1/data/system/bundles/ztmesh/manifest", timeout=5).json()["result"]
     assert manifest["revision"] == new
     print(f"new revision serving {took:.2f} s after OPA returned")
+
+
+def test_a_policy_service_started_before_its_opa_sidecar_serves_once_opa_is_up(
+    pki, tmp_path, policy_dir, monkeypatch, opa_bin
+):
+    """The whole service as deployed with k8s/components/opa-sidecar, OPA starting second: meanwhile
+    GetPolicyInfo names no revision and says why; then OPA pulls the bundle and decisions flow."""
+    port = free_port()
+    serve_policy_from(monkeypatch, policy_dir)
+    for key, value in {"ZTMESH_REGO_ENGINE": "opa", "ZTMESH_OPA_BUNDLE_LISTEN": f"127.0.0.1:{port}",
+                       "ZTMESH_RELOAD_INTERVAL": "0.1", "ZTMESH_OPA_TIMEOUT": "0.5"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+
+    def pull_from_the_service(config: dict[str, Any]) -> None:
+        config["services"]["ztmesh"]["url"] = f"http://127.0.0.1:{port}"
+
+    sidecar = OpaSidecar(opa_bin, tmp_path, pull_from_the_service)
+    monkeypatch.setenv("ZTMESH_OPA_URL", sidecar.url)
+    settings = settings_for(pki, tmp_path / "policy")
+    try:
+        with running(build_app(settings), settings) as server, pki.channel("client", server.port) as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            info = stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
+            assert (info.engine, info.revision) == ("opa", "") and "unreachable" in info.last_error, info
+            sidecar.start()
+            _wait_for(lambda: stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10).revision != "",
+                      APPLY_BOUND_S, "the bundle serves")  # fmt: skip
+            info = stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
+            assert (info.revision, info.last_error) == (read_bundle(policy_dir).revision, "")
+            reply = stub.Decide(request_to_proto(physician()), timeout=10)
+            assert (reply.decision, reply.policy_revision) == (policy_pb2.DECISION_ALLOW, info.revision)
+    finally:
+        sidecar.close()
