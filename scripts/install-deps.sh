@@ -134,6 +134,13 @@ else
   step "opa in process: built in $(elapsed "$t0")"
 fi
 
+# --- Go modules of the test-only verifiers (tests/audit/tlogverify: Go's sumdb note/tlog checking ztmesh) ------
+if (cd "$ROOT/tests/audit/tlogverify" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go mod download >>"$LOG" 2>&1); then
+  step "go modules for tests/audit/tlogverify: ready"
+else
+  tail -20 "$LOG" >&2; fail "go mod download in tests/audit/tlogverify (the Go module proxy must be reachable)"
+fi
+
 if ((BENCH)); then
   # The OPA-Envoy comparison of bench/envoy_bench.py: bench/opa_envoy is the plugin's design (ext_authz
   # server + OPA PreparedEvalQuery) on the pinned OPA; the bench builds it. Fetch its modules now.
