@@ -8,10 +8,7 @@ fingerprint the operator pinned, is refused with `CheckpointKeyNotTrusted`, whic
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ztmesh._proto.keys.v1 import keys_pb2, keys_pb2_grpc
 from ztmesh.audit import note
 from ztmesh.audit.errors import CheckpointError
-from ztmesh.audit.signing import LocalMlDsaSigner
+from ztmesh.audit.signing import LocalMlDsaSigner, secret_file
 
 _TIMEOUT = 10.0
 
@@ -56,54 +53,20 @@ class NoteKeys:
 # --- local keys (embedded default) ---------------------------------------------------------------------------
 
 
-class _LocalSigner:
-    def __init__(self, inner: note.Ed25519NoteSigner | note.MlDsa65NoteSigner) -> None:
-        self._inner = inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._inner.key_id
-
-    def sign(self, text: bytes) -> bytes:
-        return self._inner.sign(text)
-
-    def verifiers(self) -> list[note.NoteVerifier]:
-        return [self._inner.verifier]
-
-
 def _load_or_create_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
-    """A raw Ed25519 private key, base64, mode 0600; created on first use (first writer wins, atomically)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        candidate = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            raw = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
-            handle.write(base64.b64encode(raw).decode() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(candidate, path)
-        except FileExistsError:
-            pass
-        finally:
-            candidate.unlink()
+    """A raw Ed25519 private key kept like the ML-DSA seed (base64, mode 0600), made on first use."""
+    raw = secret_file(path, lambda: ed25519.Ed25519PrivateKey.generate().private_bytes_raw(), "an Ed25519 key")
     try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
         return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
-    except (binascii.Error, ValueError):
-        raise CheckpointError(f"{path}: not a base64 Ed25519 private key") from None
+    except ValueError:
+        raise CheckpointError(f"{path}: not an Ed25519 private key") from None
 
 
 def local_note_keys(origin: str, ed25519_file: Path, mldsa: LocalMlDsaSigner) -> NoteKeys:
     """Note keys from the data folder: an Ed25519 key file (made on first use) and audit's ML-DSA key."""
-    ed = note.Ed25519NoteSigner(origin, _load_or_create_ed25519(ed25519_file))
-    ml = note.MlDsa65NoteSigner(origin, mldsa.private_key())
-    return NoteKeys((_LocalSigner(ed), _LocalSigner(ml)))
+    ed = note.LocalNoteSigner(origin, _load_or_create_ed25519(ed25519_file))
+    ml = note.LocalNoteSigner(origin, mldsa.private_key())
+    return NoteKeys((ed, ml))
 
 
 # --- keys at the keys service --------------------------------------------------------------------------------

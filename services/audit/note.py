@@ -196,12 +196,15 @@ def parse_tree_head(text: str) -> TreeHead:
 # --- signers holding their private key in process ------------------------------------------------------------
 
 
-class Ed25519NoteSigner:
-    def __init__(self, name: str, private_key: ed25519.Ed25519PrivateKey) -> None:
+class LocalNoteSigner:
+    """Signs notes with an Ed25519 or ML-DSA-65 private key held in this process."""
+
+    def __init__(self, name: str, private_key: ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey) -> None:
         _check_key_name(name)
         self._key = private_key
         self.public_key = private_key.public_key().public_bytes_raw()
-        self.verifier = ed25519_verifier(name, self.public_key)
+        make = ed25519_verifier if isinstance(private_key, ed25519.Ed25519PrivateKey) else mldsa65_verifier
+        self.verifier = make(name, self.public_key)
 
     @property
     def name(self) -> str:
@@ -214,21 +217,5 @@ class Ed25519NoteSigner:
     def sign(self, text: bytes) -> bytes:
         return self._key.sign(text)
 
-
-class MlDsa65NoteSigner:
-    def __init__(self, name: str, private_key: mldsa.MLDSA65PrivateKey) -> None:
-        _check_key_name(name)
-        self._key = private_key
-        self.public_key = private_key.public_key().public_bytes_raw()
-        self.verifier = mldsa65_verifier(name, self.public_key)
-
-    @property
-    def name(self) -> str:
-        return self.verifier.name
-
-    @property
-    def key_id(self) -> bytes:
-        return self.verifier.key_id
-
-    def sign(self, text: bytes) -> bytes:
-        return self._key.sign(text)
+    def verifiers(self) -> list[NoteVerifier]:
+        return [self.verifier]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -22,6 +22,31 @@ from ztmesh.audit.errors import CheckpointError
 ALGORITHM = "ML-DSA-65"
 _PUBLIC_KEY_BYTES = 1952
 _SEED_BYTES = 32
+
+
+def secret_file(path: Path, make: Callable[[], bytes], what: str) -> bytes:
+    """The secret kept base64 (mode 0600) at `path`, written from `make()` on first use.
+
+    Several server processes may start at once: each writes a complete candidate, and the first hard
+    link wins atomically; everyone then reads the winner."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(make()).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+    try:
+        return base64.b64decode(path.read_text().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CheckpointError(f"{path}: not base64 ({what})") from None
 
 
 class LocalMlDsaSigner:
@@ -45,26 +70,7 @@ class LocalMlDsaSigner:
     @classmethod
     def load_or_create(cls, path: Path, key_id: str = "audit-local") -> LocalMlDsaSigner:
         """The signing seed kept (base64, mode 0600) at `path`, created on first use."""
-        if not path.exists():
-            # Several server processes may start at once: each writes a complete candidate, and the
-            # first hard link wins atomically; everyone then loads the winner.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            candidate = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(base64.b64encode(cls.generate(key_id)._private.private_bytes_raw()).decode() + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(candidate, path)
-            except FileExistsError:
-                pass
-            finally:
-                candidate.unlink()
-        try:
-            seed = base64.b64decode(path.read_text().strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise CheckpointError(f"{path}: not a base64 ML-DSA-65 seed") from None
+        seed = secret_file(path, lambda: cls.generate(key_id)._private.private_bytes_raw(), "an ML-DSA-65 seed")
         return cls.from_seed(seed, key_id)
 
     @property

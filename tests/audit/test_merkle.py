@@ -97,11 +97,11 @@ def test_appending_stores_each_complete_subtree_once() -> None:
 
 
 @pytest.fixture(scope="module")
-def signers() -> tuple[note.Ed25519NoteSigner, note.MlDsa65NoteSigner]:
+def signers() -> tuple[note.LocalNoteSigner, note.LocalNoteSigner]:
     name = "ztmesh.local/audit"
     return (
-        note.Ed25519NoteSigner(name, ed25519.Ed25519PrivateKey.generate()),
-        note.MlDsa65NoteSigner(name, mldsa.MLDSA65PrivateKey.generate()),
+        note.LocalNoteSigner(name, ed25519.Ed25519PrivateKey.generate()),
+        note.LocalNoteSigner(name, mldsa.MLDSA65PrivateKey.generate()),
     )
 
 
@@ -146,7 +146,7 @@ def test_a_tampered_checkpoint_is_refused(signers, name, tamper, message) -> Non
 
 
 def test_a_note_signed_only_by_unknown_keys_is_refused(signers) -> None:
-    stranger = note.Ed25519NoteSigner("ztmesh.local/audit", ed25519.Ed25519PrivateKey.generate())
+    stranger = note.LocalNoteSigner("ztmesh.local/audit", ed25519.Ed25519PrivateKey.generate())
     signed = note.sign(note.TreeHead("ztmesh.local/audit", 1, bytes(32)).text(), [stranger])
     with pytest.raises(note.NoteError, match="no signature by a trusted key"):
         note.open_note(signed, [signers[0].verifier])

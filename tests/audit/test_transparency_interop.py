@@ -36,10 +36,10 @@ def run(tlogverify: Path, document: dict) -> dict[str, tuple[bool, str]]:
 
 
 @pytest.fixture(scope="module")
-def log() -> tuple[merkle.MemoryNodes, list[bytes], list[str], note.Ed25519NoteSigner]:
+def log() -> tuple[merkle.MemoryNodes, list[bytes], list[str], note.LocalNoteSigner]:
     """A log of 1,000 records with a signed checkpoint at several sizes."""
-    ed = note.Ed25519NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
-    ml = note.MlDsa65NoteSigner(ORIGIN, mldsa.MLDSA65PrivateKey.generate())
+    ed = note.LocalNoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
+    ml = note.LocalNoteSigner(ORIGIN, mldsa.MLDSA65PrivateKey.generate())
     nodes = merkle.MemoryNodes()
     leaves = [merkle.leaf_hash(f'{{"sequence":{i}}}'.encode()) for i in range(1, 1001)]
     checkpoints = {}
@@ -76,7 +76,7 @@ def test_go_refuses_what_a_rewrite_would_produce(tlogverify: Path, log) -> None:
     nodes, leaves, checkpoints, ed = log
     forged_leaf = merkle.leaf_hash(b'{"sequence":6,"rewritten":true}')
     proof = merkle.inclusion_proof(5, 1000, nodes)
-    stranger = note.Ed25519NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
+    stranger = note.LocalNoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
     document = {
         "verifier_key": ed.verifier.vkey(),
         "checkpoint": checkpoints[1000],

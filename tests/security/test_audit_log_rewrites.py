@@ -124,8 +124,8 @@ def test_a_checkpoint_signed_by_another_key_is_no_checkpoint(backend: Backend, l
     """Someone with their own keys can sign a note for any tree; no verifier of this log accepts it."""
     trail, _, _ = logged
     mallory = [
-        note.Ed25519NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate()),
-        note.MlDsa65NoteSigner(ORIGIN, mldsa.MLDSA65PrivateKey.generate()),
+        note.LocalNoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate()),
+        note.LocalNoteSigner(ORIGIN, mldsa.MLDSA65PrivateKey.generate()),
     ]
     forged = note.sign(note.TreeHead(ORIGIN, 40, bytes(32)).text(), mallory)
     with pytest.raises(Exception, match="no signature by a trusted key"):
