@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support.service_mesh import ServiceMesh, issue_presenting, service_mesh, status_of
+from tests.support.service_mesh import ServiceMesh, service_mesh, status_of
 from ztmesh._proto.audit.v1 import audit_pb2
 from ztmesh._proto.keys.v1 import keys_pb2
 from ztmesh._proto.plugins.v1 import plugins_pb2
@@ -41,7 +41,7 @@ CALLS: dict[str, Callable[[Any], Any]] = {
 @pytest.fixture(scope="module")
 def mesh(pki, tmp_path_factory) -> Iterator[ServiceMesh]:
     for name, uris in MALFORMED.items():
-        issue_presenting(pki, f"malformed-{name}", uris)
+        pki.issue_presenting(f"malformed-{name}", uris)
     with service_mesh(pki, tmp_path_factory.mktemp("mesh")) as running:
         yield running
 
@@ -65,7 +65,7 @@ def test_malformed_spiffe_id_is_unauthenticated(mesh, service, name, caplog) -> 
 
 
 def test_a_certificate_without_a_spiffe_id_is_refused_too(mesh, pki) -> None:
-    issue_presenting(pki, "no-spiffe-id", ["https://ztmesh.local/ns/ztmesh/sa/client"])
+    pki.issue_presenting("no-spiffe-id", ["https://ztmesh.local/ns/ztmesh/sa/client"])
     for service, call in CALLS.items():
         code, _ = status_of(lambda: call(mesh.stub(service, "no-spiffe-id")))  # noqa: B023 - called at once
         assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), service

@@ -1,23 +1,18 @@
 """All four services in the test process over real mTLS (audit on SQLite, keys, plugins, policy on the
-shipped pack), each emitter shipping to that audit service; a reader of the audit trail it keeps; and a
-client certificate presenting exactly the URI SANs a test chooses."""
+shipped pack), each emitter shipping to that audit service, and a reader of the audit trail it keeps.
+(Certificates presenting chosen URI SANs: `Pki.issue_presenting` in tests/support/mesh.py.)"""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.mesh import Pki, running, settings_for
 from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -26,7 +21,6 @@ from ztmesh._proto.plugins.v1 import plugins_pb2_grpc
 from ztmesh._proto.policy.v1 import policy_pb2_grpc
 from ztmesh.audit.app import build_app as build_audit_app
 from ztmesh.keys.app import build_app as build_keys_app
-from ztmesh.mesh.certs import CertificateAuthority, write_pem
 from ztmesh.mesh.server import MeshServer, ServiceApp
 from ztmesh.plugins.app import build_app as build_plugins_app
 from ztmesh.policy.app import build_app as build_policy_app
@@ -111,30 +105,6 @@ def service_mesh(pki: Pki, data_dir: Path, env: Mapping[str, str] | None = None)
             mesh.servers[service] = stack.enter_context(running(app, settings))
             peers[f"{service}_addr"] = f"localhost:{mesh.servers[service].port}"
         yield mesh
-
-
-def issue_presenting(pki: Pki, name: str, uris: Sequence[str]) -> None:
-    """`<name>.crt/.key` from the mesh CA with exactly these URI SANs, verbatim (malformed SPIFFE IDs,
-    several, none): the CA vouches for the certificate, so only the identity check can refuse it."""
-    ca = CertificateAuthority.load(pki.directory / "ca.crt", pki.directory / "ca.key")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    )
-    if uris:
-        sans = [x509.UniformResourceIdentifier(uri) for uri in uris]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    write_pem(pki.directory / f"{name}.key", key=key)
-    write_pem(pki.directory / f"{name}.crt", cert=builder.sign(ca.key, hashes.SHA256()))
 
 
 def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
