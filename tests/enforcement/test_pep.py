@@ -163,7 +163,7 @@ def clinic_identity(pki: Pki) -> TlsFiles:
 def engine_in_process(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyServicer]:
     """The policy engine wired as the service wires it (default pack, trust data, decision cache)."""
     settings = settings_for(pki, tmp_path_factory.mktemp("local-policy"))
-    engine = build_engine(settings, PolicySettings(), LogAuditEmitter())
+    engine = build_engine(settings, PolicySettings(policy_signing_required=False), LogAuditEmitter())  # unsigned pack
     yield PolicyServicer(engine)
     engine.engine.close()
 
