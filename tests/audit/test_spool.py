@@ -353,3 +353,33 @@ def test_a_full_spool_takes_events_again_once_audit_answers(backend: Backend, tm
     emitter.emit_event(event(1000))  # straight to audit: no waiting for the shipper's next attempt
     assert emitter.flush(timeout=30)
     emitter.close()
+
+
+def test_a_stuck_shipper_says_so_and_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import REGISTRY
+
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    SqliteAuditStore(db).close()
+    outage = Backend("sqlite", str(db)).start_outage()
+    spool = settings(tmp_path, stall_after=0.2)
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db, busy_timeout=0.05)), spool)
+    emitter.emit_event(event(1))
+
+    def stalled() -> float | None:
+        return REGISTRY.get_sample_value("ztmesh_audit_spool_stalled", {"spool": str(spool.directory)})
+
+    deadline = time.monotonic() + 30
+    while stalled() != 1:
+        assert time.monotonic() < deadline, "a shipper making no progress was never reported"
+        time.sleep(0.05)
+    assert any("nothing shipped" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    outage.execute("ROLLBACK")
+    outage.close()
+    assert emitter.flush(timeout=30)
+    while stalled() != 0:
+        assert time.monotonic() < deadline, "the stall was never cleared"
+        time.sleep(0.05)
+    emitter.close()
+    assert trail_ids(db) and any("shipping again" in r.getMessage() for r in caplog.records)
