@@ -46,6 +46,7 @@ POLICY_PATHS = {
     "ZTMESH_POLICY_DIR": str(ROOT / "policies" / "rego"),
     "ZTMESH_TRUST_WEIGHTS": str(ROOT / "policies" / "trust" / "weights.json"),
     "ZTMESH_THREAT_DIR": str(ROOT / "policies" / "threat"),
+    "ZTMESH_POLICY_SIGNING_REQUIRED": "false",  # the shipped pack is not signed
 }
 PATH = "/api/patients/42"
 WRK = ["wrk", "-t2", "-c32", "-d10s", "--latency"]
