@@ -214,6 +214,7 @@ return {epoch, t[1], t[2], redis.call('HGETALL', KEYS[1])}
 # safe: Redis 7 replicates a script's effects, not the script.
 _RECORD = (
     """
+redis.replicate_commands()  -- Redis < 7: writes after TIME need effects replication (7: always on)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 if ARGV[6] ~= '1' and not redis.call('GET', KEYS[2]) then

@@ -46,7 +46,7 @@ def store() -> Iterator[OwnRedis]:
 
 
 def _replica(pki: Pki, tmp_path: Any, url: str, clock_offset: float) -> PolicyEngine:
-    settings = settings_for(pki, tmp_path, redis_url=url)
+    settings = settings_for(pki, tmp_path, redis_url=url, dev_mode=True)  # the shipped pack is not signed
     files = REPO / "policies"
     policy = PolicySettings(files / "rego", files / "trust" / "weights.json", files / "threat",
                             policy_signing_required=False)  # fmt: skip

@@ -46,7 +46,7 @@ def test_two_replicas_share_signal_state_through_redis(make_engine, redis_url, p
     state_a = a.signals.state("dr.ana", a.clock(), a.scorer.model.config.behaviour.half_lives)
     state_b = b.signals.state("dr.ana", b.clock(), b.scorer.model.config.behaviour.half_lives)
     assert state_a.version == state_b.version == 2  # decayed by Redis's clock, read a moment apart
-    assert state_a.levels == pytest.approx(state_b.levels, rel=1e-6)
+    assert state_a.levels == pytest.approx(state_b.levels, rel=1e-4)  # a busy machine: reads ~1 s apart
 
 
 def test_redis_and_memory_stores_decay_alike(redis_url, prefix):

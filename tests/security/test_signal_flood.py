@@ -73,7 +73,8 @@ def test_a_full_redis_refuses_new_signals_and_keeps_the_malware_flag(pki, tmp_pa
                 operator.ReportSignal(_fresh(-i), timeout=10)
             except grpc.RpcError as exc:
                 refusals.append((exc.code(), "maxmemory" in exc.details()))
-        assert refusals and set(refusals) == {(grpc.StatusCode.RESOURCE_EXHAUSTED, True)}
+        assert (grpc.StatusCode.RESOURCE_EXHAUSTED, True) in refusals
+        assert {code for code, _ in refusals} <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
         assert operator.Decide(physician(), timeout=10).decision == policy_pb2.DECISION_DENY
         flood.close()
 
