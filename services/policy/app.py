@@ -105,7 +105,7 @@ def build_engine(
         raise SettingsError("ZTMESH_TRUST_WEIGHTS", str(exc)) from None
     rego: RegoEngine
     try:
-        rego = opa_server_engine(policy) if policy.rego_engine == "opa" else OpaEmbeddedEngine()
+        rego = opa_server_engine(policy) if policy.rego_engine == "opa" else OpaEmbeddedEngine(policy.opa_timeout)
     except ValueError as exc:
         raise SettingsError("ZTMESH_OPA_URL", str(exc)) from None
     except EngineError as exc:  # the in-process OPA library is missing or does not load

@@ -43,7 +43,7 @@ class _Library:
         out: list[Any] = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int)]
         lib.ztm_prepare.argtypes = [ctypes.c_char_p, ctypes.c_int, *out]
         lib.ztm_prepare.restype = ctypes.c_ulonglong
-        lib.ztm_eval.argtypes = [ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, *out]
+        lib.ztm_eval.argtypes = [ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, *out]
         lib.ztm_eval.restype = ctypes.c_int
         lib.ztm_test.argtypes = [ctypes.c_char_p, ctypes.c_int, *out]
         lib.ztm_test.restype = ctypes.c_int
@@ -79,11 +79,11 @@ class _Library:
     def prepare(self, request: bytes) -> tuple[int, Any]:
         return self._take(lambda o, n: self._lib.ztm_prepare(request, len(request), o, n))
 
-    def eval(self, handle: int, payload: bytes, kind: int) -> tuple[int, Any]:
+    def eval(self, handle: int, payload: bytes, kind: int, timeout_ms: int = 0) -> tuple[int, Any]:
         # The decision path: no closure, the ctypes functions bound once.
         out = ctypes.c_void_p()
         size = ctypes.c_int()
-        rc = self._eval(handle, payload, len(payload), kind, ctypes.byref(out), ctypes.byref(size))
+        rc = self._eval(handle, payload, len(payload), kind, timeout_ms, ctypes.byref(out), ctypes.byref(size))
         return rc, json.loads(self._body(out, size))
 
     def test(self, request: bytes) -> tuple[int, Any]:
@@ -179,9 +179,10 @@ class PreparedQuery:
         self.handle = rc
         self.rule = rule
 
-    def evaluate(self, document: Any, kind: int = INPUT_JSON) -> Any:
+    def evaluate(self, document: Any, kind: int = INPUT_JSON, timeout_s: float = 0.0) -> Any:
         """For a rule: its value, UNDEFINED when undefined. Otherwise: the list of every result's bindings.
-        `document` is JSON-able, or with INPUT_TERM a Rego term as text, or ignored with INPUT_NONE."""
+        `document` is JSON-able, or with INPUT_TERM a Rego term as text, or ignored with INPUT_NONE;
+        an evaluation longer than `timeout_s` (0: no limit) ends with a RegoRuntimeError."""
         if kind == INPUT_JSON:
             try:
                 payload = _dumps(document)
@@ -189,17 +190,20 @@ class PreparedQuery:
                 raise EngineError(f"the input is not JSON: {exc}") from None
         else:
             payload = document.encode() if kind == INPUT_TERM else b""
-        rc, reply = self._lib.eval(self.handle, payload, kind)
+        rc, reply = self._lib.eval(self.handle, payload, kind, max(0, round(timeout_s * 1000)))
         if rc != 0:
-            if "released" in str(reply.get("error", "")):
+            text = str(reply.get("error", ""))
+            if "released" in text:
                 raise StaleBundle("the prepared query was released (its bundle was replaced)")
+            if timeout_s and ("deadline exceeded" in text or "timed out" in text or "eval_cancel_error" in text):
+                raise EngineError(f"rego evaluation took longer than {timeout_s:g} s (ZTMESH_OPA_TIMEOUT): {text}")
             raise RegoRuntimeError(reply)
         if not self.rule:
             return reply["results"]
         if "value" in reply:
             return reply["value"]
         if self._explain is not None:
-            self._strict_twin().evaluate(document, kind)  # raises RegoRuntimeError naming the builtin error
+            self._strict_twin().evaluate(document, kind, timeout_s)  # raises RegoRuntimeError naming the error
         return UNDEFINED
 
     def _strict_twin(self) -> PreparedQuery:
@@ -265,7 +269,8 @@ class OpaEmbeddedEngine:
 
     name = "opa-embedded"
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 1.0) -> None:
+        self.timeout_s = timeout_s  # an evaluation running longer is an error: the decision is a DENY
         self._prepared: dict[str, PreparedQuery] = {}
         self._current = ""
         self._lock = threading.Lock()
@@ -287,7 +292,7 @@ class OpaEmbeddedEngine:
         if prepared is None:
             raise StaleBundle(f"bundle {bundle.revision} is no longer installed")
         try:
-            return prepared.evaluate(pruned)
+            return prepared.evaluate(pruned, INPUT_JSON, self.timeout_s)
         except StaleBundle:
             raise StaleBundle(f"bundle {bundle.revision} is no longer installed") from None
 

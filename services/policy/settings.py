@@ -52,7 +52,10 @@ class PolicySettings:
         check=signer_pins,
     )  # fmt: skip
     opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")
-    opa_timeout: float = setting(1.0, doc="seconds one OPA query may take before the decision is DENY", check=positive)
+    opa_timeout: float = setting(
+        1.0, doc="seconds one Rego evaluation (in process or by the OPA server) may take before the decision is DENY",
+        check=positive,
+    )  # fmt: skip
     opa_bundle_listen: str = setting(
         "127.0.0.1:8182", doc="host:port where this service serves its checked bundle to OPA (OPA's bundle API)"
     )

@@ -155,6 +155,20 @@ def test_threads_share_one_prepared_query_across_bundle_swaps(engine):
         engine.evaluate(bundles[0], {}, {})
 
 
+def test_a_runaway_evaluation_ends_with_an_error_at_the_timeout():
+    # 10^8 iterations of the interpreter: minutes of work if nothing stopped it.
+    slow = Modules(
+        {"t.rego": "package t\nr := numbers.range(1, 10000)\nvalue := count([1 | some i in r; some j in r])"}
+    )
+    engine = OpaEmbeddedEngine(timeout_s=0.05)
+    try:
+        engine.install(slow)
+        with pytest.raises(EngineError, match=r"took longer than 0.05 s \(ZTMESH_OPA_TIMEOUT\)"):
+            engine.evaluate(slow, {}, {})
+    finally:
+        engine.close()
+
+
 def test_a_missing_library_says_run_make_setup(tmp_path: Path):
     with pytest.raises(EngineError, match="missing: run make setup"):
         load_library(tmp_path / "libztmesh_opa.so")

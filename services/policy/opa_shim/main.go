@@ -184,6 +184,15 @@ func refusal(p problem) problem {
 	return p
 }
 
+// survive turns a panic inside OPA into an error answer: a Go panic crossing into C would abort
+// the whole service. Deferred by every export that returns an answer.
+func survive(out **C.char, outLen *C.int, rc *C.int) {
+	if p := recover(); p != nil {
+		reply(out, outLen, failure{Error: fmt.Sprintf("OPA panicked: %v", p)})
+		*rc = 1
+	}
+}
+
 func reply(out **C.char, outLen *C.int, v any) {
 	bs, err := json.Marshal(v)
 	if err != nil {
@@ -246,7 +255,13 @@ func newStore(data json.RawMessage) (storage.Store, error) {
 // compile errors (file:row each) in *out.
 //
 //export ztm_prepare
-func ztm_prepare(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.ulonglong {
+func ztm_prepare(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (handle C.ulonglong) {
+	defer func() {
+		if p := recover(); p != nil {
+			reply(out, outLen, failure{Error: fmt.Sprintf("OPA panicked: %v", p)})
+			handle = 0
+		}
+	}()
 	var r prepareRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
 		reply(out, outLen, failure{Error: "bad prepare request: " + err.Error()})
@@ -290,11 +305,13 @@ const (
 	inputTerm = 2 // Rego term syntax (sets, ...): only the conformance cases need it
 )
 
-// ztm_eval evaluates a prepared query: returns 0 with the answer in *out ({"value": v} or {} when
-// undefined for a rule; {"results": [bindings...]} otherwise), or 1 with the error in *out.
+// ztm_eval evaluates a prepared query for at most timeoutMs (0: no limit): returns 0 with the
+// answer in *out ({"value": v}, or {} when a rule is undefined; {"results": [bindings...]} for a
+// query), or 1 with the error in *out.
 //
 //export ztm_eval
-func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, out **C.char, outLen *C.int) C.int {
+func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, timeoutMs C.int, out **C.char, outLen *C.int) (rc C.int) {
+	defer survive(out, outLen, &rc)
 	v, ok := handles.Load(uint64(handle))
 	if !ok {
 		reply(out, outLen, failure{Error: fmt.Sprintf("no prepared query %d (released)", uint64(handle))})
@@ -318,7 +335,13 @@ func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, out
 		}
 		evalOpts = append(evalOpts, rego.EvalParsedInput(term.Value))
 	}
-	rs, err := p.query.Eval(context.Background(), evalOpts...)
+	ctx := context.Background()
+	if timeoutMs > 0 { // OPA checks the context as it evaluates: a runaway policy ends with an error
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeoutMs)*time.Millisecond)
+		defer cancel()
+	}
+	rs, err := p.query.Eval(ctx, evalOpts...)
 	if err != nil {
 		reply(out, outLen, describe(err))
 		return 1
@@ -374,7 +397,8 @@ type testResult struct {
 // {"results": [...]}, or 1 with the compile errors.
 //
 //export ztm_test
-func ztm_test(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.int {
+func ztm_test(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc C.int) {
+	defer survive(out, outLen, &rc)
 	var r testRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
 		reply(out, outLen, failure{Error: "bad test request: " + err.Error()})
@@ -476,7 +500,8 @@ func inputReads(x any, paths map[string][]string, unbounded *bool) {
 // or 1 with the parse errors.
 //
 //export ztm_input_paths
-func ztm_input_paths(req *C.char, reqLen C.int, out **C.char, outLen *C.int) C.int {
+func ztm_input_paths(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc C.int) {
+	defer survive(out, outLen, &rc)
 	var r inputPathsRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
 		reply(out, outLen, failure{Error: "bad input-paths request: " + err.Error()})
