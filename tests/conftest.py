@@ -14,5 +14,6 @@ _PLUGINS = (
     "tests.support.opa_bundles",
     "tests.support.bundle_keys",
     "tests.audit.backends",
+    "tests.support.gateway_fixtures",
 )
 pytest_plugins = [name for name in _PLUGINS if importlib.util.find_spec(name)]

@@ -9,7 +9,6 @@ import pytest
 
 from tests.support.mesh import Pki
 from tests.support.policy_service import PolicyService, running_policy_service
-from tests.support.tokens import TokenIssuer
 
 # The `client` certificate stands for a workload allowed to call through the gateway.
 GATEWAY_WORKLOADS = {"ZTMESH_GATEWAY_WORKLOADS": "spiffe://ztmesh.local/ns/ztmesh/sa/client"}
@@ -19,16 +18,3 @@ GATEWAY_WORKLOADS = {"ZTMESH_GATEWAY_WORKLOADS": "spiffe://ztmesh.local/ns/ztmes
 def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyService]:
     with running_policy_service(pki, tmp_path_factory.mktemp("policy"), GATEWAY_WORKLOADS) as service:
         yield service
-
-
-@pytest.fixture(scope="session")
-def backend_identity(pki: Pki) -> str:
-    """A mesh identity for the protected upstream (the gateway only talks mTLS to mesh workloads)."""
-    if not (pki.directory / "backend.crt").exists():
-        pki.issue("backend")
-    return "backend"
-
-
-@pytest.fixture(scope="session")
-def idp() -> TokenIssuer:
-    return TokenIssuer()

@@ -10,50 +10,19 @@ throwaway identity provider replace the shipped placeholder), workloads with the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.gateway import Gateway, run_gateway, trust_token_keys, wait_for
-from tests.support.mesh import Pki
-from tests.support.policy_service import PolicyService
+from tests.support.gateway import Gateway, wait_for
 from tests.support.tokens import TokenIssuer, clinician
-from tests.support.upstream import Upstream, run_upstream
+from tests.support.upstream import Upstream
 
 # The gateway's answer when the policy service cannot answer (ext_authz `status_on_error`).
 FAIL_CLOSED_STATUS = 503
 UA = {"user-agent": "ehr/2.1"}
 TREATMENT = {**UA, "x-processing-purpose": "treatment"}
 WORKLOAD = "spiffe://ztmesh.local/ns/ztmesh/sa/client"
-
-
-@pytest.fixture(scope="module")
-def upstream(pki: Pki, backend_identity: str) -> Iterator[Upstream]:
-    with run_upstream(pki.files(backend_identity)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    envoy_bin: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    policy_service: PolicyService,
-    upstream: Upstream,
-    idp: TokenIssuer,
-) -> Iterator[Gateway]:
-    root = tmp_path_factory.mktemp("gateway")
-    with run_gateway(
-        str(envoy_bin),
-        root,
-        pki.directory,
-        policy_port=policy_service.port,
-        upstream_port=upstream.port,
-        edit=trust_token_keys(idp.jwks()),
-    ) as gw:
-        yield gw
 
 
 def call(

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.gateway import Gateway, run_gateway, trust_token_keys
+from tests.support.gateway import Gateway
 from tests.support.mesh import Pki
 from tests.support.policy_service import PolicyService, running_policy_service
 from tests.support.tokens import TokenIssuer, clinician
-from tests.support.upstream import Upstream, run_upstream
+from tests.support.upstream import Upstream
 
 # Route -> (classification, resource type) as labelled in deploy/envoy/envoy-gateway.yaml.
 PROTECTED = {
@@ -89,42 +88,9 @@ class Answer:
 
 
 @pytest.fixture(scope="module")
-def idp() -> TokenIssuer:
-    return TokenIssuer()
-
-
-@pytest.fixture(scope="module")
 def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyService]:
     with running_policy_service(pki, tmp_path_factory.mktemp("policy")) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def upstream(pki: Pki) -> Iterator[Upstream]:
-    if not (pki.directory / "backend.crt").exists():
-        pki.issue("backend")
-    with run_upstream(pki.files("backend")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    envoy_bin: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    policy_service: PolicyService,
-    upstream: Upstream,
-    idp: TokenIssuer,
-) -> Iterator[Gateway]:
-    with run_gateway(
-        str(envoy_bin),
-        tmp_path_factory.mktemp("gateway"),
-        pki.directory,
-        policy_port=policy_service.port,
-        upstream_port=upstream.port,
-        edit=trust_token_keys(idp.jwks()),
-    ) as gw:
-        yield gw
 
 
 @pytest.fixture(scope="module")

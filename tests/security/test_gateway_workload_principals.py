@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import Gateway, run_gateway, trust_token_keys
 from tests.support.mesh import Pki, settings_for
 from tests.support.policy_service import POLICY_ENV, PolicyService, running_policy_service
-from tests.support.tokens import TokenIssuer, clinician
-from tests.support.upstream import Upstream, run_upstream
+from tests.support.tokens import clinician
 from ztmesh.mesh.errors import SettingsError
 from ztmesh.policy.app import build_app
 
@@ -48,11 +45,6 @@ PRESENTED = {
 
 
 @pytest.fixture(scope="module")
-def idp() -> TokenIssuer:
-    return TokenIssuer()
-
-
-@pytest.fixture(scope="module")
 def identities(pki: Pki) -> dict[str, str]:
     """Certificate name in the PKI folder for each presented identity, all signed by the mesh CA."""
     for name, (uris, _) in PRESENTED.items():
@@ -65,34 +57,6 @@ def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     env = {"ZTMESH_GATEWAY_WORKLOADS": LISTED}
     with running_policy_service(pki, tmp_path_factory.mktemp("policy"), env) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def upstream(pki: Pki) -> Iterator[Upstream]:
-    if not (pki.directory / "backend.crt").exists():
-        pki.issue("backend")
-    with run_upstream(pki.files("backend")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    envoy_bin: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    pki: Pki,
-    policy_service: PolicyService,
-    upstream: Upstream,
-    idp: TokenIssuer,
-) -> Iterator[Gateway]:
-    with run_gateway(
-        str(envoy_bin),
-        tmp_path_factory.mktemp("gateway"),
-        pki.directory,
-        policy_port=policy_service.port,
-        upstream_port=upstream.port,
-        edit=trust_token_keys(idp.jwks()),
-    ) as gw:
-        yield gw
 
 
 def call(gateway, upstream, path, headers, identity):
