@@ -315,10 +315,16 @@ class OpaServerEngine:
 
     # --- activation ----------------------------------------------------------------------------
 
+    def _query_revision(self) -> str:
+        """The revision OPA serves ("" for none); raises when OPA cannot be asked. Only the revision
+        rule is evaluated, not the decision (which an empty input may not suit)."""
+        reply = self._client.query_rule(input_data={}, package_path=SERVING_PACKAGE, rule_name="revision")
+        return str(reply.get("result") or "")
+
     def serving_revision(self) -> str:
         """The revision OPA serves now ("" when it serves none or cannot be reached)."""
         try:
-            return _revision_of(self._client.query_rule(input_data={}, package_path=SERVING_PACKAGE))
+            return self._query_revision()
         except (requests.RequestException, ValueError):
             return ""
 
@@ -328,7 +334,7 @@ class OpaServerEngine:
         reached = False
         while True:
             try:
-                revision = _revision_of(self._client.query_rule(input_data={}, package_path=SERVING_PACKAGE))
+                revision = self._query_revision()
                 reached = True
             except (requests.RequestException, ValueError):
                 revision = ""
