@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import tarfile
 import threading
 import time
@@ -52,6 +53,9 @@ def serving_module(bundle: CompiledBundle) -> str:
 def bundle_tarball(bundle: CompiledBundle) -> bytes:
     """The bundle in OPA's tarball format: `.manifest` (revision, the whole data tree as its root),
     the policy modules at their paths, the merged data as one `data.json`, the serving module."""
+    for path, source in bundle.modules.items():
+        if re.search(rf"^package\s+{SERVING_PACKAGE}\b", source, re.MULTILINE) or path == f"{SERVING_PACKAGE}.rego":
+            raise BundleError(f"the package and file name {SERVING_PACKAGE} are reserved by the OPA engine", path)
     files: dict[str, bytes] = {
         "/.manifest": json.dumps({"revision": bundle.revision, "roots": [""]}).encode(),
         "/data.json": json.dumps(bundle.data, ensure_ascii=False).encode(),

@@ -215,3 +215,12 @@ def test_opa_engine_swaps_bundles_as_opa_bundles(make_engine, bundle_dir, opa_si
     assert ids == ["ztmesh/authz.rego", "ztmesh/ztmesh_serving.rego"]
     manifest = requests.get(f"{opa_sidecar.url}/v1/data/system/bundles/ztmesh/manifest", timeout=5).json()["result"]
     assert manifest["revision"] == engine.bundles.current.revision != first
+
+
+def test_opa_engine_refuses_a_bundle_claiming_its_serving_package(make_engine, bundle_dir, opa_sidecar):
+    engine = make_engine(rego=opa_sidecar.engine(), bundle_root=bundle_dir)
+    serving = engine.bundles.current.revision
+    (bundle_dir / "spoof.rego").write_text('package ztmesh_serving\n\nrevision := "anything"\n')
+    with pytest.raises(BundleError, match="spoof.rego: the package and file name ztmesh_serving are reserved"):
+        engine.reload()
+    assert engine.bundles.current.revision == serving == engine.engine.serving_revision()
