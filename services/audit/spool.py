@@ -116,6 +116,7 @@ class SpoolEmitter:
         self._progress_at = time.monotonic()  # last time the spool was empty or a batch shipped
         self._stall_reported = 0.0
         self._last_error = ""
+        self._failing = False
         self.shipped = 0
         self.rejected = 0
         self._shipper = self._start(self._ship_loop, "audit-spool-ship")
@@ -245,21 +246,22 @@ class SpoolEmitter:
     def _ship_loop(self) -> None:
         delay = self.settings.retry_initial
         while True:
+            failure: Exception | None = None
+            shipped = 0
             try:
                 shipped = self._ship_once()
             except Exception as exc:  # nothing ends the shipper: audit down, a refusal, a bug in a frame
-                self._sink_healthy = False
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                self.metrics.ship_failures.inc()
-                log.warning("audit spool %s: shipping failed (%s); retrying in %.1fs",
-                            self.settings.directory, self._last_error, delay)  # fmt: skip
-                self._observe()
+                failure = exc
+            try:
+                self._observe(failure)
+            except Exception:  # reporting must not stop shipping either
+                log.exception("audit spool %s: could not report the backlog", self.settings.directory)
+            if failure is not None:
                 if self._stopping.wait(delay * random.uniform(0.5, 1.0)):
                     return  # closing: whatever is left stays spooled for the next start
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
             delay = self.settings.retry_initial
-            self._observe()
             if shipped:
                 continue
             self._sink_healthy = True
@@ -344,8 +346,16 @@ class SpoolEmitter:
         log.error("audit refused spooled event %s for good (%s); kept in %s", event.event_id, exc.problem,
                   self.files.rejected_path)  # fmt: skip
 
-    def _observe(self) -> None:
+    def _observe(self, failure: Exception | None) -> None:
         """Export the backlog, and report a shipper that has made no progress for `stall_after` seconds."""
+        if failure is not None:
+            self._sink_healthy = False
+            self._last_error = f"{type(failure).__name__}: {failure}"
+            self.metrics.ship_failures.inc()
+            # The first failure of a run is a warning; a long one is the stall error below, every stall_after.
+            level = logging.WARNING if not self._failing else logging.DEBUG
+            log.log(level, "audit spool %s: shipping failed (%s); retrying", self.settings.directory, self._last_error)
+        self._failing = failure is not None
         used = self.files.used_bytes()
         self.metrics.pending_bytes.set(used)
         now = time.monotonic()
