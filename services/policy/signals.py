@@ -196,22 +196,25 @@ class MemorySignalStore:
 # The epoch marker (KEYS[2] below) is written only once the store is known to hold every signal
 # that counts: after a restore from the audit trail (which, for a new deployment, replays nothing).
 # Redis that restarted empty, failed over to an empty replica or was flushed has no marker, and a
-# missing marker reads as "memory lost", never as a clean history.
+# missing marker reads as "memory lost", never as a clean history. A counter of recorded signals
+# (KEYS[3]) only grows within an epoch: a replica that sees it go back (a failover to a replica that
+# lagged behind, a restart from an older snapshot) knows signals were lost, and drops the marker.
 _NO_EPOCH = "ZTMESH_NO_EPOCH"
 
-# KEYS[1]: the subject's hash, KEYS[2]: the epoch marker. Returns {epoch|nil, seconds, microseconds,
-# hash fields...}: state and the store's clock in one round trip, so decay uses one clock for all.
+# KEYS[1]: the subject's hash, KEYS[2]: the epoch marker, KEYS[3]: the counter. Returns {epoch|nil,
+# seconds, microseconds, hash fields, counter}: state and the store's clock in one round trip, so
+# decay uses one clock for all.
 _READ = """
 local t = redis.call('TIME')
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then return {false, t[1], t[2]} end
-return {epoch, t[1], t[2], redis.call('HGETALL', KEYS[1])}
+return {epoch, t[1], t[2], redis.call('HGETALL', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
 # KEYS as above. ARGV: kind, amount, at ('' = now), half_life, negligible, replay ('1' while
-# restoring). Runs atomically, so concurrent reports from several replicas never lose an event. The
-# hash lives until its longest-lived level is negligible (field x), never less. TIME in a script is
-# safe: Redis 7 replicates a script's effects, not the script.
+# restoring). Returns {version, counter, epoch|nil}. Runs atomically, so concurrent reports from
+# several replicas never lose an event. The hash lives until its longest-lived level is negligible
+# (field x), never less. TIME in a script is safe: Redis 7 replicates a script's effects.
 _RECORD = (
     """
 redis.replicate_commands()  -- Redis < 7: writes after TIME need effects replication (7: always on)
@@ -241,7 +244,7 @@ redis.call('HSET', KEYS[1], 'v:' .. kind, string.format('%.17g', value), 't:' ..
            'x', string.format('%.17g', until_))
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('EXPIREAT', KEYS[1], math.ceil(until_) + 60)
-return version
+return {version, redis.call('INCR', KEYS[3]), redis.call('GET', KEYS[2])}
 """
 )
 
@@ -258,7 +261,7 @@ return 1
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
-"""
+"""  # also drops an epoch marker, if it is still the one that went back in time
 
 _POLICY_CHECK_INTERVAL_S = 30.0
 _REPLAY_BATCH = 500
@@ -279,6 +282,9 @@ class RedisSignalStore:
         self._subjects = prefix + "s:"
         self._epoch_key = prefix + "epoch"
         self._lock_key = prefix + "restore"
+        self._count_key = prefix + "count"
+        self._seen: tuple[bytes, int] = (b"", 0)  # (epoch, highest counter) this replica has seen
+        self._seen_lock = threading.Lock()
         self._read = self._redis.register_script(_READ)
         self._record = self._redis.register_script(_RECORD)
         self._seal = self._redis.register_script(_SEAL)
@@ -310,7 +316,7 @@ class RedisSignalStore:
             0,
         ]
         try:
-            return int(self._record(keys=[self._subjects + subject_id, self._epoch_key], args=args))
+            version, count, epoch = self._record(keys=self._keys(subject_id), args=args)
         except self._out_of_memory as exc:
             raise SignalStoreFull(
                 f"signal store full: redis refuses writes at its maxmemory ({exc}); no signal is taken "
@@ -320,16 +326,46 @@ class RedisSignalStore:
             if _NO_EPOCH in str(exc):
                 raise self._lost() from None
             raise SignalStoreError(f"redis: cannot record signal for {subject_id!r}: {exc}") from exc
+        self._observe(epoch, int(count))
+        return int(version)
+
+    def _keys(self, subject_id: str) -> list[str]:
+        return [self._subjects + subject_id, self._epoch_key, self._count_key]
+
+    def _observe(self, epoch: bytes | None, count: int) -> None:
+        """SignalStoreLost if the counter went back within the epoch we know (signals were lost)."""
+        if epoch is None:
+            raise self._lost()
+        with self._seen_lock:
+            seen_epoch, seen = self._seen
+            if epoch != seen_epoch or count >= seen:
+                self._seen = (epoch, max(seen, count) if epoch == seen_epoch else count)
+                return
+        # A lower count may only be an older reply overtaken by a newer one of another thread: the
+        # store's counter now says whether it really went back.
+        try:
+            now_epoch, now_count = self._redis.mget(self._epoch_key, self._count_key)
+        except self._errors as exc:
+            raise SignalStoreError(f"redis: cannot read the signal counter: {exc}") from exc
+        if now_epoch == epoch and int(now_count or 0) >= seen:
+            return
+        if now_epoch == epoch:
+            with contextlib.suppress(*self._errors):  # every replica then sees the marker gone: restore
+                self._release(keys=[self._epoch_key], args=[epoch])
+        raise SignalStoreLost(
+            f"redis went back in time: it holds {count} recorded signals where this replica saw {seen} "
+            "(failover to a replica that lagged behind, restart from an older snapshot); restoring the "
+            "signals from the audit trail"
+        )
 
     def state(self, subject_id: str, now: float, half_lives: Mapping[str, float]) -> BehaviourState:
         if self._eviction_problem:
             raise SignalStoreError(self._eviction_problem)
         try:
-            reply = self._read(keys=[self._subjects + subject_id, self._epoch_key])
+            reply = self._read(keys=self._keys(subject_id))
         except self._errors as exc:
             raise SignalStoreError(f"redis: cannot read signals of {subject_id!r}: {exc}") from exc
-        if reply[0] is None:
-            raise self._lost()
+        self._observe(reply[0], int(reply[4]) if len(reply) > 4 else 0)
         store_now = int(reply[1]) + int(reply[2]) / 1e6
         raw = reply[3]
         fields = {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
@@ -398,7 +434,7 @@ class RedisSignalStore:
             if not self._redis.set(self._lock_key, token, nx=True, px=_LOCK_TTL_MS):
                 raise SignalStoreError("another replica is restoring the signal store")
             # Keys left without a marker (e.g. only the marker was deleted) would count twice.
-            stale = list(self._redis.scan_iter(match=self._subjects + "*", count=1000))
+            stale = [*self._redis.scan_iter(match=self._subjects + "*", count=1000), self._count_key]
             for i in range(0, len(stale), _REPLAY_BATCH):
                 self._redis.delete(*stale[i : i + _REPLAY_BATCH])
             count = 0
@@ -409,7 +445,7 @@ class RedisSignalStore:
                     continue
                 args: list[str | int] = [signal.kind, repr(signal.amount), repr(signal.at), repr(half_life),
                                          repr(NEGLIGIBLE), 1]  # fmt: skip
-                self._record(keys=[self._subjects + signal.subject_id, self._epoch_key], args=args, client=pipe)
+                self._record(keys=self._keys(signal.subject_id), args=args, client=pipe)
                 count += 1
                 if count % _REPLAY_BATCH == 0:
                     pipe.pexpire(self._lock_key, _LOCK_TTL_MS)

@@ -202,3 +202,58 @@ def test_reload_notifications_start_late_and_survive_a_redis_restart(tmp_path):
         listener.close()
         announcer.close()
         server.stop()
+
+
+def test_a_redis_back_from_an_older_snapshot_is_detected_and_restored():
+    """What a failover to a replica that lagged behind looks like: the marker is there, some signals
+    are not. The counter of recorded signals went back, so the store reads as lost and is restored."""
+    from tests.support.own_redis import own_redis
+
+    malware = {"malware_detected": 7 * 86400.0}
+    with own_redis() as server:  # no automatic snapshots: the test takes the one it needs
+        store = RedisSignalStore(server.url)
+        store.restore([], {})
+        store.record("someone", "malware_detected", 1.0, malware["malware_detected"], now=0.0)
+        server.client().save()  # the state the lagging replica has
+        store.record("dr.ana", "malware_detected", 1.0, malware["malware_detected"], now=0.0)
+        flagged_at = store.state("dr.ana", 0.0, malware).as_of
+        server.stop()
+        server.start()  # back from the older snapshot: dr.ana's flag is gone, the marker is not
+        with pytest.raises(SignalStoreLost, match="went back in time: it holds 1 recorded signals where"):
+            store.state("dr.ana", 0.0, malware)
+        status = store.status(time.time())
+        assert status.lost  # the marker was dropped, so every replica restores, not only this one
+        trail = [RecordedSignal("someone", "malware_detected", 1.0, flagged_at),
+                 RecordedSignal("dr.ana", "malware_detected", 1.0, flagged_at)]  # fmt: skip
+        assert store.restore(trail, malware) == 2
+        assert store.state("dr.ana", 0.0, malware).levels["malware_detected"] == pytest.approx(1.0, abs=1e-3)
+        store.close()
+
+
+def test_concurrent_reports_and_reads_never_look_like_a_rollback(redis_url, prefix):
+    """Replies of one replica's threads arrive out of order (an older counter after a newer one):
+    only a counter that is still lower in the store is a loss."""
+    import threading
+
+    store = filled_store(redis_url, prefix)
+    half_lives = {"failed_login": 1800.0}
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(150):
+                if i % 3 == 0:
+                    store.record(f"s{n}", "failed_login", 0.01, 1800.0, now=0.0)
+                else:
+                    store.state(f"s{(n + i) % 8}", 0.0, half_lives)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert store.status(time.time()).ready
+    store.close()
