@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from ztmesh.audit.errors import BatchRefused, EventRejected, SpoolError, SpoolFull, SpoolLocked
 from ztmesh.audit.record import DEFAULT_LIMITS, EventV1, Limits, from_emitted
 from ztmesh.audit.spool_metrics import SpoolMetrics
+from ztmesh.audit.spool_slots import SlotAdopter
 from ztmesh.audit.spoolfile import Damage, Position, SpoolFiles
 from ztmesh.mesh.auditing import AuditEvent
 
@@ -122,7 +123,10 @@ class SpoolEmitter:
         self._shipper = self._start(self._ship_loop, "audit-spool-ship")
         self._threads = [self._shipper]
         if settings.adopt:
-            self._threads.append(self._start(self._adopt_loop, "audit-spool-adopt"))
+            adopter = SlotAdopter(
+                settings.directory, self._open_sibling, settings.adopt_interval, self.metrics.adopted.inc
+            )
+            self._threads.append(self._start(functools.partial(adopter.run, self._stopping), "audit-spool-adopt"))
 
     @staticmethod
     def _start(target: Any, name: str) -> threading.Thread:
@@ -418,42 +422,16 @@ class SpoolEmitter:
         except Exception as exc:
             log.error("audit spool %s: could not record the damage event (%s)", self.settings.directory, exc)
 
-    # --- unclaimed slots ----------------------------------------------------------------------------------
-
-    def _adopt_loop(self) -> None:
-        """Drain sibling slots that no process holds (a process count or pod name that changed after a
-        crash), one at a time, under the slot's own lock."""
-        while not self._stopping.wait(self.settings.adopt_interval):
-            for slot in sorted(self.settings.directory.parent.iterdir()):
-                if self._stopping.is_set():
-                    return
-                if slot == self.settings.directory or not (slot / "spool.lock").exists():
-                    continue
-                try:
-                    self._drain_slot(slot)
-                except Exception as exc:  # a broken sibling must not stop this one
-                    log.error("audit spool: could not drain unclaimed slot %s (%s)", slot, exc)
-
-    def _drain_slot(self, slot: Path) -> None:
-        settings = dataclasses.replace(self.settings, directory=slot, adopt=False, direct=False)
-        try:
-            orphan = SpoolEmitter(self.sink, settings, self.limits)
-        except SpoolLocked:
-            return  # a live process owns it
-        try:
-            if orphan.files.empty():
-                return
-            log.warning("audit spool: adopted unclaimed slot %s (%d events waiting); draining it",
-                        slot, orphan.pending())  # fmt: skip
-            self.metrics.adopted.inc()
-            while not self._stopping.is_set() and not orphan.flush(timeout=1.0):
-                pass
-            if orphan.files.empty():
-                log.warning("audit spool: unclaimed slot %s drained (%d shipped)", slot, orphan.shipped)
-        finally:
-            orphan.close(flush_timeout=0)
-
     # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def _open_sibling(self, directory: Path) -> SpoolEmitter:
+        """Another slot of this spool, to drain only (SpoolLocked while a live process holds it)."""
+        return SpoolEmitter(self.sink, dataclasses.replace(self.settings, directory=directory, adopt=False,
+                                                           direct=False), self.limits)  # fmt: skip
+
+    def is_empty(self) -> bool:
+        """Nothing spooled waits for audit."""
+        return self.files.empty()
 
     def pending(self) -> int:
         """Events spooled but not yet acknowledged by audit."""
