@@ -245,8 +245,8 @@ class PolicyEngine:
             try:
                 self.reporters.admit(caller)
             except SignalRefused as exc:
-                details = {"kind": signal.kind, "annotation": signal.source, "error": str(exc)}
-                self._record_admin("policy.signal", "REFUSED", caller, details, subject=signal.subject_id)
+                refused = {"kind": signal.kind, "annotation": signal.source, "error": str(exc)}
+                self._record_admin("policy.signal", "REFUSED", caller, refused, subject=signal.subject_id)
                 raise
         now = self.clock()
         kinds = self.scorer.model.config.behaviour.kinds
