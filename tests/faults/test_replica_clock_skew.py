@@ -55,7 +55,7 @@ def _replica(pki: Pki, tmp_path: Any, url: str, clock_offset: float) -> PolicyEn
     return engine
 
 
-def test_a_replica_far_ahead_still_denies_a_flagged_subject_and_reports_its_skew(pki, tmp_path, store, caplog):
+def test_a_replica_far_ahead_still_denies_a_flagged_subject_and_reports_its_skew(pki, tmp_path, store):
     right = _replica(pki, tmp_path / "a", store.url, 0.0)
     ahead = _replica(pki, tmp_path / "b", store.url, FOURTEEN_DAYS)
     right.signals.restore([], {})  # a new deployment: the empty store is whole
@@ -70,12 +70,19 @@ def test_a_replica_far_ahead_still_denies_a_flagged_subject_and_reports_its_skew
 
     half_lives = ahead.scorer.model.config.behaviour.half_lives
     monitor = SignalStoreMonitor(ahead.signals, None, lambda: half_lives, max_skew_s=2.0, clock=ahead.clock)
-    with caplog.at_level(logging.ERROR, logger="ztmesh.policy.signals"):
+    logger = logging.getLogger("ztmesh.policy.signals")  # a handler of our own: whatever the root's are
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
         status = monitor.check_once()
+        skew = REGISTRY.get_sample_value("ztmesh_policy_signal_clock_skew_seconds")
+    finally:
+        logger.removeHandler(handler)
     assert status.ready and status.clock_skew_s == pytest.approx(FOURTEEN_DAYS, abs=5.0)
     assert any("clock is +1209600" in r.getMessage() and "ZTMESH_SIGNAL_MAX_CLOCK_SKEW" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
-    skew = REGISTRY.get_sample_value("ztmesh_policy_signal_clock_skew_seconds")
+               for r in records)  # fmt: skip
     assert skew == pytest.approx(FOURTEEN_DAYS, abs=5.0)
     print(f"\nreplica 14 days ahead: DENY, skew reported {status.clock_skew_s:+.1f} s")
     for replica in (right, ahead):
