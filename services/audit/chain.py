@@ -10,7 +10,7 @@ import enum
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -187,6 +187,9 @@ class _Failure:
     detail: str
 
 
+Failure = _Failure  # what a walk reports (parallel_verify.py walks in several processes)
+
+
 def _note_problem(cp: Checkpoint, verifiers: Sequence[note.NoteVerifier]) -> str:
     """Why a checkpoint's signed note does not stand (empty when it does, or when it predates notes)."""
     if not cp.note and not cp.tree_root:
@@ -291,6 +294,16 @@ def _walk(
     return count, prev, None
 
 
+# How verify_links walks the records: (links, start, anchor, checkpoints by sequence, tree) ->
+# (records checked, hash of the last good record, first failure or None). `_walk` in this process,
+# or one that splits the range across processes (parallel_verify.py) with the same answers.
+Walk = Callable[
+    [Iterator[ChainLink], int, bytes, dict[int, list[Checkpoint]], "TreeCheck | None"],
+    tuple[int, bytes, "_Failure | None"],
+]
+walk_here: Walk = _walk
+
+
 def verify_links(
     links: Iterable[ChainLink],
     *,
@@ -304,6 +317,7 @@ def verify_links(
     tree_from: merkle.Frontier | None = None,
     note_verifiers: Sequence[note.NoteVerifier] | None = None,
     witnessed: Sequence[tuple[str, note.TreeHead]] = (),
+    walk: Walk = _walk,
 ) -> VerifyReport:
     """Verify links `start..end` (ascending) and the checkpoints that fall in or anchor that range.
 
@@ -314,7 +328,8 @@ def verify_links(
 
     With `tree_from` (the tree of records 1..start-1) the Merkle tree is rebuilt along the way and every
     checkpoint's tree root, and every `witnessed` (who, tree head) held outside the database, is compared
-    with it; `note_verifiers` also checks each checkpoint's signed note."""
+    with it; `note_verifiers` also checks each checkpoint's signed note. `walk` walks the records (in
+    this process by default; parallel_verify.ParallelWalk spreads it over processes)."""
     failures: list[_Failure] = []
     valid: list[Checkpoint] = []
     for cp in checkpoints:
@@ -374,7 +389,7 @@ def verify_links(
         for who, head in witnessed:
             roots.setdefault(head.size, []).append((who, head.root))
         tree = TreeCheck(tree_from, roots)
-    count, prev, failure = _walk(stream, start, anchor, by_sequence, tree)
+    count, prev, failure = walk(stream, start, anchor, by_sequence, tree)
     if failure:
         failures.append(failure)
     if head_sequence is not None:

@@ -1,0 +1,334 @@
+"""Full verification on every core: the sequence range is cut into stretches aligned to Merkle subtrees
+of 2^k leaves, each process walks its stretch from the stored hash before it and returns the roots of
+its subtrees, and the roots are combined into the tree's root at every signed size.
+
+The answer is the single-process walk's: when any stretch finds a problem, the walk is redone in this
+process from the start of that stretch (on the chain and tree state the intact stretches before it
+proved), so the report names the same record, problem and detail. Small ranges stay in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+from ztmesh.audit import merkle, note
+from ztmesh.audit.chain import (
+    ChainLink,
+    Checkpoint,
+    CheckpointKind,
+    CheckpointVerifier,
+    Failure,
+    Problem,
+    TreeCheck,
+    VerifyReport,
+    verify_links,
+    walk_here,
+)
+from ztmesh.audit.errors import InvalidRange
+from ztmesh.audit.store import AuditStore
+
+CHUNK_BITS = 14  # stretches end on boundaries of subtrees of 16,384 leaves (records)
+MIN_PARALLEL = 200_000  # below this, starting processes costs more than it saves
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def store_address(store: AuditStore) -> str | None:
+    """What another process opens to read the same database (offline.open_for_reading), if anything."""
+    dsn = getattr(store, "dsn", None)
+    if isinstance(dsn, str):
+        return dsn
+    path = getattr(store, "path", None)
+    return path if isinstance(path, str) and path != ":memory:" else None
+
+
+@dataclass
+class _Stretch:
+    """What one process proved about records first..last (leaves first-1 .. last-1)."""
+
+    first: int
+    last: int
+    count: int = 0
+    last_hash: bytes = b""
+    failure: Failure | None = None
+    anchor: bytes = b""  # the stored hash of record first-1 the walk started from
+    chunk_roots: list[bytes] = field(default_factory=list)  # every complete 2^k subtree, in order
+    tails: dict[int, list[bytes]] = field(default_factory=dict)  # size -> frontier inside its subtree
+
+
+def _walk_fast(
+    links: Iterator[ChainLink],
+    first: int,
+    anchor: bytes,
+    heads: dict[int, list[bytes]],
+    seed: Sequence[tuple[int, bytes]] | None,
+    sizes: Sequence[int],
+    bits: int,
+) -> tuple[int, bytes, bool, list[bytes], dict[int, list[bytes]]]:
+    """Whether records first.. are intact (chain links, content hashes, signed head hashes) — no more:
+    on the first doubt it stops and the caller redoes the stretch with `chain._walk`, which says what
+    is wrong. Beside it, the roots of the complete 2^bits subtrees the leaves close and, for each size
+    in `sizes`, the frontier inside its last incomplete subtree (`seed`: the frontier inside the first
+    subtree before `first`; None: no tree). One loop, no calls per record but hashing: the hot path."""
+    sha = hashlib.sha256
+    build = seed is not None
+    levels = [level for level, _ in seed or ()]
+    hashes = [h for _, h in seed or ()]
+    wanted = set(sizes)
+    roots: list[bytes] = []
+    tails: dict[int, list[bytes]] = {}
+    expected, prev = first, anchor
+    for link in links:
+        body = link.canonical
+        if link.sequence != expected or link.prev_hash != prev or sha(prev + body).digest() != link.hash:
+            return expected - first, prev, False, roots, tails
+        if expected in heads and any(h != link.hash for h in heads[expected]):
+            return expected - first, prev, False, roots, tails
+        if build:
+            level, current = 0, sha(b"\x00" + body).digest()
+            while levels and levels[-1] == level:
+                levels.pop()
+                current = sha(b"\x01" + hashes.pop() + current).digest()
+                level += 1
+            if level == bits:
+                roots.append(current)
+            else:
+                levels.append(level)
+                hashes.append(current)
+                if expected in wanted:
+                    tails[expected] = list(hashes)
+        prev = link.hash
+        expected += 1
+    return expected - first, prev, True, roots, tails
+
+
+def _walk_stretch(
+    address: str,
+    first: int,
+    last: int,
+    anchor: bytes | None,
+    checkpoints: dict[int, list[Checkpoint]],
+    seed: list[tuple[int, bytes]] | None,
+    sizes: list[int],
+    bits: int,
+) -> _Stretch:
+    """One process's share: walk records first..last (chain, signed head hashes) and build their subtrees.
+    `anchor` None: read the stored hash of record first-1; `seed` None: no tree to build."""
+    from ztmesh.audit.offline import open_for_reading
+
+    store = open_for_reading(address)
+    try:
+        if anchor is None:
+            anchor = store.hash_at(first - 1) or b""
+        links = store.links(first, last)
+        heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
+        try:
+            count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
+        finally:
+            close = getattr(links, "close", None)
+            if close is not None:
+                close()  # stopped early: ends the database's stream
+    finally:
+        store.close()
+    doubt = None if intact else Failure(first + count, Problem.NONE, "redo this stretch in one process")
+    return _Stretch(first, last, count, last_hash, doubt, anchor, roots, tails)
+
+
+class _Prefix:
+    """The tree's right edge over whole 2^bits subtrees: the frontier of every size that is a multiple."""
+
+    def __init__(self, frontier: merkle.Frontier, bits: int) -> None:
+        self.bits = bits
+        high = [(level - bits, h) for level, h in frontier.nodes if level >= bits]
+        self.levels = [level for level, _ in high]
+        self.hashes = [h for _, h in high]
+        self.subtrees = frontier.size >> bits
+
+    def append(self, root: bytes) -> None:
+        level, current = 0, root
+        while self.levels and self.levels[-1] == level:
+            self.levels.pop()
+            current = merkle.node_hash(self.hashes.pop(), current)
+            level += 1
+        self.levels.append(level)
+        self.hashes.append(current)
+        self.subtrees += 1
+
+    def frontier(self) -> merkle.Frontier:
+        nodes = tuple((level + self.bits, h) for level, h in zip(self.levels, self.hashes, strict=True))
+        return merkle.Frontier(self.subtrees << self.bits, nodes)
+
+    def root_with(self, tail: Sequence[bytes]) -> bytes:
+        nodes = [*self.hashes, *tail]
+        acc = nodes[-1]
+        for h in reversed(nodes[:-1]):
+            acc = merkle.node_hash(h, acc)
+        return acc
+
+
+class ParallelWalk:
+    """A `chain.Walk` over records start..end of the database at `address`, in `workers` processes."""
+
+    def __init__(
+        self, store: AuditStore, address: str, end: int, workers: int, bits: int = CHUNK_BITS,
+        min_parallel: int = MIN_PARALLEL,
+    ) -> None:  # fmt: skip
+        self.store, self.address, self.end, self.workers, self.bits = store, address, end, workers, bits
+        self.min_parallel = min_parallel
+
+    def _stretches(self, start: int) -> list[tuple[int, int]]:
+        """About equal consecutive ranges first..last, one per worker, each ending on a 2^bits subtree
+        boundary (record n is leaf n-1) but the last; only the first may start inside a subtree."""
+        records = self.end - start + 1
+        out, first = [], start
+        for k in range(1, self.workers + 1):
+            last = (
+                self.end if k == self.workers else (start - 1 + records * k // self.workers) >> self.bits << self.bits
+            )
+            if last >= first:
+                out.append((first, last))
+                first = last + 1
+        return out
+
+    def __call__(
+        self,
+        links: Iterator[ChainLink],
+        start: int,
+        anchor: bytes,
+        checkpoints: dict[int, list[Checkpoint]],
+        tree: TreeCheck | None,
+    ) -> tuple[int, bytes, Failure | None]:
+        stretches = self._stretches(start) if self.workers > 1 and self.end - start + 1 >= self.min_parallel else []
+        if len(stretches) < 2:
+            return walk_here(links, start, anchor, checkpoints, tree)
+        close = getattr(links, "close", None)
+        if close is not None:
+            close()  # the caller's single stream is not needed (it has not started unless anchoring failed)
+        roots = tree.roots if tree is not None else {}
+        seed = [(lv, h) for lv, h in tree.frontier.nodes if lv < self.bits] if tree is not None else None
+        jobs: list[Future[_Stretch]] = []
+        with ProcessPoolExecutor(len(stretches) - 1, mp_context=get_context("spawn")) as pool:
+            for first, last in stretches[1:]:
+                cps = {s: c for s, c in checkpoints.items() if first <= s <= last}
+                sizes = sorted(s for s in roots if first <= s <= last)
+                jobs.append(pool.submit(_walk_stretch, self.address, first, last, None, cps, [] if seed is not None
+                                        else None, sizes, self.bits))  # fmt: skip
+            first, last = stretches[0]
+            here = _walk_stretch(
+                self.address, first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
+                sorted(s for s in roots if start <= s <= last), self.bits,
+            )  # fmt: skip
+            done = [here, *(job.result() for job in jobs)]
+        return self._combine(done, start, anchor, checkpoints, tree)
+
+    def _combine(
+        self,
+        done: list[_Stretch],
+        start: int,
+        anchor: bytes,
+        checkpoints: dict[int, list[Checkpoint]],
+        tree: TreeCheck | None,
+    ) -> tuple[int, bytes, Failure | None]:
+        prefix = _Prefix(tree.frontier, self.bits) if tree is not None else None
+        count, prev = 0, anchor
+        for stretch in done:
+            intact = (
+                stretch.failure is None and stretch.count == stretch.last - stretch.first + 1
+                and stretch.anchor == prev
+            )  # fmt: skip
+            if not intact:
+                return self._serially_from(stretch.first, count, prev, checkpoints, tree, prefix)
+            if prefix is not None and tree is not None:
+                for size in sorted(s for s in tree.roots if stretch.first <= s <= stretch.last):
+                    chunk = (size - 1) >> self.bits
+                    while prefix.subtrees < chunk:
+                        prefix.append(stretch.chunk_roots[prefix.subtrees - ((stretch.first - 1) >> self.bits)])
+                    tail = stretch.tails.get(size)
+                    if tail is None:  # the size closes a subtree: the root is the prefix's own
+                        prefix.append(stretch.chunk_roots[prefix.subtrees - ((stretch.first - 1) >> self.bits)])
+                        computed = prefix.root_with([])
+                    else:
+                        computed = prefix.root_with(tail)
+                    for who, root in tree.roots[size]:
+                        if computed != root:
+                            prev_hash = anchor if size == start else self.store.hash_at(size - 1) or b""
+                            return size - start, prev_hash, Failure(
+                                size, Problem.TREE_MISMATCH,
+                                f"{who} states tree root {root.hex()[:16]}… for size {size}, but the records make "
+                                f"{computed.hex()[:16]}…: the log up to record {size} was rewritten",
+                            )  # fmt: skip
+                first_subtree = (stretch.first - 1) >> self.bits
+                while prefix.subtrees - first_subtree < len(stretch.chunk_roots):
+                    prefix.append(stretch.chunk_roots[prefix.subtrees - first_subtree])
+            count += stretch.count
+            prev = stretch.last_hash
+        return count, prev, None
+
+    def _serially_from(
+        self,
+        first: int,
+        count: int,
+        prev: bytes,
+        checkpoints: dict[int, list[Checkpoint]],
+        tree: TreeCheck | None,
+        prefix: _Prefix | None,
+    ) -> tuple[int, bytes, Failure | None]:
+        """The single-process walk from `first` on, from what the intact stretches before it proved."""
+        rest = TreeCheck(prefix.frontier(), tree.roots) if tree is not None and prefix is not None else None
+        if rest is not None and rest.frontier.size != first - 1:  # the first stretch: its own start state
+            rest = tree
+        more, last_hash, failure = walk_here(self.store.links(first, self.end), first, prev, checkpoints, rest)
+        return count + more, last_hash, failure
+
+
+def verify_store_parallel(
+    store: AuditStore,
+    verifier: CheckpointVerifier | None,
+    from_sequence: int = 0,
+    to_sequence: int = 0,
+    *,
+    note_verifiers: Sequence[note.NoteVerifier] | None = None,
+    witnessed: Sequence[tuple[str, note.TreeHead]] = (),
+    workers: int = 0,
+    bits: int = CHUNK_BITS,
+    min_parallel: int = MIN_PARALLEL,
+) -> VerifyReport:
+    """`trail.verify_store` with the walk spread over `workers` processes (0: one per core). Stores
+    another process cannot open (SQLite in memory) and small ranges are walked here."""
+    if from_sequence < 0 or to_sequence < 0:
+        raise InvalidRange("sequence numbers are positive")
+    if to_sequence and from_sequence > to_sequence:
+        raise InvalidRange(f"from_sequence {from_sequence} is after to_sequence {to_sequence}")
+    first, last = store.bounds()
+    cps = store.checkpoints()
+    if last == 0:
+        first = last = max((cp.pruned_through_sequence for cp in cps), default=0)
+        first += 1
+    start = max(from_sequence or first, first)
+    end = min(to_sequence or last, last)
+    relevant = [
+        cp for cp in cps
+        if start <= cp.sequence <= end or cp.sequence > last
+        or (cp.kind is CheckpointKind.PRUNE and cp.pruned_through_sequence == first - 1)
+    ]  # fmt: skip
+    anchor = None if start <= first else store.hash_at(start - 1)
+    links = store.links(start, end) if end >= start else iter(())
+    try:
+        tree_from = merkle.frontier_from(start - 1, store) if start > 1 else merkle.Frontier()
+    except merkle.ProofError:
+        tree_from = None  # a log written before the tree existed: chain checks only
+    address = store_address(store)
+    walk = walk_here
+    if address is not None:
+        walk = ParallelWalk(store, address, end, workers or default_workers(), bits, min_parallel)
+    return verify_links(
+        links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
+        head_sequence=last, tree_from=tree_from, note_verifiers=note_verifiers, witnessed=witnessed, walk=walk,
+    )  # fmt: skip
