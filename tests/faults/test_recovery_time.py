@@ -15,14 +15,14 @@ def test_the_spool_drains_within_a_second_or_so_of_audit_answering(fault_mesh: C
     with mesh.load(clients=2, rate=25) as load:
         load.wait_answers(20)
         mesh.audit.kill()
-        load.wait_answers(250)  # ~5 s of outage: the old back-off had grown past 3 s by then, toward 30 s
+        load.wait_answers(500)  # ~10 s of outage: the old back-off had grown to 3-6 s by then, toward 30 s
         waiting = {a.decision_id for a in load.acknowledged()} - set(trail_decisions(mesh.database_url))
-        assert len(waiting) > 100
+        assert len(waiting) > 300
         mesh.audit.start()
         started = wait_in_trail(waiting, mesh.database_url, every="any")
         drained = started + wait_in_trail(waiting, mesh.database_url)
         load.wait_answers(20)
-    result = tally("audit SIGKILLed 5 s, drain after its return", load, mesh.database_url,
+    result = tally("audit SIGKILLed ~10 s, drain after its return", load, mesh.database_url,
                    recovery=f"drain started {started:.2f}s, done {drained:.2f}s after audit was SERVING")  # fmt: skip
     assert_nothing_lost(result)
     assert started < 3.0, result.line()
@@ -36,7 +36,7 @@ def test_a_full_spool_stops_refusing_within_a_second_or_so_of_audit_answering(
         load.wait_answers(20)
         mesh.audit.kill()
         wait_for(lambda: any(a.fault == "FAULT_AUDIT_ERROR" for a in load.answers), 60, "the spool filling up")
-        load.wait_answers(50)  # refusing for a while: fail closed, every one of them a DENY
+        load.wait_answers(250)  # refusing for ~5 s: fail closed, every one of them a DENY
         mesh.audit.start()
         back = time.monotonic()
         load.wait_answers(100)
