@@ -86,10 +86,10 @@ def _walk_fast(
     tails: dict[int, list[bytes]] = {}
     expected, prev = first, anchor
     for link in links:
-        body = link.canonical
-        if link.sequence != expected or link.prev_hash != prev or sha(prev + body).digest() != link.hash:
+        body, digest = link.canonical, link.hash
+        if link.sequence != expected or link.prev_hash != prev or sha(prev + body).digest() != digest:
             return expected - first, prev, False, roots, tails
-        if expected in heads and any(h != link.hash for h in heads[expected]):
+        if expected in heads and any(h != digest for h in heads[expected]):
             return expected - first, prev, False, roots, tails
         if build:
             level, current = 0, sha(b"\x00" + body).digest()
@@ -104,7 +104,7 @@ def _walk_fast(
                 hashes.append(current)
                 if expected in wanted:
                     tails[expected] = list(hashes)
-        prev = link.hash
+        prev = digest
         expected += 1
     return expected - first, prev, True, roots, tails
 
@@ -127,8 +127,8 @@ def _walk_stretch(
     try:
         if anchor is None:
             anchor = store.hash_at(first - 1) or b""
-        links = store.links(first, last)
         heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
+        links = store.links(first, last)
         try:
             count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
         finally:

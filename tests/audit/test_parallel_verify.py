@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit.factory import POLICY, Backend, Clock, events
+from tests.audit.factory import POLICY, Backend, Clock, event, events
 from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import Problem
 from ztmesh.audit.parallel_verify import verify_store_parallel
@@ -93,5 +93,26 @@ def test_damage_read_from_postgresql_is_reported_the_same(
     backend = Backend("postgres", request.getfixturevalue("postgres").new_database("audit_parallel_damage"))
     try:
         _damaged_agree(backend, signer, DAMAGE[0][1], DAMAGE[0][2])
+    finally:
+        backend.close()
+
+
+def test_postgresql_assembles_each_record_exactly(request: pytest.FixtureRequest, signer: LocalMlDsaSigner) -> None:
+    """A worker's fast walk accepts records read from PostgreSQL that need every kind of JSON and COPY
+    escaping (it falls back to the exact walk only on doubt), and its subtree roots are the tree's."""
+    from ztmesh.audit.parallel_verify import _walk_stretch
+
+    backend = Backend("postgres", request.getfixturevalue("postgres").new_database("audit_parallel_bytes"))
+    try:
+        trail = _trail(backend, signer)
+        odd = [
+            event(i, subject='o"brien\\', resource="patient/ü/😀", details={"note": 'a\nb\t"c"\\ \u0001 ü 😀'})
+            for i in range(6)
+        ]
+        trail.append(events(5) + odd + events(5), POLICY)
+        stretch = _walk_stretch(backend.dsn, 1, 16, bytes(32), {}, [], [16], 3)
+        assert stretch.failure is None and stretch.count == 16
+        assert len(stretch.chunk_roots) == 2  # two subtrees of 8, whose parent is the tree of 16
+        assert merkle.node_hash(*stretch.chunk_roots) == merkle.tree_root(16, trail.store)
     finally:
         backend.close()
