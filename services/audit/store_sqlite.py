@@ -86,9 +86,11 @@ BEGIN SELECT RAISE(ABORT, '{_REFUSE.format("DELETE of audit_checkpoints")}'); EN
 def _set_retention_floor(db: sqlite3.Connection, floor: timedelta) -> None:
     """Record the floor once, when the file is made (a file made before floors existed gets it now, and
     its old delete trigger, which knew no floor, is replaced)."""
-    db.execute(
-        "INSERT OR IGNORE INTO audit_meta VALUES ('min_retention_days', ?)", (str(floor.total_seconds() / 86400),)
-    )
+    if db.execute("SELECT 1 FROM audit_meta WHERE name = 'min_retention_days'").fetchone() is None:
+        # Only then a write: opening a file another process holds locked must not need the write lock.
+        db.execute(
+            "INSERT OR IGNORE INTO audit_meta VALUES ('min_retention_days', ?)", (str(floor.total_seconds() / 86400),)
+        )
     trigger = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'audit_records_no_delete'")
     if "audit_meta" not in trigger.fetchone()[0]:
         db.executescript(f"BEGIN; DROP TRIGGER audit_records_no_delete; {_DELETE_GUARD} COMMIT;")
