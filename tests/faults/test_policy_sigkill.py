@@ -1,4 +1,4 @@
-"""The policy service SIGKILLed twice under load, the second time with audit down and hundreds of
+"""The policy service SIGKILLed twice under load, the second time with audit down and a hundred or more
 decisions spooled and unshipped: after the restarts every acknowledged decision is in the trail, once."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def test_policy_killed_with_an_unshipped_spool_loses_no_decision(fault_mesh: Cal
         mesh.policy.start()
         load.wait_answers(20)
         mesh.audit.kill()
-        wait_for(lambda: len(load.acknowledged()) > 250, 60, "decisions spooled during the outage")
+        wait_for(lambda: len(load.acknowledged()) > 150, 60, "decisions spooled during the outage")
         mesh.policy.kill()
         assert spool_frames(mesh.policy) > 0
         mesh.audit.start()
