@@ -383,3 +383,28 @@ def test_a_stuck_shipper_says_so_and_recovers(tmp_path: Path, caplog: pytest.Log
         time.sleep(0.05)
     emitter.close()
     assert trail_ids(db) and any("shipping again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_audit_service_names_its_batch_limit_and_the_grpc_sink_reads_it(
+    pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.mesh import running, settings_for
+    from ztmesh.audit.app import build_app
+    from ztmesh.audit.client import GrpcAuditSink
+    from ztmesh.audit.errors import BatchRefused
+    from ztmesh.audit.spool import _Pending
+
+    monkeypatch.setenv("ZTMESH_AUDIT_MAX_BATCH", "3")
+    mesh = settings_for(pki, tmp_path)
+    with running(build_app(mesh), mesh) as server, pki.channel("policy", server.port) as channel:
+        sink = GrpcAuditSink(channel)
+        with pytest.raises(BatchRefused, match="at most 3 .*ZTMESH_AUDIT_MAX_BATCH") as refused:
+            sink.append(events(5))
+        assert refused.value.limit == 3
+        emitter = SpoolEmitter(sink, settings(tmp_path))
+        group = events(7)
+        assert emitter._append_direct([_Pending(e) for e in group]) == []  # one group of 7 concurrent emits
+        assert emitter._batch_max == 3
+        emitter.close()
+        stored = [r for start in range(0, 7, 3) for r in sink.append(group[start : start + 3])]
+        assert len(stored) == 7 and all(r.duplicate for r in stored)  # every one was in the trail already
