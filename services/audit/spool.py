@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ztmesh.audit.errors import BatchRefused, EventRejected, SpoolError, SpoolFull, SpoolLocked
+from ztmesh.audit.errors import BatchRefused, EventRejected, InvalidEvent, SpoolError, SpoolFull, SpoolLocked
 from ztmesh.audit.record import DEFAULT_LIMITS, EventV1, Limits, from_emitted
 from ztmesh.audit.spool_metrics import SpoolMetrics
 from ztmesh.audit.spool_slots import SlotAdopter
@@ -284,7 +284,7 @@ class SpoolEmitter:
         for position, payload in frames:
             try:
                 items.append((position, EventV1.from_json(json.loads(payload))))
-            except (ValueError, KeyError, TypeError) as exc:  # intact checksum, not an event: set it aside
+            except (ValueError, KeyError, TypeError, InvalidEvent) as exc:  # intact checksum, not an event: aside
                 if items:
                     self._send(items)
                     items = []
@@ -397,8 +397,8 @@ class SpoolEmitter:
                         "acknowledged); cut off, bytes kept in %s", self.settings.directory, damage.segment,
                         damage.frame, damage.offset, damage.length, damage.quarantined)  # fmt: skip
         else:
-            log.error("audit spool %s: segment %d frame %d (byte %d, %d bytes) fails its checksum: those events "
-                      "are not shipped; bytes kept in %s, the frames after it ship", self.settings.directory,
+            log.error("audit spool %s: segment %d frame %d (byte %d, %d bytes) is damaged: its event is not "
+                      "shipped; bytes kept in %s, the frames after it ship", self.settings.directory,
                       damage.segment, damage.frame, damage.offset, damage.length, damage.quarantined)  # fmt: skip
         self._damaged.append(damage)
 

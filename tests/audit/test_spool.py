@@ -408,3 +408,23 @@ def test_the_audit_service_names_its_batch_limit_and_the_grpc_sink_reads_it(
         emitter.close()
         stored = [r for start in range(0, 7, 3) for r in sink.append(group[start : start + 3])]
         assert len(stored) == 7 and all(r.duplicate for r in stored)  # every one was in the trail already
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b'{"v":99,"event_id":"x"}'], ids=["not-json", "not-an-event"])
+def test_an_intact_frame_that_is_no_event_is_set_aside_and_the_rest_ships(tmp_path: Path, payload: bytes) -> None:
+    import json
+
+    from ztmesh.audit.spoolfile import SpoolFiles
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    before = spooled_unshipped(db, tmp_path / "spool", 3)
+    after = events(3, start=10)
+    files = SpoolFiles(tmp_path / "spool", 16 * 1024 * 1024)
+    files.append([payload, *(json.dumps(e.to_json()).encode() for e in after)])
+    files.close()
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path))
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    assert sorted(trail_ids(db)) == sorted(e.event_id for e in [*before, *after])
+    assert [p.read_bytes() for p in (tmp_path / "spool" / "corrupt").iterdir()] == [payload]
