@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 
 from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import (
@@ -36,8 +37,15 @@ CHUNK_BITS = 14  # stretches end on boundaries of subtrees of 16,384 leaves (rec
 MIN_PARALLEL = 200_000  # below this, starting processes costs more than it saves
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0))
+def default_workers(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a pod's CPU
+    limit): more processes than the quota only queue behind each other."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))
+    except (OSError, ValueError):
+        return cores
 
 
 def store_address(store: AuditStore) -> str | None:

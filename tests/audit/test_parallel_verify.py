@@ -13,7 +13,7 @@ import pytest
 from tests.audit.factory import POLICY, Backend, Clock, event, events
 from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import Problem
-from ztmesh.audit.parallel_verify import verify_store_parallel
+from ztmesh.audit.parallel_verify import default_workers, verify_store_parallel
 from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store
 
@@ -116,3 +116,11 @@ def test_postgresql_assembles_each_record_exactly(request: pytest.FixtureRequest
         assert merkle.node_hash(*stretch.chunk_roots) == merkle.tree_root(16, trail.store)
     finally:
         backend.close()
+
+
+def test_workers_follow_the_cpu_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cores = default_workers(tmp_path / "absent")
+    for text, expected in (("max 100000", cores), ("50000 100000", 1), ("100000 100000", 1), ("800000 100000", cores)):
+        cpu_max.write_text(text + "\n")
+        assert default_workers(cpu_max) == min(expected, cores)
