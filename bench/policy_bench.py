@@ -338,7 +338,8 @@ def grpc_section() -> None:
 
     print("-- Decide over gRPC with mTLS, beside the bare echo on the same stack (same request repeated) --")
     paths = {"ZTMESH_POLICY_DIR": str(PACK), "ZTMESH_TRUST_WEIGHTS": str(TRUST.weights),
-             "ZTMESH_THREAT_DIR": str(TRUST.threat_dir), "ZTMESH_LOG_LEVEL": "ERROR"}  # fmt: skip
+             "ZTMESH_THREAT_DIR": str(TRUST.threat_dir), "ZTMESH_LOG_LEVEL": "ERROR",
+             "ZTMESH_POLICY_SIGNING_REQUIRED": "false"}  # the shipped pack is not signed  # fmt: skip
     # Each decision is durable before it is answered: stored by the audit service when it answers (the
     # production path; here an audit service on SQLite shares the two cores), otherwise in the policy
     # service's local spool, fsync'd per group of concurrent decisions (audit unreachable: the other rows).
