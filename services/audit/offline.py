@@ -13,9 +13,9 @@ from pathlib import Path
 from ztmesh.audit import note
 from ztmesh.audit.chain import CheckpointVerifier, VerifyReport
 from ztmesh.audit.errors import CheckpointError
+from ztmesh.audit.parallel_verify import verify_store_parallel
 from ztmesh.audit.signing import load_public_keys
 from ztmesh.audit.store import AuditStore
-from ztmesh.audit.trail import verify_store
 
 
 def open_for_reading(dsn: str) -> AuditStore:
@@ -40,7 +40,7 @@ def verify_database(
 ) -> VerifyReport:
     store = open_for_reading(dsn)
     try:
-        return verify_store(
+        return verify_store_parallel(
             store, verifier, from_sequence, to_sequence, note_verifiers=note_verifiers, witnessed=witnessed
         )
     finally:

@@ -21,17 +21,15 @@ from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import (
     ChainLink,
     Checkpoint,
-    CheckpointKind,
     CheckpointVerifier,
     Failure,
     Problem,
     TreeCheck,
     VerifyReport,
-    verify_links,
     walk_here,
 )
-from ztmesh.audit.errors import InvalidRange
 from ztmesh.audit.store import AuditStore
+from ztmesh.audit.trail import verify_store
 
 CHUNK_BITS = 14  # stretches end on boundaries of subtrees of 16,384 leaves (records)
 MIN_PARALLEL = 200_000  # below this, starting processes costs more than it saves
@@ -310,33 +308,12 @@ def verify_store_parallel(
 ) -> VerifyReport:
     """`trail.verify_store` with the walk spread over `workers` processes (0: one per core). Stores
     another process cannot open (SQLite in memory) and small ranges are walked here."""
-    if from_sequence < 0 or to_sequence < 0:
-        raise InvalidRange("sequence numbers are positive")
-    if to_sequence and from_sequence > to_sequence:
-        raise InvalidRange(f"from_sequence {from_sequence} is after to_sequence {to_sequence}")
-    first, last = store.bounds()
-    cps = store.checkpoints()
-    if last == 0:
-        first = last = max((cp.pruned_through_sequence for cp in cps), default=0)
-        first += 1
-    start = max(from_sequence or first, first)
-    end = min(to_sequence or last, last)
-    relevant = [
-        cp for cp in cps
-        if start <= cp.sequence <= end or cp.sequence > last
-        or (cp.kind is CheckpointKind.PRUNE and cp.pruned_through_sequence == first - 1)
-    ]  # fmt: skip
-    anchor = None if start <= first else store.hash_at(start - 1)
-    links = store.links(start, end) if end >= start else iter(())
-    try:
-        tree_from = merkle.frontier_from(start - 1, store) if start > 1 else merkle.Frontier()
-    except merkle.ProofError:
-        tree_from = None  # a log written before the tree existed: chain checks only
     address = store_address(store)
-    walk = walk_here
+    count = workers or default_workers()
+    walk_for = None
     if address is not None:
-        walk = ParallelWalk(store, address, end, workers or default_workers(), bits, min_parallel)
-    return verify_links(
-        links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
-        head_sequence=last, tree_from=tree_from, note_verifiers=note_verifiers, witnessed=witnessed, walk=walk,
+        walk_for = lambda end: ParallelWalk(store, address, end, count, bits, min_parallel)  # noqa: E731
+    return verify_store(
+        store, verifier, from_sequence, to_sequence, note_verifiers=note_verifiers, witnessed=witnessed,
+        walk_for=walk_for,
     )  # fmt: skip

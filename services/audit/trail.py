@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -25,7 +25,9 @@ from ztmesh.audit.chain import (
     CheckpointSigner,
     CheckpointVerifier,
     VerifyReport,
+    Walk,
     verify_links,
+    walk_here,
 )
 from ztmesh.audit.checkpoint_keys import NoteKeys
 from ztmesh.audit.errors import (
@@ -115,7 +117,7 @@ class AuditTrail:
         self.origin = origin
         self.witness = witness
         self._checkpoint_lock = threading.Lock()
-        latest = store.latest_checkpoint()
+        latest = self.latest_checkpoint()
         self._checkpointed = latest.sequence if latest else 0
         self._checkpointed_at = time.monotonic()
 
@@ -185,12 +187,20 @@ class AuditTrail:
 
     # --- proofs -------------------------------------------------------------------------------------------
 
+    def _trusted(self, cp: Checkpoint) -> bool:
+        """A checkpoint row counts only if this log's key signed it: the service's database role can
+        insert rows, not signatures (a forged row must neither be served nor hold back signing)."""
+        if not cp.signature_valid(self.verifier):
+            log.error(
+                "audit checkpoint %s (sequence %d) has no valid signature: ignored", cp.checkpoint_id, cp.sequence
+            )
+            return False
+        return True
+
     def checkpoint_at(self, tree_size: int = 0) -> Checkpoint | None:
-        """The newest checkpoint with a signed note, or the one of exactly `tree_size` records."""
-        noted = [cp for cp in self.store.checkpoints() if cp.note]
-        if tree_size:
-            noted = [cp for cp in noted if cp.sequence == tree_size]
-        return noted[-1] if noted else None
+        """The newest validly signed checkpoint with a signed note, or the one of exactly `tree_size` records."""
+        noted = [cp for cp in self.store.checkpoints() if cp.note and (not tree_size or cp.sequence == tree_size)]
+        return next((cp for cp in reversed(noted) if self._trusted(cp)), None)
 
     def _covering_checkpoint(self, sequence: int, tree_size: int) -> Checkpoint:
         cp = self.checkpoint_at(tree_size)
@@ -233,7 +243,11 @@ class AuditTrail:
         )  # fmt: skip
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        return self.store.latest_checkpoint()
+        """The newest validly signed checkpoint (normally the newest row; older ones only past forged rows)."""
+        latest = self.store.latest_checkpoint()
+        if latest is None or self._trusted(latest):
+            return latest
+        return next((cp for cp in reversed(self.store.checkpoints()) if self._trusted(cp)), None)
 
     def run_checkpoints(self, stopping: threading.Event) -> None:
         """Background job: a checkpoint every `checkpoint_interval` seconds while records keep coming."""
@@ -271,7 +285,9 @@ class AuditTrail:
             latest = self.witness.latest()
             if latest is not None:
                 held.append((f"the witnessed checkpoint in {self.witness.directory}", latest[1]))
-        return verify_store(
+        from ztmesh.audit.parallel_verify import verify_store_parallel  # it builds on verify_store below
+
+        return verify_store_parallel(
             self.store, self.verifier, from_sequence, to_sequence,
             note_verifiers=self.note_verifiers() if self.note_keys is not None else None, witnessed=held,
         )  # fmt: skip
@@ -310,9 +326,11 @@ def verify_store(
     *,
     note_verifiers: Sequence[note.NoteVerifier] | None = None,
     witnessed: Sequence[tuple[str, note.TreeHead]] = (),
+    walk_for: Callable[[int], Walk] | None = None,
 ) -> VerifyReport:
     """Recompute the chain (and the Merkle tree) over from..to (0 = first kept / head) and check the
-    checkpoints that bear on it, and any tree heads `witnessed` outside the database."""
+    checkpoints that bear on it, and any tree heads `witnessed` outside the database. `walk_for(end)`
+    chooses how the records are walked (parallel_verify spreads them over processes)."""
     if from_sequence < 0 or to_sequence < 0:
         raise InvalidRange("sequence numbers are positive")
     if to_sequence and from_sequence > to_sequence:
@@ -340,5 +358,5 @@ def verify_store(
     return verify_links(
         links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
         head_sequence=last, tree_from=tree_from, note_verifiers=note_verifiers,
-        witnessed=witnessed,
+        witnessed=witnessed, walk=walk_for(end) if walk_for is not None else walk_here,
     )  # fmt: skip

@@ -10,6 +10,7 @@ the forged history.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.store import QueryFilter, record_params
 from ztmesh.audit.trail import AuditTrail, verify_store
 from ztmesh.audit.witness import DirectoryWitness
+from ztmesh.mesh.auditing import uuid7
 
 ORIGIN = "ztmesh.local/audit"
 
@@ -132,3 +134,19 @@ def test_a_checkpoint_signed_by_another_key_is_no_checkpoint(backend: Backend, l
         trail.open_checkpoint(forged)
     with pytest.raises(Exception, match="does not verify"):
         verify_offline(backend.dsn, [tmp_path / "checkpoint.pem"], checkpoints=[forged])
+
+
+def test_a_forged_checkpoint_row_is_neither_served_nor_holds_back_signing(backend: Backend, logged) -> None:
+    """The service's database role may INSERT checkpoint rows; without the key it cannot sign them."""
+    trail, _, _ = logged
+    real = trail.latest_checkpoint()
+    assert real is not None and real.sequence == 40
+    forged = dataclasses.replace(real, checkpoint_id=uuid7(), sequence=1_000_000, signature=b"\0" * 3309)
+    trail.store.add_checkpoint(forged)  # as the service role could
+    restarted = AuditTrail(trail.store, trail.signer, trail.verifier, note_keys=trail.note_keys, origin=ORIGIN)
+    assert restarted.latest_checkpoint() == real and restarted.checkpoint_at() == real
+    restarted.append(events(2), POLICY)
+    signed = restarted.checkpoint()
+    assert signed is not None and signed.sequence == 42  # not held back until sequence 1,000,000
+    report = restarted.verify()
+    assert (report.ok, report.problem) == (False, Problem.CHECKPOINT_SIGNATURE)  # and verify names the forgery
