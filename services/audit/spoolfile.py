@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import struct
 import threading
@@ -23,6 +24,8 @@ from pathlib import Path
 _HEADER = struct.Struct(">II")
 _PAYLOAD_START = ord("{")  # every payload is a JSON object: where to look for the next intact frame
 Position = tuple[int, int]  # (segment number, byte offset)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,15 +189,34 @@ class SpoolFiles:
     def append(self, payloads: list[bytes]) -> None:
         """Write frames and fsync them; on return they survive a crash."""
         blob = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
-        written = os.write(self._fd, blob)
-        if written != len(blob):
-            raise OSError(f"short write to the audit spool ({written} of {len(blob)} bytes)")
-        os.fsync(self._fd)
+        try:
+            written = os.write(self._fd, blob)
+            if written != len(blob):
+                raise OSError(f"short write to the audit spool ({written} of {len(blob)} bytes)")
+            os.fsync(self._fd)
+        except OSError:
+            self._discard_partial_write()
+            raise
         with self._lock:
             self._end += len(blob)
             self._used += len(blob)
             if self._end >= self.segment_bytes:
                 self._rotate()
+
+    def _discard_partial_write(self) -> None:
+        """Cut what a failed append left after the last acknowledged frame. Left there, those bytes would
+        sit before every later frame: the reader, which stops at the acknowledged end, would take the last
+        frame of each later group for a torn one and set an acknowledged event aside. If the cut fails too,
+        the file can no longer be trusted to grow: refuse every later append (fail closed)."""
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+        except OSError as exc:
+            log.error(
+                "audit spool %s: cannot cut a failed write back (%s); refusing further appends", self.directory, exc
+            )
+            os.close(self._fd)
+            self._fd = os.open(os.devnull, os.O_RDONLY)  # every later os.write fails: the caller spools nothing
 
     def _rotate(self) -> None:
         os.close(self._fd)
