@@ -24,6 +24,7 @@ from ztmesh.audit.chain import (
     CheckpointKind,
     CheckpointSigner,
     CheckpointVerifier,
+    Problem,
     VerifyReport,
     Walk,
     verify_links,
@@ -353,8 +354,14 @@ def verify_store(
     # on top of it must reproduce the signed roots (a forged frontier cannot).
     try:
         tree_from = merkle.frontier_from(start - 1, store) if start > 1 else merkle.Frontier()
-    except merkle.ProofError:
-        tree_from = None  # a log written before the tree existed: chain checks only
+    except merkle.ProofError as exc:
+        if witnessed or any(cp.tree_root for cp in cps):
+            # Signed or witnessed roots exist, so the nodes did too: deleting them must not switch the
+            # tree checks off (it would let a rewrite behind a prune anchor pass).
+            return VerifyReport(False, 0, 0, start, Problem.TREE_MISMATCH,
+                                f"the Merkle tree before record {start} is gone from the database ({exc}): "
+                                "the log's tree was tampered with")  # fmt: skip
+        tree_from = None  # a log whose checkpoints all predate the tree: chain checks only
     return verify_links(
         links, start=start, end=end, anchor=anchor, checkpoints=relevant, verifier=verifier, first_kept=first,
         head_sequence=last, tree_from=tree_from, note_verifiers=note_verifiers,

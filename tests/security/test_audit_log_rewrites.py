@@ -31,6 +31,10 @@ from ztmesh.audit.witness import DirectoryWitness
 from ztmesh.mesh.auditing import uuid7
 
 ORIGIN = "ztmesh.local/audit"
+COLUMNS = (
+    "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
+    "decision_id, trace_id, details, masked, prev_hash, hash"
+)
 
 
 @pytest.fixture
@@ -70,11 +74,9 @@ def rebuild_forged_log(backend: Backend, trail: AuditTrail, batch: list) -> None
     tree = merkle.MemoryNodes()
     tree.append(leaves)
     mark = "?" if backend.kind == "sqlite" else "%s"
-    columns = "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, " \
-              "outcome, decision_id, trace_id, details, masked, prev_hash, hash"  # fmt: skip
     backend.tamper(
         "DELETE FROM audit_records", "DELETE FROM audit_tree", "DELETE FROM audit_checkpoints",
-        *[(f"INSERT INTO audit_records ({columns}) VALUES ({', '.join([mark] * 17)})", record_params(r))
+        *[(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({', '.join([mark] * 17)})", record_params(r))
           for r in records],
         *[("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)", (level, idx, h))
           for (level, idx), h in tree.nodes.items()],
@@ -150,3 +152,23 @@ def test_a_forged_checkpoint_row_is_neither_served_nor_holds_back_signing(backen
     assert signed is not None and signed.sequence == 42  # not held back until sequence 1,000,000
     report = restarted.verify()
     assert (report.ok, report.problem) == (False, Problem.CHECKPOINT_SIGNATURE)  # and verify names the forgery
+
+
+def test_deleting_the_tree_does_not_switch_its_checks_off(backend: Backend, logged) -> None:
+    """Rewrite records 5.. behind an intact record 4 (as behind a prune anchor), drop the checkpoints
+    and every tree node: the witnessed root must still be checked, not skipped for want of nodes."""
+    trail, _, _ = logged
+    stored = trail.store.query(QueryFilter(newest_first=False), 0, 100)
+    forged_events = [r.event for r in stored[4:]]
+    forged_events[0] = dataclasses.replace(forged_events[0], outcome="ALLOW", details='{"rewritten":true}')
+    anchor = ChainHead(4, stored[3].hash, stored[3].recorded_at)
+    records, _ = extend_with_leaves(anchor, forged_events, stored[4].recorded_at, stored[4].emitter)
+    mark = "?" if backend.kind == "sqlite" else "%s"
+    backend.tamper(
+        "DELETE FROM audit_records WHERE sequence > 4", "DELETE FROM audit_tree", "DELETE FROM audit_checkpoints",
+        *[(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({', '.join([mark] * 17)})", record_params(r))
+          for r in records],
+    )  # fmt: skip
+    report = trail.verify(from_sequence=5)
+    assert (report.ok, report.problem) == (False, Problem.TREE_MISMATCH)
+    assert "tree before record 5 is gone" in report.detail
