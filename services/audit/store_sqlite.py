@@ -149,6 +149,34 @@ class SqliteAuditStore:
         except sqlite3.Error as exc:
             raise StoreError(f"audit database {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        if not read_only:
+            self._grow_tree_to_head()
+
+    def _grow_tree_to_head(self) -> None:
+        """A file written before the Merkle tree existed gets its tree, from its records, when opened:
+        appends need the frontier, and the records are all that defines the tree."""
+        head = self.head()
+        if head.sequence == 0:
+            return
+        try:
+            merkle.frontier_from(head.sequence, self.read_nodes)
+            return
+        except merkle.ProofError:
+            pass
+
+        def build() -> None:
+            first, last = self.bounds()
+            if first != 1:
+                raise StoreError(
+                    f"audit database {self.path}: records 1..{first - 1} were pruned before this file had a "
+                    "Merkle tree, so the tree cannot be rebuilt; start a new audit database"
+                )
+            nodes = merkle.MemoryNodes()
+            nodes.append(merkle.leaf_hash(link.canonical) for link in self.links(1, last))
+            self._db.executemany("INSERT OR IGNORE INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
+                                 [(level, idx, h) for (level, idx), h in nodes.nodes.items()])  # fmt: skip
+
+        self._write(build)
 
     def _write(self, fn: Any, *args: Any) -> Any:
         with self._lock:

@@ -87,3 +87,21 @@ def test_a_missing_node_is_an_error_not_another_proof(backend: Backend) -> None:
     store.append(events(3), POLICY)
     with pytest.raises((merkle.ProofError, StoreError), match="not stored"):
         merkle.inclusion_proof(0, 8, store)  # a tree of 8 was never written
+
+
+def test_a_file_from_before_the_tree_gets_its_tree_when_opened(tmp_path) -> None:
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    backend = Backend("sqlite", str(tmp_path / "old.db"))
+    store = backend.store()
+    store.append(events(21), POLICY)
+    reference = merkle.MemoryNodes()
+    reference.append(leaves_from_records(store))
+    store.close()
+    backend.tamper("DELETE FROM audit_tree")  # what a file written before the tree looks like
+    reopened = SqliteAuditStore(backend.dsn)
+    assert merkle.tree_root(21, reopened) == reference.frontier.root()
+    reopened.append(events(3), POLICY)  # and appends go on growing it
+    reference.append(leaves_from_records(reopened)[21:])
+    assert merkle.tree_root(24, reopened) == reference.frontier.root()
+    reopened.close()
