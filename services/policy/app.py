@@ -86,7 +86,7 @@ def bundle_verifier(settings: MeshSettings, policy: PolicySettings) -> BundleVer
             "outside dev mode only bundles signed by a trusted signer load, and none is configured "
             "(`ztmesh policy sign` prints the entries; ZTMESH_DEV_MODE=true loads unsigned bundles)",
         )
-    floor = settings.data_dir / "policy" / "bundle-floor.json"
+    floor = policy.policy_bundle_floor_file or settings.data_dir / "policy" / "bundle-floor.json"
     try:
         return BundleVerifier(parse_trusted_signers(policy.policy_trusted_signers), floor)
     except BundleError as exc:

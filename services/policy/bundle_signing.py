@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -352,14 +353,23 @@ class BundleVerifier:
             )
         return signature
 
+    def _saved_floor(self) -> int:
+        """The signing time the floor file holds now (0 when there is none or it cannot be read)."""
+        try:
+            return int(json.loads(self.floor_file.read_text())["signed_at_ms"]) if self.floor_file else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     def accept(self, signature: BundleSignature) -> None:
         """Raise the floor to a bundle that now serves."""
         self._floor = (signature.signed_at_ms, signature.revision)
         if self.floor_file is None:
             return
         try:
+            if self._saved_floor() >= self._floor[0]:
+                return  # another replica sharing the file already recorded this bundle or a newer one
             self.floor_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.floor_file.with_suffix(".tmp")
+            temporary = self.floor_file.with_name(f".{self.floor_file.name}.{os.getpid()}.{os.urandom(4).hex()}")
             temporary.write_text(json.dumps({"signed_at_ms": signature.signed_at_ms, "revision": signature.revision}))
             temporary.replace(self.floor_file)
         except OSError as exc:  # the bundle serves; only a restart would forget how new it is

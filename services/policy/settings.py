@@ -51,6 +51,10 @@ class PolicySettings:
         (), doc="bundle signers whose signatures count, KEY_ID@sha256:FINGERPRINT (`ztmesh keys fingerprint KEY_ID`)",
         check=signer_pins,
     )  # fmt: skip
+    policy_bundle_floor_file: Path | None = setting(
+        None, doc="where the newest accepted bundle's signing time is kept against replays (default "
+        "<data_dir>/policy/bundle-floor.json): on storage that outlives pods and is shared by replicas",
+    )  # fmt: skip
     opa_url: str = setting("http://127.0.0.1:8181", doc="OPA REST API base URL, with ZTMESH_REGO_ENGINE=opa")
     opa_timeout: float = setting(
         1.0, doc="seconds one Rego evaluation (in process or by the OPA server) may take before the decision is DENY",
