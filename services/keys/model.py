@@ -103,7 +103,7 @@ def parse_reservations(entries: tuple[str, ...], trust_domain: str, namespace: s
     for entry in entries:
         key_id, _, owner = entry.partition("=")
         key_id, owner = key_id.strip(), owner.strip()
-        if not KEY_ID.match(key_id.removesuffix("*")) or not owner:
+        if not KEY_ID.fullmatch(key_id.removesuffix("*")) or not owner:
             raise InvalidArgument(f"{entry!r} must be KEY_ID=SERVICE_ACCOUNT or KEY_ID=spiffe://…")
         try:
             spiffe_id = (
@@ -126,6 +126,6 @@ def reserved_for(reservations: dict[str, str], key_id: str) -> str | None:
 
 
 def check_key_id(key_id: str) -> str:
-    if not KEY_ID.match(key_id or ""):
+    if not KEY_ID.fullmatch(key_id or ""):
         raise InvalidArgument(f"key_id {key_id!r} must match {KEY_ID.pattern}")
     return key_id

@@ -32,10 +32,10 @@ class SpiffeId:
             raise SpiffeIdError(f"not a SPIFFE ID (must start with spiffe://): {value!r}")
         rest = value[len("spiffe://") :]
         trust_domain, _, path = rest.partition("/")
-        if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
+        if not trust_domain or not _TRUST_DOMAIN.fullmatch(trust_domain):
             raise SpiffeIdError(f"invalid trust domain in SPIFFE ID {value!r}")
         segments = path.split("/") if path else []
-        if any(not _PATH_SEGMENT.match(s) or s in (".", "..") for s in segments):
+        if any(not _PATH_SEGMENT.fullmatch(s) or s in (".", "..") for s in segments):
             raise SpiffeIdError(f"invalid path in SPIFFE ID {value!r}")
         return cls(trust_domain, "/" + path if path else "")
 

@@ -27,9 +27,9 @@ class Manifest:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
+        if not NAME.fullmatch(self.name):
             raise InvalidPlugin(f"manifest.name {self.name!r} must match {NAME.pattern}")
-        if not SEMVER.match(self.version):
+        if not SEMVER.fullmatch(self.version):
             raise InvalidPlugin(f"manifest.version {self.version!r} is not a semantic version")
         if not self.functions:
             raise InvalidPlugin("manifest.functions must name at least one exported function")

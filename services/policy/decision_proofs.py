@@ -33,18 +33,25 @@ class DecisionProofs:
         self._is_operator = is_operator
 
     def prove(self, decision_id: str, caller: str) -> audit_pb2.InclusionProof:
+        not_found = DecisionNotFound(f"no recorded decision {decision_id!r} for {caller or 'this caller'}")
         if not decision_id:
             raise DecisionNotFound("decision_id: give the id of a decision (DecideResponse.decision_id)")
+        # Whose decision it is, first: nothing about someone else's decision (not even that audit cannot
+        # prove it right now) may reach this caller.
         try:
-            proof = self._audit.ProveInclusion(
-                audit_pb2.ProveInclusionRequest(decision_id=decision_id), timeout=_TIMEOUT
-            )
+            records = [r for page in self._audit.Query(audit_pb2.QueryRequest(decision_id=decision_id, page_size=10),
+                                                       timeout=_TIMEOUT) for r in page.records]  # fmt: skip
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise DecisionNotFound(f"no recorded decision {decision_id!r} for {caller or 'this caller'}") from None
+            raise ProofUnavailable(f"audit could not look up decisions: {err.code().name}") from None
+        ours = [r for r in records if r.event.service == "policy" and r.event.action == "decide"]
+        if not ours or (ours[0].event.caller_spiffe_id != caller and not self._is_operator(caller)):
+            raise not_found
+        try:
+            proof = self._audit.ProveInclusion(audit_pb2.ProveInclusionRequest(event_id=ours[0].event.event_id),
+                                               timeout=_TIMEOUT)  # fmt: skip
+        except grpc.RpcError as err:
             raise ProofUnavailable(f"audit could not prove decision {decision_id!r}: {err.code().name}: "
                                    f"{err.details()}") from None  # fmt: skip
-        recorded_for = json.loads(proof.record).get("caller", "")
-        if recorded_for != caller and not self._is_operator(caller):
-            raise DecisionNotFound(f"no recorded decision {decision_id!r} for {caller or 'this caller'}")
+        if json.loads(proof.record).get("decision_id") != decision_id:  # audit answered for another record
+            raise ProofUnavailable(f"audit's proof for decision {decision_id!r} is about another record")
         return proof

@@ -50,7 +50,7 @@ def _name(value: str, path: str, limit: int, required: bool = False) -> None:
         return
     if len(value) > limit:
         raise InvalidRequest(path, f"is {len(value)} characters long; the maximum is {limit}")
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise InvalidRequest(path, f"{value!r} is not a lower-case identifier ([a-z][a-z0-9_.:-]*)")
 
 
@@ -108,7 +108,7 @@ class RequestValidator:
         _text(subject.auth_method, "subject.auth_method", lim.max_name)
         if subject.registration is not None:
             reg = subject.registration
-            if reg.council and (len(reg.council) > lim.max_name or not _COUNCIL.match(reg.council)):
+            if reg.council and (len(reg.council) > lim.max_name or not _COUNCIL.fullmatch(reg.council)):
                 raise InvalidRequest("subject.registration.council", f"{reg.council!r} is not a council code (CRM)")
             _text(reg.region, "subject.registration.region", lim.max_name)
             _text(reg.number, "subject.registration.number", lim.max_name)

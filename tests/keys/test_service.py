@@ -57,13 +57,18 @@ def test_envelope_and_signatures_over_grpc(pki, keys_server):
         (lambda c: c.Decrypt(keys_pb2.DecryptRequest(envelope=b"ZTE1garbage"), timeout=10), "INVALID_ARGUMENT"),
         (lambda c: c.Encrypt(keys_pb2.EncryptRequest(key_id="nope", plaintext=b"x"), timeout=10), "NOT_FOUND"),
         (lambda c: c.CreateKey(keys_pb2.CreateKeyRequest(key_id="Bad Id!", purpose=1), timeout=10), "INVALID_ARGUMENT"),
+        (
+            lambda c: c.CreateKey(keys_pb2.CreateKeyRequest(key_id="look-alike\n", purpose=1), timeout=10),
+            "INVALID_ARGUMENT",
+        ),  # fmt: skip
         (lambda c: c.CreateKey(keys_pb2.CreateKeyRequest(key_id="x"), timeout=10), "INVALID_ARGUMENT"),
         (
             lambda c: c.CreateKey(keys_pb2.CreateKeyRequest(key_id="x", purpose=1, algorithm=10), timeout=10),
             "INVALID_ARGUMENT",
         ),
     ],
-    ids=["garbage-envelope", "unknown-key", "bad-key-id", "no-purpose", "purpose-algorithm-mismatch"],
+    ids=["garbage-envelope", "unknown-key", "bad-key-id", "key-id-trailing-newline", "no-purpose",
+         "purpose-algorithm-mismatch"],  # fmt: skip
 )
 def test_bad_requests_get_clear_status_codes(pki, keys_server, call, code):
     with pytest.raises(grpc.RpcError) as err:

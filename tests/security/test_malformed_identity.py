@@ -26,6 +26,7 @@ MALFORMED = {
     "query": ["spiffe://ztmesh.local/ns/ztmesh/sa/client?as=operator"],
     "percent-encoded": ["spiffe://ztmesh.local/ns/ztmesh/sa/cl%69ent"],
     "upper-case-scheme": ["SPIFFE://ztmesh.local/ns/ztmesh/sa/client"],
+    "trailing-newline": ["spiffe://ztmesh.local/ns/ztmesh/sa/client\n"],  # `$` alone would let it pass
     "two-spiffe-ids": ["spiffe://ztmesh.local/ns/ztmesh/sa/client", "spiffe://ztmesh.local/ns/ztmesh/sa/policy"],
 }
 
