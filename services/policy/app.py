@@ -163,7 +163,8 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     notifier = RedisReloadNotifier(settings.redis_url) if settings.redis_url else None
     # A shared store that lost its memory is restored from the audit trail; the in-process one
     # lives and dies with this process.
-    source = AuditSignalSource(peers.channel("audit")) if settings.redis_url else None
+    spool = audit.settings.directory.parent  # every policy slot (k8s: every replica's), for unshipped signals
+    source = AuditSignalSource(peers.channel("audit"), spool_dir=spool) if settings.redis_url else None
     monitor = SignalStoreMonitor(
         engine.signals, source, lambda: engine.scorer.model.config.behaviour.half_lives, policy.signal_max_clock_skew
     )

@@ -1,6 +1,7 @@
 """Watching the signal store: a store that lost its memory is restored from the audit trail (every
-accepted signal is audited as a `policy.signal` event), and a replica clock that drifts from the
-store's is reported. Until a restore completes the store reads as an error, so decisions are DENY.
+accepted signal is audited as a `policy.signal` event) and from the policy spool's events audit has
+not received yet, and a replica clock that drifts from the store's is reported. Until a restore
+completes the store reads as an error, so decisions are DENY.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import Gauge
 
+from ztmesh.audit.spoolfile import _scan  # the spool's frame format, read here without its writer
 from ztmesh.policy.errors import PolicyError
 from ztmesh.policy.signals import RecordedSignal, SignalStore, StoreStatus, replay_span
 
@@ -25,19 +28,33 @@ CLOCK_SKEW = Gauge(
 STORE_READY = Gauge("ztmesh_policy_signal_store_ready", "1 when the signal store holds every live signal, else 0")
 RESTORED = Gauge("ztmesh_policy_signals_restored", "signals replayed from the audit trail by the last restore")
 
+_ACCEPTED = ("policy", "policy.signal", "OK")  # service, action, outcome of an accepted signal's event
 SignalSource = Callable[[float], Iterator[RecordedSignal]]  # signals audited since a time, oldest first
 
 
 class AuditSignalSource:
-    """Accepted signals read back from the audit trail (AuditService.Query, paged)."""
+    """Accepted signals read back from the audit trail (AuditService.Query, paged), and, with
+    `spool_dir`, those whose record is still in a policy spool slot there (see unshipped_signals)."""
 
-    def __init__(self, channel: Any, timeout_s: float = 30.0) -> None:
+    def __init__(self, channel: Any, timeout_s: float = 30.0, spool_dir: Path | None = None) -> None:
         from ztmesh._proto.audit.v1 import audit_pb2_grpc
 
         self._stub = audit_pb2_grpc.AuditServiceStub(channel)
         self._timeout = timeout_s
+        self._spool_dir = spool_dir
 
     def __call__(self, since: float) -> Iterator[RecordedSignal]:
+        # The spool first, the trail second: a frame shipped (and its segment dropped) between the two
+        # reads is then in the trail; one read from both is replayed once (by event id).
+        unshipped = unshipped_signals(self._spool_dir, since) if self._spool_dir is not None else {}
+        for event_id, signal in self._trail(since):
+            unshipped.pop(event_id, None)
+            yield signal
+        if unshipped:
+            log.warning("restore: %d signals from the policy spool, not in the audit trail yet", len(unshipped))
+        yield from unshipped.values()
+
+    def _trail(self, since: float) -> Iterator[tuple[str, RecordedSignal]]:
         from google.protobuf import timestamp_pb2
 
         from ztmesh._proto.audit.v1 import audit_pb2
@@ -55,10 +72,44 @@ class AuditSignalSource:
                 for record in page.records:
                     signal = _recorded(record.event.subject, record.event.details_json)
                     if signal is not None:
-                        yield signal
+                        yield record.event.event_id.lower(), signal
                 token = page.next_page_token or token
             if not token:
                 return
+
+
+def unshipped_signals(spool_dir: Path, since: float) -> dict[str, RecordedSignal]:
+    """Accepted signals (by event id) in the policy spool slots under `spool_dir` (`<slot>/*.seg`)
+    after each slot's cursor: durable, acknowledged to their reporter, not yet in the audit trail
+    (audit was down, or they are being shipped). Read only, without the slots' locks: the live
+    shippers keep going; a segment they drop meanwhile was shipped, so it is in the trail."""
+    found: dict[str, RecordedSignal] = {}
+    slots = sorted(p for p in spool_dir.iterdir() if p.name.isdigit()) if spool_dir.is_dir() else []
+    for slot in slots:
+        segments = sorted(int(p.stem) for p in slot.glob("*.seg") if p.stem.isdigit())
+        try:
+            seg, offset = (int(n) for n in (slot / "cursor").read_text().split())
+        except (OSError, ValueError):  # no cursor yet (nothing shipped) or being replaced: from the start
+            seg, offset = (segments[0] if segments else 0), 0
+        for segment in (s for s in segments if s >= seg):
+            try:
+                data = (slot / f"{segment:012d}.seg").read_bytes()
+            except FileNotFoundError:
+                continue
+            start = offset if segment == seg else 0
+            for _start, _end, payload in _scan(data[start:]):
+                if payload is None or b'"policy.signal"' not in payload:  # damaged, torn, or another event
+                    continue
+                try:
+                    event = json.loads(payload)
+                except ValueError:
+                    continue
+                if (event.get("service"), event.get("action"), event.get("outcome")) != _ACCEPTED:
+                    continue
+                signal = _recorded(str(event.get("subject", "")), str(event.get("details", "")))
+                if signal is not None and signal.at >= since:
+                    found[str(event.get("event_id", "")).lower()] = signal
+    return found
 
 
 def _recorded(subject: str, details_json: str) -> RecordedSignal | None:

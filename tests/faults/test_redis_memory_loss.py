@@ -13,7 +13,7 @@ import grpc
 import psycopg
 import pytest
 
-from tests.faults.support import Answer, FaultMesh, Load, assert_nothing_lost, tally, wait_for
+from tests.faults.support import Answer, FaultMesh, Load, assert_nothing_lost, spool_frames, tally, wait_for
 from tests.security.test_signal_reporters import physician
 from tests.support.own_redis import own_redis
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
@@ -109,4 +109,34 @@ def test_a_redis_that_lost_its_memory_never_allows_a_flagged_subject(
         scenario = f"redis {loss} (no persistence){' during an audit outage' if audit_down else ''}, 7 flagged subjects"
         result = tally(scenario, load, mesh.database_url, recovery)
         assert_nothing_lost(result)  # wrong_allow counts every ALLOW: each subject asked about is flagged
+        assert store_errors > 0, "the loss was never noticed: the test did not exercise it"
+
+
+def test_flags_reported_while_audit_was_down_survive_a_redis_flush(fault_mesh: Callable[..., FaultMesh]) -> None:
+    """The flags are accepted while audit is down: in Redis, and their records only in the policy spool.
+    Redis is then flushed and audit returns: the restore must replay the spooled records too (it does
+    not wait for the spool to drain), so no flagged subject is ever allowed."""
+    with own_redis() as redis_server:
+        store = redis_server.client()
+        mesh = fault_mesh(policy_env={"ZTMESH_REDIS_URL": redis_server.url})
+        operator = policy_pb2_grpc.PolicyServiceStub(mesh.pki.channel("client", mesh.policy.port))
+        mesh.audit.kill()
+        for subject in SUBJECTS:
+            flag = policy_pb2.ReportSignalRequest(subject_id=subject, kind="malware_detected", source="edr")
+            operator.ReportSignal(flag, timeout=10)  # accepted: durable in the spool, audit being down
+        assert spool_frames(mesh.policy) > 0 and _signals_in_trail(mesh.database_url) == 0
+        with FlaggedLoad(mesh.pki, mesh.policy, clients=2, rate=25) as load:
+            load.wait_answers(20)
+            store.flushall()
+            load.wait_answers(25)
+            mesh.audit.start()
+            back_at = time.monotonic()
+            wait_for(lambda: store.exists(EPOCH), 30, "the store restored")
+            restored = time.monotonic() - back_at
+            assert all(store.exists(f"ztmesh:signals:s:{s}") for s in SUBJECTS), "a flag was not replayed"
+            load.wait_answers(20)
+        store_errors = sum(1 for a in load.answers if a.fault == "FAULT_SIGNAL_STORE_ERROR")
+        recovery = f"restored {restored:.2f}s after audit's return, flags from the spool ({store_errors} DENY)"
+        result = tally("redis flushall, flags reported while audit was down", load, mesh.database_url, recovery)
+        assert_nothing_lost(result)
         assert store_errors > 0, "the loss was never noticed: the test did not exercise it"

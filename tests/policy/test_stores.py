@@ -257,3 +257,44 @@ def test_concurrent_reports_and_reads_never_look_like_a_rollback(redis_url, pref
     assert not errors, errors[:3]
     assert store.status(time.time()).ready
     store.close()
+
+
+def test_a_restore_replays_the_signals_whose_record_is_still_in_the_policy_spool(make_engine, tmp_path):
+    """Audit was down when dr.ana was flagged: the flag is in Redis, its record only in the policy
+    spool. Redis then loses its memory: the restore must replay the spooled record (the trail has none),
+    or the flag is gone and dr.ana is allowed again."""
+    import grpc
+
+    from tests.support.own_redis import own_redis
+    from tests.support.processes import free_port
+    from ztmesh.audit.client import GrpcAuditSink
+    from ztmesh.audit.spool import SpoolEmitter, SpoolSettings
+    from ztmesh.policy.signal_recovery import SignalStoreMonitor, unshipped_signals
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{free_port()}")  # audit down: nothing listens there
+    spool = tmp_path / "spool" / "policy"
+    emitter = SpoolEmitter(GrpcAuditSink(channel, timeout=0.2), SpoolSettings(spool / "0", direct_timeout=0.2))
+    with own_redis() as server:
+        store = RedisSignalStore(server.url)
+        store.restore([], {})
+        engine = make_engine(signals=store, audit=emitter)
+        half_lives = engine.scorer.model.config.behaviour.half_lives
+        engine.report_signal(Signal("dr.ana", "malware_detected"))
+        assert engine.decide(_critical()).outcome is Outcome.DENY
+        server.client().flushall()
+        lost = engine.decide(_critical())
+        assert lost.outcome is Outcome.DENY and lost.fault is Fault.SIGNAL_STORE_ERROR
+        trail: list[RecordedSignal] = []  # what audit holds: nothing, it was down
+
+        def source(since: float):
+            yield from trail
+            yield from unshipped_signals(spool, since).values()
+
+        monitor = SignalStoreMonitor(store, source, lambda: half_lives, max_skew_s=5.0)
+        assert monitor.check_once().ready
+        state = store.state("dr.ana", 0.0, half_lives)
+        assert state.levels["malware_detected"] == pytest.approx(1.0, abs=1e-3)
+        assert engine.decide(_critical()).outcome is Outcome.DENY
+        store.close()
+    emitter.close()
+    channel.close()
