@@ -3,8 +3,9 @@ has acknowledged them.
 
 A frame is `u32 length | u32 CRC-32 | payload` (big-endian). Segments are only appended to and fsync'd;
 a crash can leave a torn last frame, which opening truncates (its emitter was never told it was durable).
-Damage anywhere else (a flipped bit, a bad sector) is not a torn write: the damaged bytes are copied to
-`corrupt/` beside the segments and reported, and reading resumes at the next frame whose checksum holds.
+Damage anywhere else (a flipped bit, a bad sector), or a last frame that an interrupted write cannot have
+left, is not a torn write: the damaged bytes are copied to `corrupt/` beside the segments and reported,
+and reading resumes at the next frame whose checksum holds.
 The cursor (`segment offset`) is replaced atomically (write, fsync, rename, fsync the folder).
 """
 
@@ -84,13 +85,22 @@ def _scan(data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
         offset = end
 
 
-def _is_torn(data: bytes, start: int) -> bool:
-    """A damaged stretch running to the end of the data that a write cut short (header or payload
-    incomplete), as opposed to a complete frame whose checksum fails."""
-    if start + _HEADER.size > len(data):
+def _is_torn(data: bytes, start: int, longest: int) -> bool:
+    """Whether the damaged stretch from `start` to the end of the data is what an interrupted write leaves:
+    a header cut short, zeros (the size grew, the data never landed), or a plausible header (a length of at
+    most `longest` that runs past the end) followed by the start of a payload. Anything else is corruption,
+    never cut off: notably an acknowledged last frame whose length field took a flipped bit, which looks
+    cut short but whose bytes present are its whole payload (their checksum holds)."""
+    tail = data[start:]
+    if len(tail) < _HEADER.size or not tail.strip(b"\0"):
         return True
-    length, _crc = _HEADER.unpack_from(data, start)
-    return length == 0 or start + _HEADER.size + length > len(data)
+    length, crc = _HEADER.unpack_from(tail)
+    present = tail[_HEADER.size :]
+    if length == 0 or length > longest or _HEADER.size + length <= len(tail):
+        return False
+    if present and present[0] != _PAYLOAD_START:
+        return False
+    return zlib.crc32(present) != crc
 
 
 class SpoolFiles:
@@ -134,15 +144,19 @@ class SpoolFiles:
             raise OSError(f"{self.directory / 'cursor'} is corrupt; inspect the spool before restarting") from None
 
     def _repair(self, segment: int) -> None:
-        """Truncate a torn tail of the last segment (set aside first); damage before intact frames stays
-        for the reader, which quarantines and reports it and ships what follows."""
+        """Truncate a torn tail of the last segment (set aside first). A damaged tail no interrupted write
+        explains is kept and reported as corruption now, like damage before intact frames, which stays
+        for the reader to quarantine and pass over."""
         path = self._path(segment)
         data = path.read_bytes()
         tail = collections.deque(_scan(data), maxlen=1)
         if not tail:
             return
         start, _end, payload = tail[0]
-        if payload is not None or not _is_torn(data, start):
+        if payload is not None or (segment, start) < self._cursor:  # intact, or shipped before the damage
+            return
+        if not _is_torn(data, start, self.segment_bytes):
+            self._quarantine(segment, start, data[start:])
             return
         self._quarantine(segment, start, data[start:], torn=True)
         with open(path, "r+b") as handle:

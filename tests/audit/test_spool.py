@@ -158,12 +158,14 @@ def test_a_torn_last_frame_is_dropped_and_the_rest_ships(tmp_path: Path) -> None
         t.join()
     first._lock_file.close()
     segment = sorted((tmp_path / "spool").glob("*.seg"))[-1]
+    size = segment.stat().st_size
     with open(segment, "ab") as handle:
-        handle.write(b"\x00\x00\x01\x00torn")  # a frame header promising 256 bytes, cut short by the crash
+        handle.write(b'\x00\x00\x01\x00\x00\x00\x00\x00{"torn')  # a header promising 256 bytes, cut short
     lock.execute("ROLLBACK")
     second = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db)), settings(tmp_path))
     assert second.flush(timeout=30)
     second.close()
+    assert [p.name for p in (tmp_path / "spool" / "corrupt").iterdir()] == [f"{segment.stem}-{size}-torn.bin"]
     stored = SqliteAuditStore(db)
     assert sorted(r.event.event_id for r in stored.query(QueryFilter(), 0, 100)) == sorted(e.event_id for e in batch)
 
@@ -321,6 +323,68 @@ def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships
     assert any("frame 50" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     damage = SqliteAuditStore(db).query(QueryFilter(action="audit.spool_damaged"), 0, 10)
     assert len(damage) == 1 and '"frame":50' in damage[0].event.details
+
+
+def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The length now runs past the end of the file, as a torn write's would; but the frame was fsync'd
+    and acknowledged, so it must be set aside and reported, not cut off as never acknowledged."""
+    from ztmesh.audit.spoolfile import _scan
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    db = tmp_path / "a.db"
+    batch = spooled_unshipped(db, tmp_path / "spool", 10)
+    segment = sorted((tmp_path / "spool").glob("*.seg"))[-1]
+    data = bytearray(segment.read_bytes())
+    start, end, _payload = list(_scan(bytes(data)))[-1]
+    data[start + 1] ^= 0x01  # one bit in frame 9's length: 65536 bytes longer, past the end of the file
+    assert int.from_bytes(data[start : start + 4], "big") > len(data) - start
+    segment.write_bytes(bytes(data))
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
+    assert emitter.flush(timeout=30)
+    emitter.close()
+    stored = set(trail_ids(db))
+    assert stored >= {e.event_id for e in batch[:9]} and batch[9].event_id not in stored
+    assert segment.read_bytes().startswith(bytes(data))  # kept in place, not truncated
+    quarantined = list((tmp_path / "spool" / "corrupt").iterdir())
+    assert [p.name for p in quarantined] == [f"{1:012d}-{start}.bin"]  # not "-torn"
+    assert quarantined[0].read_bytes() == bytes(data[start:end])
+    assert emitter.damaged == 1
+    assert any("segment 1 frame 9 " in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert not any("torn" in r.getMessage() for r in caplog.records)
+    damage = SqliteAuditStore(db).query(QueryFilter(action="audit.spool_damaged"), 0, 10)
+    assert len(damage) == 1 and '"frame":9' in damage[0].event.details and '"torn":false' in damage[0].event.details
+
+
+def _frame(payload: bytes) -> bytes:
+    import zlib
+
+    return len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big") + payload
+
+
+_PAYLOAD = b'{"event_id":"0190f1e2-0000-7000-8000-000000000001","v":1}'
+
+
+@pytest.mark.parametrize(
+    ("tail", "torn"),
+    [
+        (_frame(_PAYLOAD)[:3], True),  # header cut short
+        (_frame(_PAYLOAD)[:8], True),  # header written, no payload yet
+        (_frame(_PAYLOAD)[:20], True),  # payload cut short
+        (bytes(512), True),  # the size grew, the data never landed
+        (b"\x00\x01" + _frame(_PAYLOAD)[2:], False),  # length flipped (+65536): the whole payload is there
+        (b"\x7f" + _frame(_PAYLOAD)[1:20], False),  # a length no frame in a segment can have
+        (_frame(_PAYLOAD)[:4] + b"\xff\xff\xff\xff" + b"x" * 20, False),  # bytes no payload starts with
+        (b"\x00\x00\x00\x00" + _frame(_PAYLOAD)[4:], False),  # length zeroed, payload intact
+    ],
+    ids=["header", "no-payload", "payload", "zeros", "length-flip", "huge-length", "not-json", "length-zeroed"],
+)
+def test_only_what_an_interrupted_write_leaves_counts_as_torn(tail: bytes, torn: bool) -> None:
+    from ztmesh.audit.spoolfile import _is_torn
+
+    data = _frame(b'{"first":1}') + tail
+    assert _is_torn(data, len(_frame(b'{"first":1}')), 16 * 1024 * 1024) is torn
 
 
 def test_unclaimed_slots_are_drained_by_a_live_process(tmp_path: Path) -> None:
