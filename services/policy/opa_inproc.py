@@ -25,7 +25,9 @@ LIBRARY_ENV = "ZTMESH_OPA_LIBRARY"
 OPA_VERSION = "1.22.2"  # the pin of services/policy/opa_shim/go.mod and scripts/install-deps.sh
 _DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / ".tools" / "lib" / "libztmesh_opa.so"
 
+ABI_VERSION = 2  # main.go abiVersion: the exports' signatures and replies this module expects
 INPUT_NONE, INPUT_JSON, INPUT_TERM = 0, 1, 2  # ztm_eval's input kinds (main.go)
+_MAX_TIMEOUT_MS = 2**31 - 1  # ztm_eval's timeout is a C int
 
 _load_lock = threading.Lock()
 _library: _Library | None = None
@@ -58,9 +60,19 @@ class _Library:
         self._lib = lib
         self._eval = lib.ztm_eval
         self._free = lib.ztm_free
-        version = self._take(lambda o, n: lib.ztm_version(o, n))[1]["opa"]
+        # ztm_version's signature never changes: it is safe to call on any build, before the others.
+        self.version_info: dict[str, Any] = self._take(lambda o, n: lib.ztm_version(o, n))[1]
+        abi = self.version_info.get("abi")
+        if abi != ABI_VERSION:  # a stale build: calling it with this module's signatures could crash
+            raise EngineError(
+                f"{path} has C ABI {abi if abi is not None else 1}, not {ABI_VERSION}: it was built from "
+                "older sources; run make setup"
+            )
+        version = self.version_info["opa"]
         if version != OPA_VERSION:
             raise EngineError(f"{path} embeds OPA {version}, not the pinned {OPA_VERSION}: run make setup")
+        lib.ztm_packages.argtypes = [ctypes.c_char_p, ctypes.c_int, *out]
+        lib.ztm_packages.restype = ctypes.c_int
 
     def _take(self, call: Any) -> tuple[int, Any]:
         out = ctypes.c_void_p()
@@ -91,6 +103,9 @@ class _Library:
 
     def input_paths(self, request: bytes) -> tuple[int, Any]:
         return self._take(lambda o, n: self._lib.ztm_input_paths(request, len(request), o, n))
+
+    def packages(self, request: bytes) -> tuple[int, Any]:
+        return self._take(lambda o, n: self._lib.ztm_packages(request, len(request), o, n))
 
     def release(self, handle: int) -> None:
         self._lib.ztm_release(handle)
@@ -190,12 +205,13 @@ class PreparedQuery:
                 raise EngineError(f"the input is not JSON: {exc}") from None
         else:
             payload = document.encode() if kind == INPUT_TERM else b""
-        rc, reply = self._lib.eval(self.handle, payload, kind, max(0, round(timeout_s * 1000)))
+        rc, reply = self._lib.eval(self.handle, payload, kind, timeout_ms(timeout_s))
         if rc != 0:
-            text = str(reply.get("error", ""))
-            if "released" in text:
+            kind_of_failure = reply.get("kind")  # main.go's kinds: the message may quote the input
+            if kind_of_failure == "released":
                 raise StaleBundle("the prepared query was released (its bundle was replaced)")
-            if timeout_s and ("deadline exceeded" in text or "timed out" in text or "eval_cancel_error" in text):
+            if kind_of_failure == "timeout":
+                text = str(reply.get("error", ""))
                 raise EngineError(f"rego evaluation took longer than {timeout_s:g} s (ZTMESH_OPA_TIMEOUT): {text}")
             raise RegoRuntimeError(reply)
         if not self.rule:
@@ -225,6 +241,22 @@ class PreparedQuery:
             self._lib.release(handle)
         if self._strict is not None:
             self._strict.release()
+
+
+def timeout_ms(timeout_s: float) -> int:
+    """ztm_eval's timeout: 0 (no limit) only for 0 or less; else at least 1 ms, at most a C int."""
+    if timeout_s <= 0:
+        return 0
+    return min(max(1, round(timeout_s * 1000)), _MAX_TIMEOUT_MS)
+
+
+def package_paths(modules: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Each module's package as OPA parses it (file -> ("a", "b") for package a.b); BundleError when
+    one does not parse."""
+    rc, reply = library().packages(_dumps({"modules": dict(modules)}))
+    if rc != 0:
+        raise _bundle_error(reply)
+    return {path: tuple(segments) for path, segments in reply["packages"].items()}
 
 
 def check_modules(modules: Mapping[str, str], data: Mapping[str, Any], entrypoint: str) -> None:

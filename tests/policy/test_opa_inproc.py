@@ -4,8 +4,11 @@ many threads share one prepared query, and the bundle's tests mean what `opa tes
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +17,19 @@ from typing import Any
 import pytest
 
 from ztmesh.cli import main
+from ztmesh.policy import opa_inproc
 from ztmesh.policy.answer import parse_answer
 from ztmesh.policy.bundle import check_bundle, read_bundle
 from ztmesh.policy.errors import BundleError, EngineError, MalformedDecision, StaleBundle
 from ztmesh.policy.inputs import probe_inputs
-from ztmesh.policy.opa_inproc import OpaEmbeddedEngine, load_library, run_tests
+from ztmesh.policy.opa_inproc import (
+    OpaEmbeddedEngine,
+    PreparedQuery,
+    RegoRuntimeError,
+    load_library,
+    run_tests,
+    timeout_ms,
+)
 from ztmesh.policy.rego import UNDEFINED
 
 
@@ -172,6 +183,67 @@ def test_a_runaway_evaluation_ends_with_an_error_at_the_timeout():
 def test_a_missing_library_says_run_make_setup(tmp_path: Path):
     with pytest.raises(EngineError, match="missing: run make setup"):
         load_library(tmp_path / "libztmesh_opa.so")
+
+
+def test_a_library_of_another_abi_is_refused_before_any_call_saying_run_make_setup(monkeypatch):
+    # A build from older sources (ztm_eval without its timeout argument) crashed on the first
+    # evaluation; its ABI number (ztm_version) now differs from the module's, and it is refused.
+    assert opa_inproc.library().version_info["abi"] == opa_inproc.ABI_VERSION
+    monkeypatch.setattr(opa_inproc, "ABI_VERSION", opa_inproc.ABI_VERSION + 1)
+    with pytest.raises(EngineError, match=r"has C ABI \d+, not \d+: it was built from older sources; run make setup"):
+        load_library(opa_inproc.library_path())
+
+
+def _go_heap(env: dict[str, str]) -> dict[str, Any]:
+    script = "import json; from ztmesh.policy.opa_inproc import library; print(json.dumps(library().version_info))"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    info: dict[str, Any] = json.loads(run.stdout)
+    return info
+
+
+def test_the_go_heap_gets_a_limit_when_one_is_known_and_collects_less_often_only_then():
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMEMLIMIT", "GOGC")}
+    limited = _go_heap({**env, "GOMEMLIMIT": "300MiB"})
+    assert (limited["memory_limit"], limited["gc_percent"]) == (300 * 1024 * 1024, 400)
+    cgroup = Path("/sys/fs/cgroup/memory.max")
+    limit = cgroup.read_text().strip() if cgroup.is_file() else "max"
+    default = _go_heap(env)
+    if limit.isdigit():  # in a container with a memory limit: 80 % of it
+        assert (default["memory_limit"], default["gc_percent"]) == (int(limit) // 10 * 8, 400)
+    else:  # no limit known: Go's defaults (no heap limit, GOGC 100)
+        assert (default["memory_limit"], default["gc_percent"]) == (2**63 - 1, 100)
+
+
+@pytest.mark.parametrize("text", ["released", "timed out; deadline exceeded; eval_cancel_error"])
+def test_an_error_quoting_the_input_is_classified_by_its_code_not_its_words(text):
+    query = PreparedQuery({"t.rego": "package t\nvalue := to_number(input.s)\n"}, {}, "data.t.value",
+                          strict_builtin_errors=True)  # fmt: skip
+    try:
+        with pytest.raises(RegoRuntimeError, match="to_number") as info:
+            query.evaluate({"s": text}, timeout_s=5)
+        assert not isinstance(info.value, StaleBundle) and "took longer" not in str(info.value)
+    finally:
+        query.release()
+
+
+def test_a_sub_millisecond_timeout_still_limits_and_a_huge_one_does_not_overflow():
+    assert (timeout_ms(0), timeout_ms(0.0004), timeout_ms(1e12)) == (0, 1, 2**31 - 1)
+    slow = Modules(
+        {"t.rego": "package t\nr := numbers.range(1, 10000)\nvalue := count([1 | some i in r; some j in r])"}
+    )
+    engine = OpaEmbeddedEngine(timeout_s=0.0004)  # rounded to 0 ms, it used to mean no limit
+    try:
+        engine.install(slow)
+        with pytest.raises(EngineError, match="took longer than 0.0004 s"):
+            engine.evaluate(slow, {}, {})
+    finally:
+        engine.close()
+    fast = PreparedQuery({"t.rego": "package t\nvalue := 1\n"}, {}, "data.t.value")
+    try:
+        assert fast.evaluate({}, timeout_s=1e12) == 1  # a negative C int would have been "no limit" or worse
+    finally:
+        fast.release()
 
 
 def _opa_test_failures(opa_bin: Path, folder: Path) -> set[str]:

@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,7 +67,17 @@ type problem struct {
 	Col     int    `json:"col,omitempty"`
 }
 
+// Kinds of failure, for the caller to classify by (never by the message, which may quote input).
+const (
+	kindError    = "error"    // OPA's compile or evaluation error (problems say which)
+	kindTimeout  = "timeout"  // the evaluation's time limit ran out
+	kindReleased = "released" // the prepared query was released
+	kindInput    = "input"    // the request or input is malformed
+	kindPanic    = "panic"    // OPA panicked (recovered)
+)
+
 type failure struct {
+	Kind     string    `json:"kind"`
 	Error    string    `json:"error"` // err.Error() as OPA prints it
 	Problems []problem `json:"problems,omitempty"`
 }
@@ -77,13 +88,48 @@ var (
 	parsers fastjson.ParserPool
 )
 
+// abiVersion is the C ABI of these exports (signatures and reply shapes): bump it with any change,
+// and opa_inproc.ABI_VERSION with it. A library built from older sources reports another number (or
+// none) and is refused at load, before a call with the wrong arguments could crash the process.
+const abiVersion = 2
+
+// cgroupMemoryLimit is the container's memory limit (cgroup v2, else v1), or 0 when there is none.
+func cgroupMemoryLimit() int64 {
+	for _, path := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		bs, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(bs)), 10, 64)
+		if err != nil || n <= 0 || n >= 1<<60 { // "max", or v1's "unlimited" (a huge number)
+			return 0
+		}
+		return n
+	}
+	return 0
+}
+
 func init() {
-	// An evaluation allocates a lot and keeps little: collecting less often costs some memory (the
-	// heap may grow to 4x the live data, which is small) and saves latency. GOGC still overrides.
-	if os.Getenv("GOGC") == "" {
+	// Without a memory limit the Go heap grows to (1 + GOGC/100) x the live data before a collection:
+	// with a large data.json and a reload (two bundles prepared) that outgrew the pod's limit. So the
+	// runtime gets a soft limit: GOMEMLIMIT when set (the runtime reads it itself), else 80 % of the
+	// cgroup's limit. Only under a known limit does GC run less often (GOGC 400: an evaluation
+	// allocates a lot and keeps little); otherwise Go's default of 100 stays. GOGC still overrides.
+	limited := os.Getenv("GOMEMLIMIT") != ""
+	if !limited {
+		if n := cgroupMemoryLimit(); n > 0 {
+			debug.SetMemoryLimit(n / 10 * 8)
+			limited = true
+		}
+	}
+	if limited && os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	gcPercent = debug.SetGCPercent(-1) // Go has no getter: read it back once, before any evaluation
+	debug.SetGCPercent(gcPercent)
 }
+
+var gcPercent int // the GC percent init settled on, for ztm_version
 
 // jsonToValue converts JSON straight to an ast.Value (OPA's ast.ValueFromReader decodes into Go
 // maps first, then converts: a third of an evaluation of the default pack). Numbers keep their text.
@@ -141,7 +187,7 @@ func capabilities() *ast.Capabilities {
 }
 
 func describe(err error) failure {
-	out := failure{Error: err.Error()}
+	out := failure{Kind: kindError, Error: err.Error()}
 	var astErrs ast.Errors
 	var topErr *topdown.Error
 	switch { // a builtin error may wrap a parse error (rego.parse_module): the outer one is the error
@@ -188,7 +234,7 @@ func refusal(p problem) problem {
 // the whole service. Deferred by every export that returns an answer.
 func survive(out **C.char, outLen *C.int, rc *C.int) {
 	if p := recover(); p != nil {
-		reply(out, outLen, failure{Error: fmt.Sprintf("OPA panicked: %v", p)})
+		reply(out, outLen, failure{Kind: kindPanic, Error: fmt.Sprintf("OPA panicked: %v", p)})
 		*rc = 1
 	}
 }
@@ -196,7 +242,7 @@ func survive(out **C.char, outLen *C.int, rc *C.int) {
 func reply(out **C.char, outLen *C.int, v any) {
 	bs, err := json.Marshal(v)
 	if err != nil {
-		bs, _ = json.Marshal(failure{Error: "cannot encode the answer: " + err.Error()})
+		bs, _ = json.Marshal(failure{Kind: kindError, Error: "cannot encode the answer: " + err.Error()})
 	}
 	*out = (*C.char)(C.CBytes(bs))
 	*outLen = C.int(len(bs))
@@ -258,13 +304,13 @@ func newStore(data json.RawMessage) (storage.Store, error) {
 func ztm_prepare(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (handle C.ulonglong) {
 	defer func() {
 		if p := recover(); p != nil {
-			reply(out, outLen, failure{Error: fmt.Sprintf("OPA panicked: %v", p)})
+			reply(out, outLen, failure{Kind: kindPanic, Error: fmt.Sprintf("OPA panicked: %v", p)})
 			handle = 0
 		}
 	}()
 	var r prepareRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
-		reply(out, outLen, failure{Error: "bad prepare request: " + err.Error()})
+		reply(out, outLen, failure{Kind: kindInput, Error: "bad prepare request: " + err.Error()})
 		return 0
 	}
 	modules, err := parseModules(r.Modules)
@@ -274,7 +320,7 @@ func ztm_prepare(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (handle
 	}
 	store, err := newStore(r.Data)
 	if err != nil {
-		reply(out, outLen, failure{Error: err.Error()})
+		reply(out, outLen, failure{Kind: kindInput, Error: err.Error()})
 		return 0
 	}
 	opts := []func(*rego.Rego){
@@ -314,7 +360,7 @@ func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, tim
 	defer survive(out, outLen, &rc)
 	v, ok := handles.Load(uint64(handle))
 	if !ok {
-		reply(out, outLen, failure{Error: fmt.Sprintf("no prepared query %d (released)", uint64(handle))})
+		reply(out, outLen, failure{Kind: kindReleased, Error: fmt.Sprintf("no prepared query %d (released)", uint64(handle))})
 		return 1
 	}
 	p := v.(*prepared)
@@ -323,14 +369,14 @@ func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, tim
 	case inputJSON:
 		value, err := jsonToValue(goBytes(input, inputLen))
 		if err != nil {
-			reply(out, outLen, failure{Error: "input is not JSON: " + err.Error()})
+			reply(out, outLen, failure{Kind: kindInput, Error: "input is not JSON: " + err.Error()})
 			return 1
 		}
 		evalOpts = append(evalOpts, rego.EvalParsedInput(value))
 	case inputTerm:
 		term, err := ast.ParseTerm(string(goBytes(input, inputLen)))
 		if err != nil {
-			reply(out, outLen, failure{Error: "input is not a Rego term: " + err.Error()})
+			reply(out, outLen, failure{Kind: kindInput, Error: "input is not a Rego term: " + err.Error()})
 			return 1
 		}
 		evalOpts = append(evalOpts, rego.EvalParsedInput(term.Value))
@@ -343,7 +389,13 @@ func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, tim
 	}
 	rs, err := p.query.Eval(ctx, evalOpts...)
 	if err != nil {
-		reply(out, outLen, describe(err))
+		f := describe(err)
+		var topErr *topdown.Error
+		if timeoutMs > 0 && (errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil ||
+			(errors.As(err, &topErr) && topErr.Code == topdown.CancelErr)) {
+			f.Kind = kindTimeout
+		}
+		reply(out, outLen, f)
 		return 1
 	}
 	if p.rule {
@@ -353,7 +405,7 @@ func ztm_eval(handle C.ulonglong, input *C.char, inputLen C.int, kind C.int, tim
 		}
 		bs, err := json.Marshal(rs[0].Expressions[0].Value)
 		if err != nil {
-			reply(out, outLen, failure{Error: "cannot encode the value: " + err.Error()})
+			reply(out, outLen, failure{Kind: kindError, Error: "cannot encode the value: " + err.Error()})
 			return 1
 		}
 		answer := make([]byte, 0, len(bs)+10)
@@ -401,7 +453,7 @@ func ztm_test(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc C.int)
 	defer survive(out, outLen, &rc)
 	var r testRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
-		reply(out, outLen, failure{Error: "bad test request: " + err.Error()})
+		reply(out, outLen, failure{Kind: kindInput, Error: "bad test request: " + err.Error()})
 		return 1
 	}
 	modules, err := parseModules(r.Modules)
@@ -411,7 +463,7 @@ func ztm_test(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc C.int)
 	}
 	store, err := newStore(r.Data)
 	if err != nil {
-		reply(out, outLen, failure{Error: err.Error()})
+		reply(out, outLen, failure{Kind: kindInput, Error: err.Error()})
 		return 1
 	}
 	timeout := 5 * time.Second
@@ -504,7 +556,7 @@ func ztm_input_paths(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc
 	defer survive(out, outLen, &rc)
 	var r inputPathsRequest
 	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
-		reply(out, outLen, failure{Error: "bad input-paths request: " + err.Error()})
+		reply(out, outLen, failure{Kind: kindInput, Error: "bad input-paths request: " + err.Error()})
 		return 1
 	}
 	modules, err := parseModules(r.Modules)
@@ -536,11 +588,53 @@ func ztm_free(p *C.char) {
 	C.free(unsafe.Pointer(p))
 }
 
-// ztm_version is the OPA version compiled in, to check the library matches the pin.
+// ztm_version is the OPA version compiled in and the ABI of the exports, to check the library
+// matches the pin and the caller; also the Go heap's limit and GC percent in effect.
 //
 //export ztm_version
 func ztm_version(out **C.char, outLen *C.int) {
-	reply(out, outLen, map[string]string{"opa": version.Version})
+	reply(out, outLen, map[string]any{
+		"opa":          version.Version,
+		"abi":          abiVersion,
+		"memory_limit": debug.SetMemoryLimit(-1),
+		"gc_percent":   gcPercent,
+	})
+}
+
+type packagesRequest struct {
+	Modules map[string]string `json:"modules"`
+}
+
+// ztm_packages returns 0 with {"packages": {file: ["a", "b"]}} (package a.b: the path under data)
+// from OPA's own parse (what OPA will load, however the source is laid out), or 1 with the parse errors.
+//
+//export ztm_packages
+func ztm_packages(req *C.char, reqLen C.int, out **C.char, outLen *C.int) (rc C.int) {
+	defer survive(out, outLen, &rc)
+	var r packagesRequest
+	if err := json.Unmarshal(goBytes(req, reqLen), &r); err != nil {
+		reply(out, outLen, failure{Kind: kindInput, Error: "bad packages request: " + err.Error()})
+		return 1
+	}
+	modules, err := parseModules(r.Modules)
+	if err != nil {
+		reply(out, outLen, describe(err))
+		return 1
+	}
+	packages := make(map[string][]string, len(modules))
+	for name, m := range modules {
+		segments := []string{}
+		for _, term := range m.Package.Path[1:] { // [0] is data
+			if s, ok := term.Value.(ast.String); ok {
+				segments = append(segments, string(s))
+			} else {
+				segments = append(segments, term.String())
+			}
+		}
+		packages[name] = segments
+	}
+	reply(out, outLen, map[string]any{"packages": packages})
+	return 0
 }
 
 func main() {}
