@@ -30,7 +30,7 @@ z = zipfile.ZipFile(io.BytesIO(data)); \
  && mv "/opt/gotc/golang.org/toolchain@${GO_TOOLCHAIN}" /opt/go && rm -rf /opt/gotc
 COPY services/policy/opa_shim ./opa_shim
 RUN cd opa_shim \
- && CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS="-trimpath -mod=readonly" GOPATH=/tmp/gopath \
+ && CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS="-trimpath -mod=readonly -buildvcs=false" GOPATH=/tmp/gopath \
     /opt/go/bin/go build -buildmode=c-shared -o /opt/ztmesh/lib/libztmesh_opa.so . \
  && rm -rf /opt/ztmesh/lib/libztmesh_opa.h /tmp/gopath /root/.cache/go-build
 # Only what the package needs (see .dockerignore): dependency pins live in pyproject.toml.

@@ -14,7 +14,7 @@ LOG="$ROOT/.tools/install.log"
 # Pinned: the OPA binary is the reference Rego engine the embedded engine is compared against.
 OPA_MODULE="github.com/open-policy-agent/opa"
 OPA_VERSION="v1.22.2"
-APT_PACKAGES=(postgresql redis-server clang lld wrk)
+APT_PACKAGES=(postgresql redis-server clang lld wrk gcc libc6-dev)  # gcc, libc6-dev: cgo (the OPA shim)
 PYTHON="${PYTHON:-python3}"
 BENCH=0
 for arg in "$@"; do
@@ -120,14 +120,17 @@ SHIM_SRC="$ROOT/services/policy/opa_shim"
 SHIM_LIB="$ROOT/.tools/lib/libztmesh_opa.so"
 t0=$(date +%s)
 command -v go >/dev/null || fail "go is needed to build the in-process OPA library ($SHIM_SRC)"
-shim_hash="$(cd "$SHIM_SRC" && cat go.mod go.sum ./*.go | sha256sum | cut -d' ' -f1)-$(GOTOOLCHAIN=local go env GOVERSION)"
+# The same flags as the Dockerfile: no VCS stamp (the bytes depend on the sources alone). They are part of the
+# stamp's hash, so changing them rebuilds.
+SHIM_GOFLAGS="-trimpath -mod=readonly -buildvcs=false"
+shim_hash="$(cd "$SHIM_SRC" && { cat go.mod go.sum ./*.go; echo "$SHIM_GOFLAGS"; } | sha256sum | cut -d' ' -f1)-$(GOTOOLCHAIN=local go env GOVERSION)"
 if [[ -f "$SHIM_LIB" && "$(cat "$SHIM_LIB.sha256" 2>/dev/null)" == "$shim_hash" ]]; then
   step "opa in process: .tools/lib/libztmesh_opa.so up to date"
 else
   command -v gcc >/dev/null || fail "gcc is needed (cgo) to build the in-process OPA library"
   step "opa in process: go build -buildmode=c-shared (about 1.5-2 min cold on 2 cores) ..."
   mkdir -p "$(dirname "$SHIM_LIB")"
-  (cd "$SHIM_SRC" && GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS="-trimpath -mod=readonly" \
+  (cd "$SHIM_SRC" && GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS="$SHIM_GOFLAGS" \
       go build -buildmode=c-shared -o "$SHIM_LIB.tmp" . >>"$LOG" 2>&1) \
     || { tail -20 "$LOG" >&2; fail "go build of $SHIM_SRC"; }
   rm -f "$SHIM_LIB.h" && mv "$SHIM_LIB.tmp" "$SHIM_LIB" && echo "$shim_hash" >"$SHIM_LIB.sha256"
