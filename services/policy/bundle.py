@@ -36,6 +36,9 @@ log = logging.getLogger("ztmesh.policy.bundle")
 DEFAULT_ENTRYPOINT = "data.ztmesh.authz.decision"
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
 MAX_FILES = 1000
+# Each load-time probe evaluation ends after this long (as each Rego test does in OPA's tester): a
+# probe that loops must refuse the bundle, not hold the reload lock forever.
+PROBE_TIMEOUT_S = 5.0
 DATA_FILES = ("data.json", "data.yaml", "data.yml")
 _SIGNED_EXTRAS = (".signatures.json", ".manifest")
 
@@ -154,13 +157,13 @@ def _entrypoint_location(bundle: Bundle) -> tuple[str, int]:
     return "", 0
 
 
-def _probe(bundle: Bundle, probes: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, int]:
+def _probe(bundle: Bundle, probes: Mapping[str, Mapping[str, Any]], timeout_s: float) -> tuple[str, str, int]:
     """The first probe answered wrongly, described, with the file:line of a runtime error; or ""."""
     query = PreparedQuery(bundle.modules, bundle.data, bundle.entrypoint, explain=True)
     try:
         for name, probe in probes.items():
             try:
-                parse_answer(query.evaluate(probe))
+                parse_answer(query.evaluate(probe, timeout_s=timeout_s))
             except (EngineError, MalformedDecision) as exc:
                 where = (exc.file, exc.line) if isinstance(exc, RegoRuntimeError) and exc.file else ("", 0)
                 return f"{bundle.entrypoint} answers the probe {name!r} wrongly: {exc}", *where
@@ -180,9 +183,14 @@ class CheckReport:
 
 
 def check_bundle(
-    bundle: Bundle, probes: Mapping[str, Mapping[str, Any]], require_tests: bool = True, raise_on_failure: bool = True
+    bundle: Bundle,
+    probes: Mapping[str, Mapping[str, Any]],
+    require_tests: bool = True,
+    raise_on_failure: bool = True,
+    probe_timeout_s: float = PROBE_TIMEOUT_S,
 ) -> CheckReport:
-    """Parse, run the Rego tests, and evaluate the entrypoint on every probe input (name -> input).
+    """Parse, run the Rego tests, and evaluate the entrypoint on every probe input (name -> input),
+    each for at most `probe_timeout_s` (a runaway probe is a refused bundle, not a hung reload).
 
     Raises BundleError for the first problem (with `raise_on_failure`, for failing tests too); returns
     the bundle with its input paths filled in and every test result."""
@@ -199,7 +207,7 @@ def check_bundle(
     file, line = _entrypoint_location(bundle)
     if not file:
         raise BundleError(f"no module defines the entrypoint {bundle.entrypoint}")
-    problem, at_file, at_line = _probe(bundle, probes)
+    problem, at_file, at_line = _probe(bundle, probes, probe_timeout_s)
     if problem:
         raise BundleError(problem, at_file or file, at_line or line)
     paths = analyse_input_paths(bundle.modules)

@@ -224,3 +224,12 @@ def test_opa_engine_refuses_a_bundle_claiming_its_serving_package(make_engine, b
     with pytest.raises(BundleError, match="spoof.rego: the package and file name ztmesh_serving are reserved"):
         engine.reload()
     assert engine.bundles.current.revision == serving == engine.engine.serving_revision()
+
+
+def test_a_probe_that_loops_refuses_the_bundle_instead_of_hanging_the_load(tmp_path):
+    # 10^8 iterations of the interpreter: minutes of work (under the reload lock) if nothing stopped it.
+    (tmp_path / "authz.rego").write_text(
+        "package ztmesh.authz\n\nr := numbers.range(1, 10000)\n\ndecision := count([1 | some i in r; some j in r])\n"
+    )
+    with pytest.raises(BundleError, match=r"answers the probe .* wrongly: rego evaluation took longer than 0.05 s"):
+        check_bundle(read_bundle(tmp_path), probe_inputs(), require_tests=False, probe_timeout_s=0.05)
