@@ -17,7 +17,6 @@ import gzip
 import io
 import json
 import logging
-import re
 import tarfile
 import threading
 import time
@@ -31,7 +30,8 @@ import requests
 from opa_client import OpaClient
 
 from ztmesh.policy.errors import BundleError, EngineError, EngineUnavailable, StaleBundle
-from ztmesh.policy.rego import CompiledBundle
+from ztmesh.policy.opa_inproc import package_paths
+from ztmesh.policy.rego import UNDEFINED, CompiledBundle
 
 log = logging.getLogger("ztmesh.policy.opa")
 
@@ -53,8 +53,10 @@ def serving_module(bundle: CompiledBundle) -> str:
 def bundle_tarball(bundle: CompiledBundle) -> bytes:
     """The bundle in OPA's tarball format: `.manifest` (revision, the whole data tree as its root),
     the policy modules at their paths, the merged data as one `data.json`, the serving module."""
-    for path, source in bundle.modules.items():
-        if re.search(rf"^package\s+{SERVING_PACKAGE}\b", source, re.MULTILINE) or path == f"{SERVING_PACKAGE}.rego":
+    # The packages as OPA parses them (a regex over the source misses an indented `package` line): a
+    # module in data.ztmesh_serving could answer the decision OPA is queried at.
+    for path, package in sorted(package_paths(bundle.modules).items()):
+        if package[:1] == (SERVING_PACKAGE,) or path == f"{SERVING_PACKAGE}.rego":
             raise BundleError(f"the package and file name {SERVING_PACKAGE} are reserved by the OPA engine", path)
     files: dict[str, bytes] = {
         "/.manifest": json.dumps({"revision": bundle.revision, "roots": [""]}).encode(),
@@ -367,8 +369,9 @@ class OpaServerEngine:
         published again, so what OPA fetches (now, or after a restart) is what this engine serves."""
         with self._install_lock:
             started = time.monotonic()
+            tarball = bundle_tarball(bundle)  # a refused bundle (reserved package) leaves nothing activating
             self._activating = bundle.revision
-            etag = self.bundles.publish(bundle_tarball(bundle), bundle.revision)
+            etag = self.bundles.publish(tarball, bundle.revision)
             try:
                 self._await_activation(bundle, etag, started)
             except EngineError:
@@ -409,7 +412,7 @@ class OpaServerEngine:
             # Restarted and not yet activated, or serving another revision: no answer of bundle's.
             served = f"revision {revision}" if revision else "no ztmesh bundle"
             raise EngineUnavailable(f"OPA at {self.url} serves {served}, not {bundle.revision}")
-        return reply["result"].get("decision")
+        return reply["result"].get("decision", UNDEFINED)  # absent: the entrypoint is undefined
 
     def close(self) -> None:
         self._client.close_connection()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,7 @@ from ztmesh.policy.bundle import check_bundle, read_bundle
 from ztmesh.policy.errors import BundleError
 from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.model import Fault, Outcome
+from ztmesh.policy.rego import UNDEFINED
 from ztmesh.policy.watch import PolicyWatcher
 
 
@@ -217,10 +220,14 @@ def test_opa_engine_swaps_bundles_as_opa_bundles(make_engine, bundle_dir, opa_si
     assert manifest["revision"] == engine.bundles.current.revision != first
 
 
-def test_opa_engine_refuses_a_bundle_claiming_its_serving_package(make_engine, bundle_dir, opa_sidecar):
+# OPA accepts an indented package line (a regex anchored at ^package missed it) and a subpackage.
+@pytest.mark.parametrize(
+    "header", ["package ztmesh_serving", "  package ztmesh_serving", "\tpackage ztmesh_serving.inner"]
+)
+def test_opa_engine_refuses_a_bundle_claiming_its_serving_package(make_engine, bundle_dir, opa_sidecar, header):
     engine = make_engine(rego=opa_sidecar.engine(), bundle_root=bundle_dir)
     serving = engine.bundles.current.revision
-    (bundle_dir / "spoof.rego").write_text('package ztmesh_serving\n\nrevision := "anything"\n')
+    (bundle_dir / "spoof.rego").write_text(f'{header}\n\nrevision := "anything"\n')
     with pytest.raises(BundleError, match="spoof.rego: the package and file name ztmesh_serving are reserved"):
         engine.reload()
     assert engine.bundles.current.revision == serving == engine.engine.serving_revision()
@@ -233,3 +240,22 @@ def test_a_probe_that_loops_refuses_the_bundle_instead_of_hanging_the_load(tmp_p
     )
     with pytest.raises(BundleError, match=r"answers the probe .* wrongly: rego evaluation took longer than 0.05 s"):
         check_bundle(read_bundle(tmp_path), probe_inputs(), require_tests=False, probe_timeout_s=0.05)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    modules: dict[str, str]
+    data: dict[str, Any]
+    revision: str
+    entrypoint: str
+
+
+def test_opa_engine_answers_undefined_for_an_undefined_decision(opa_sidecar):
+    engine = opa_sidecar.engine()
+    bundle = _Compiled({"t.rego": "package t\n\ndecision := 1 if input.yes\n"}, {}, "undefined-1", "data.t.decision")
+    try:
+        engine.install(bundle)
+        assert engine.evaluate(bundle, {}, {}) is UNDEFINED  # was None (null), which is a value
+        assert engine.evaluate(bundle, {"yes": True}, {"yes": True}) == 1
+    finally:
+        engine.close()
