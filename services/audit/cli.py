@@ -235,6 +235,7 @@ def _migrate(args: argparse.Namespace) -> int:
                 print(f"installed the audit schema (version {pg_schema.SCHEMA_VERSION})")
             else:
                 print(f"audit schema version {version} already installed")
+                pg_schema.refresh_functions(conn)  # function bodies fixed since install (CREATE OR REPLACE)
                 if args.grant:
                     pg_schema.grant_service_role(conn, args.grant)
                 if args.min_retention:

@@ -4,7 +4,8 @@ Records are partitioned by `recorded_at` (native range partitions, or a Timescal
 extension is installed). A trigger refuses UPDATE, DELETE and TRUNCATE for every role; the service's
 role holds INSERT and SELECT only, plus EXECUTE on two SECURITY DEFINER functions: one creates the next
 partition, the other drops partitions older than a floor the owner sets (`min_retention` in audit_meta,
-which the service role may only read), and only those that a stored PRUNE checkpoint covers. No role but
+which the service role may only read), and only those that a stored PRUNE checkpoint matching the chain
+covers. No role but
 the owner can change what was written, and no row the service role inserts moves the floor.
 """
 
@@ -93,13 +94,24 @@ BEGIN
     INSERT INTO audit_partitions VALUES (part, lo, hi);
     RETURN part;
 END $$;
+"""
 
-CREATE FUNCTION audit_drop_partitions(cutoff timestamptz) RETURNS bigint
+# CREATE OR REPLACE (keeping its owner and grants), so `ztmesh audit migrate` brings an existing database
+# to this version. A prune row counts only if it matches the stored chain: the record it prunes through
+# and the head it names, hash for hash. The database cannot check its ML-DSA signature (verify does); this
+# stops a row invented blind from covering records, though not one copied from hashes the role can read.
+_DROP_PARTITIONS = """
+CREATE OR REPLACE FUNCTION audit_drop_partitions(cutoff timestamptz) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
     unit text := (SELECT value FROM audit_meta WHERE name = 'partition_unit');
     floor interval := (SELECT value::interval FROM audit_meta WHERE name = 'min_retention');
-    covered bigint := (SELECT max(pruned_through_sequence) FROM audit_checkpoints WHERE kind = 'prune');
+    covered bigint := (
+        SELECT max(c.pruned_through_sequence) FROM audit_checkpoints c
+        WHERE c.kind = 'prune'
+          AND EXISTS (SELECT 1 FROM audit_records r
+                      WHERE r.sequence = c.pruned_through_sequence AND r.hash = c.pruned_through_hash)
+          AND EXISTS (SELECT 1 FROM audit_records r WHERE r.sequence = c.sequence AND r.hash = c.head_hash));
     part record;
     top bigint;
     n bigint;
@@ -178,6 +190,7 @@ def install(
                 (f"1 {partition_unit}",),
             )
         conn.execute(_FUNCTIONS.replace("{schema}", sql.Identifier(schema).as_string(conn)))
+        refresh_functions(conn)
         conn.execute(
             "INSERT INTO audit_meta VALUES ('schema_version', %s), ('partition_unit', %s), ('min_retention', %s)",
             (SCHEMA_VERSION, "timescaledb" if hyper else partition_unit, min_retention),
@@ -189,6 +202,12 @@ def install(
                      "audit_drop_partitions(timestamptz) FROM PUBLIC")  # fmt: skip
         if service_role:
             grant_service_role(conn, service_role)
+
+
+def refresh_functions(conn: Any) -> None:
+    """(Re)create the functions whose body changed since a database was installed; idempotent. As the owner."""
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    conn.execute(_DROP_PARTITIONS.replace("{schema}", sql.Identifier(schema).as_string(conn)))
 
 
 def _interval(conn: Any, value: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 from tests.audit.factory import POLICY, Clock, events
 from ztmesh.audit import merkle, pg_schema
 from ztmesh.audit.chain import Checkpoint, Problem
-from ztmesh.audit.errors import AppendOnlyViolation
+from ztmesh.audit.errors import AppendOnlyViolation, PruneRefused
 from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.store import CHECKPOINT_COLUMNS, PrunePlan, QueryFilter
 from ztmesh.audit.store_postgres import PostgresAuditStore
@@ -107,6 +109,7 @@ def test_owner_lowers_the_floor_and_what_is_kept_stays_provable(
         assert pg_schema.set_min_retention(conn, "30 days") == "30 days"
         with pytest.raises(ValueError, match="negative"):
             pg_schema.set_min_retention(conn, "-1 day")
+    migrate(service_trail.owner_dsn)  # re-creating the function keeps the service role's grant
     result = trail.prune()
     assert result is not None and result.records_dropped == 20
     assert store.bounds() == (21, 25)
@@ -121,6 +124,59 @@ def test_owner_lowers_the_floor_and_what_is_kept_stays_provable(
     old_to_new = merkle.consistency_proof(before.sequence, after.sequence, store)
     assert merkle.verify_consistency(before.sequence, after.sequence, before.tree_root, after.tree_root, old_to_new)
     assert trail.verify().ok
+
+
+def migrate(owner_dsn: str) -> None:
+    """`ztmesh audit migrate` on a database already installed: it re-creates the retention function."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ztmesh.cli", "audit", "migrate", "--dsn", owner_dsn],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0 and "already installed" in done.stdout, done.stderr
+
+
+def _insert_prune_row(conn: psycopg.Connection, head: tuple[int, bytes], through: tuple[int, bytes]) -> None:
+    conn.execute(
+        f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES "
+        "(%s, 'prune', %s, %s, now(), 'attacker', 1, 'none', %s, %s, now(), '', '', '')",
+        (str(uuid.uuid4()), head[0], head[1], through[0], through[1]),
+    )
+
+
+def test_a_prune_row_that_does_not_match_the_chain_covers_nothing_below_the_floor(
+    service_trail: ServiceTrail,
+) -> None:
+    """With the floor out of the way, the function's last guard is the prune row itself: a row the service
+    role inserts must name the stored hashes of the record it prunes through and of the head. The database
+    runs the function as installed by an older version until `ztmesh audit migrate` replaces it."""
+    store, trail, now = service_trail.store, service_trail.trail, service_trail.clock.now
+    with psycopg.connect(service_trail.owner_dsn, autocommit=True) as conn:
+        pg_schema.set_min_retention(conn, "30 days")
+        old_body = pg_schema._DROP_PARTITIONS.split("covered bigint := (", 1)
+        old_body[1] = old_body[1].split("));", 1)[1]  # the unchecked max() the function had before
+        conn.execute(
+            (old_body[0] + "covered bigint := (SELECT max(pruned_through_sequence) FROM audit_checkpoints "
+             "WHERE kind = 'prune');" + old_body[1]).replace("{schema}", "public")
+        )  # fmt: skip
+    migrate(service_trail.owner_dsn)
+    plan = store.plan_prune(now - timedelta(days=45))
+    assert plan is not None and plan.through_sequence == 20
+    head = store.head()
+    real_head, real_through = (head.sequence, head.hash), (plan.through_sequence, plan.through_hash)
+    forged = {
+        "wrong through-hash": (real_head, (20, b"\x00" * 32)),
+        "wrong head hash": ((25, b"\x00" * 32), real_through),
+        "head that was never stored": ((1_000_000, b"\x00"), real_through),
+        "nothing real": ((1_000_000, b"\x00"), (1_000_000, b"\x00")),
+    }
+    with psycopg.connect(service_trail.service_dsn, autocommit=True) as conn:
+        for what, (forged_head, forged_through) in forged.items():
+            _insert_prune_row(conn, forged_head, forged_through)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no prune checkpoint covers"):
+                conn.execute("SELECT audit_drop_partitions(%s)", (plan.cutoff,))
+            assert store.bounds() == (1, 25), what  # refused by the function, which the role may still run
+    with pytest.raises(PruneRefused, match="invalid signature for key 'attacker'"):
+        trail.prune()  # and the service itself will not prune past rows that do not verify
 
 
 def test_sqlite_refuses_deletes_inside_its_floor(tmp_path: Path, signer: LocalMlDsaSigner) -> None:
