@@ -248,22 +248,41 @@ return {version, redis.call('INCR', KEYS[3]), redis.call('GET', KEYS[2])}
 """
 )
 
-# KEYS[1]: the epoch marker, KEYS[2]: the restore lock. ARGV: lock token, new epoch. The marker is
-# set only if our lock survived the replay: a flush meanwhile took the lock too, and the replayed
-# state with it.
+# KEYS[1]: the epoch marker, KEYS[2]: the restore lock, KEYS[3]: Redis's identity at the seal (see
+# _WATCH). ARGV: lock token, new epoch, identity ('' = INFO not allowed). The marker is set only if
+# our lock survived the replay: a flush meanwhile took the lock too, and the replayed state with it.
 _SEAL = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 return 1
 """
+
+# The counter cannot see every loss: after a failover to a replica that lacks signal #S the next
+# record brings it back to S. So the store also keeps which Redis it was sealed on (INFO run_id and
+# master_replid: a restart, a failover or a resync from another master changes them, and a promoted
+# replica holds its old master's). KEYS: the epoch marker, the identity at the seal. ARGV: identity
+# now. Drops the marker, so every replica sees the store lost and it is restored, if Redis is another
+# one; returns why (0: whole). A marker sealed before identities were kept adopts the current one.
+_WATCH = """
+if not redis.call('GET', KEYS[1]) then return 0 end
+local identity = redis.call('GET', KEYS[2])
+local why = 0
+if identity and identity ~= ARGV[1] then why = 1 end
+if why ~= 0 then redis.call('DEL', KEYS[1]) return why end
+if not identity then redis.call('SET', KEYS[2], ARGV[1]) end
+return 0
+"""
+_WATCH_REASONS = {
+    1: "redis is not the one the signals were restored on (restart, failover, resync: INFO run_id/master_replid)",
+}
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """  # also drops an epoch marker, if it is still the one that went back in time
 
-_POLICY_CHECK_INTERVAL_S = 30.0
 _REPLAY_BATCH = 500
 _LOCK_TTL_MS = 120_000  # a restore that dies leaves the lock to expire; a live one refreshes it
 
@@ -283,16 +302,17 @@ class RedisSignalStore:
         self._epoch_key = prefix + "epoch"
         self._lock_key = prefix + "restore"
         self._count_key = prefix + "count"
+        self._identity_key = prefix + "identity"
         self._seen: tuple[bytes, int] = (b"", 0)  # (epoch, highest counter) this replica has seen
         self._seen_lock = threading.Lock()
         self._read = self._redis.register_script(_READ)
         self._record = self._redis.register_script(_RECORD)
         self._seal = self._redis.register_script(_SEAL)
         self._release = self._redis.register_script(_RELEASE)
+        self._watch = self._redis.register_script(_WATCH)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._out_of_memory: type[BaseException] = redis.exceptions.OutOfMemoryError
-        self._eviction_problem = ""  # set when Redis may evict our keys (see _check_eviction)
-        self._eviction_checked = -math.inf
+        self._eviction_problem = ""  # set when Redis may evict our keys (see _check_redis)
         self._persistence_checked = False
 
     def _lost(self) -> SignalStoreLost:
@@ -387,10 +407,8 @@ class RedisSignalStore:
             pipe = self._redis.pipeline(transaction=False)
             pipe.time()
             pipe.exists(self._epoch_key)
+            self._check_redis()  # may drop the marker: before the marker is read
             (seconds, micros), has_epoch = pipe.execute()
-            if now - self._eviction_checked >= _POLICY_CHECK_INTERVAL_S:
-                self._check_eviction()
-                self._eviction_checked = now
         except self._errors as exc:
             return StoreStatus(False, f"redis unreachable: {exc}")
         skew = now - (seconds + micros / 1e6)
@@ -400,30 +418,49 @@ class RedisSignalStore:
             return StoreStatus(False, str(self._lost()), skew, lost=True)
         return StoreStatus(True, "", skew)
 
-    def _check_eviction(self) -> None:
-        """A Redis at its maxmemory that evicts keys would silently drop live signals: refuse it."""
+    def _redis_now(self) -> tuple[dict[str, Any], str, int] | None:
+        """INFO, Redis's identity (run_id/master_replid) and evicted_keys; None if INFO is not allowed
+        to our user (managed Redis): then none of this can be told."""
         import redis
 
         try:
-            info = self._redis.info("memory")
-        except redis.ResponseError:  # INFO not allowed to our user (managed Redis): cannot tell
+            info = self._redis.info()
+        except redis.ResponseError:
+            return None
+        identity = f"{info.get('run_id', '')}/{info.get('master_replid', '')}"
+        return info, identity, int(info.get("evicted_keys", 0))
+
+    def _check_redis(self) -> None:
+        """A Redis at its maxmemory that evicts keys would silently drop live signals: refuse it. One
+        that is not the one the store was sealed on (see _WATCH) may lack signals: drop the marker,
+        so that the store is restored."""
+        now = self._redis_now()
+        if now is None:
             return
+        info, identity, _evicted = now
         if not self._persistence_checked:
             self._persistence_checked = True
-            with contextlib.suppress(redis.ResponseError):
-                if not int(self._redis.info("persistence").get("aof_enabled", 0)):
-                    log.warning(
-                        "redis keeps signals without an append-only file: a restart empties it, and decisions "
-                        "are DENY until the signals are restored from the audit trail (appendonly yes avoids it)"
-                    )
+            if not int(info.get("aof_enabled", 0)):
+                log.warning(
+                    "redis keeps signals without an append-only file: a restart empties it, and decisions "
+                    "are DENY until the signals are restored from the audit trail (appendonly yes avoids it)"
+                )
         maxmemory = int(info.get("maxmemory", 0))
         policy = str(info.get("maxmemory_policy", "noeviction"))
+        evicting = bool(maxmemory) and policy != "noeviction"
         self._eviction_problem = (
             f"redis maxmemory-policy is {policy} with maxmemory {maxmemory}: it may evict signals that still "
             "count; set maxmemory-policy noeviction"
-            if maxmemory and policy != "noeviction"
+            if evicting
             else ""
         )
+        keys = [self._epoch_key, self._identity_key]
+        try:
+            why = int(self._watch(keys=keys, args=[identity]))
+        except self._out_of_memory:  # at maxmemory (noeviction) it cannot adopt a baseline yet: next time
+            return
+        if why:
+            log.error("signal store epoch dropped, signals restored from the audit trail: %s", _WATCH_REASONS[why])
 
     def restore(self, signals: Iterable[RecordedSignal], half_lives: Mapping[str, float]) -> int:
         token = uuid.uuid4().hex
@@ -434,7 +471,8 @@ class RedisSignalStore:
             if not self._redis.set(self._lock_key, token, nx=True, px=_LOCK_TTL_MS):
                 raise SignalStoreError("another replica is restoring the signal store")
             # Keys left without a marker (e.g. only the marker was deleted) would count twice.
-            stale = [*self._redis.scan_iter(match=self._subjects + "*", count=1000), self._count_key]
+            stale = [*self._redis.scan_iter(match=self._subjects + "*", count=1000), self._count_key,
+                     self._identity_key]  # fmt: skip
             for i in range(0, len(stale), _REPLAY_BATCH):
                 self._redis.delete(*stale[i : i + _REPLAY_BATCH])
             count = 0
@@ -451,7 +489,9 @@ class RedisSignalStore:
                     pipe.pexpire(self._lock_key, _LOCK_TTL_MS)
                     pipe.execute()
             pipe.execute()
-            sealed = bool(self._seal(keys=[self._epoch_key, self._lock_key], args=[token, uuid.uuid4().hex]))
+            _, identity, _evicted = self._redis_now() or (None, "", 0)
+            keys = [self._epoch_key, self._lock_key, self._identity_key]
+            sealed = bool(self._seal(keys=keys, args=[token, uuid.uuid4().hex, identity]))
             if not sealed:
                 raise SignalStoreLost("the signal store lost its memory again while it was being restored")
             return count

@@ -298,3 +298,32 @@ def test_a_restore_replays_the_signals_whose_record_is_still_in_the_policy_spool
         store.close()
     emitter.close()
     channel.close()
+
+
+def test_a_redis_restarted_with_its_data_forces_a_restore_even_when_a_record_masks_the_counter():
+    """A failover to a replica that lacks signal #S looks like this: marker there, counter one lower,
+    the flag gone. The next record brings the counter back to what this replica saw, so the counter
+    alone sees nothing; Redis's identity (INFO run_id) changed, so the marker is dropped all the same."""
+    from tests.support.own_redis import own_redis
+
+    malware = {"malware_detected": 7 * 86400.0}
+    with own_redis() as server:  # no automatic snapshots: the test takes the one it needs
+        store = RedisSignalStore(server.url)
+        store.restore([], {})
+        store.record("someone", "malware_detected", 1.0, malware["malware_detected"], now=0.0)
+        assert store.status(time.time()).ready
+        server.client().save()  # what the lagging replica holds
+        store.record("dr.ana", "malware_detected", 1.0, malware["malware_detected"], now=0.0)
+        server.stop()
+        server.start()  # another Redis process: the older data, with the marker
+        assert server.client().exists("ztmesh:signals:epoch")
+        store.record("someone else", "anomaly", 1.0, 3600.0, now=0.0)  # counter back at 2: not seen as a loss
+        status = store.status(time.time())
+        assert status.lost and not status.ready, status  # before: ready, and dr.ana's flag gone
+        with pytest.raises(SignalStoreLost):
+            store.state("dr.ana", 0.0, malware)
+        at = time.time() - status.clock_skew_s
+        assert store.restore([RecordedSignal("dr.ana", "malware_detected", 1.0, at)], malware) == 1
+        assert store.status(time.time()).ready  # sealed on this Redis: it stays ready
+        assert store.state("dr.ana", 0.0, malware).levels["malware_detected"] == pytest.approx(1.0, abs=1e-3)
+        store.close()
