@@ -248,34 +248,43 @@ return {version, redis.call('INCR', KEYS[3]), redis.call('GET', KEYS[2])}
 """
 )
 
-# KEYS[1]: the epoch marker, KEYS[2]: the restore lock, KEYS[3]: Redis's identity at the seal (see
-# _WATCH). ARGV: lock token, new epoch, identity ('' = INFO not allowed). The marker is set only if
-# our lock survived the replay: a flush meanwhile took the lock too, and the replayed state with it.
+# KEYS[1]: the epoch marker, KEYS[2]: the restore lock, KEYS[3]/KEYS[4]: Redis's identity and its
+# evicted_keys at the seal (see _WATCH). ARGV: lock token, new epoch, identity, evicted ('' = INFO not
+# allowed). The marker is set only if our lock survived the replay: a flush meanwhile took the lock
+# too, and the replayed state with it.
 _SEAL = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) redis.call('SET', KEYS[4], ARGV[4]) end
 return 1
 """
 
 # The counter cannot see every loss: after a failover to a replica that lacks signal #S the next
 # record brings it back to S. So the store also keeps which Redis it was sealed on (INFO run_id and
 # master_replid: a restart, a failover or a resync from another master changes them, and a promoted
-# replica holds its old master's). KEYS: the epoch marker, the identity at the seal. ARGV: identity
-# now. Drops the marker, so every replica sees the store lost and it is restored, if Redis is another
-# one; returns why (0: whole). A marker sealed before identities were kept adopts the current one.
+# replica holds its old master's) and how many keys Redis had evicted. KEYS: the epoch marker, the
+# identity and evicted count at the seal. ARGV: identity now, evicted_keys now, '1' if Redis may
+# evict (maxmemory with a policy other than noeviction). Drops the marker, so every replica sees the
+# store lost and it is restored, if Redis is another one, evicted keys, or may evict; returns why
+# (0: whole). A marker sealed before identities were kept adopts the current one.
 _WATCH = """
 if not redis.call('GET', KEYS[1]) then return 0 end
 local identity = redis.call('GET', KEYS[2])
+local evicted = tonumber(redis.call('GET', KEYS[3]) or ARGV[2])
 local why = 0
-if identity and identity ~= ARGV[1] then why = 1 end
+if ARGV[3] == '1' then why = 3
+elseif identity and identity ~= ARGV[1] then why = 1
+elseif tonumber(ARGV[2]) > evicted then why = 2 end
 if why ~= 0 then redis.call('DEL', KEYS[1]) return why end
 if not identity then redis.call('SET', KEYS[2], ARGV[1]) end
+if not redis.call('GET', KEYS[3]) or tonumber(ARGV[2]) < evicted then redis.call('SET', KEYS[3], ARGV[2]) end
 return 0
 """
 _WATCH_REASONS = {
     1: "redis is not the one the signals were restored on (restart, failover, resync: INFO run_id/master_replid)",
+    2: "redis evicted keys (INFO evicted_keys grew): signals may be among them",
+    3: "redis may evict keys (maxmemory-policy other than noeviction)",
 }
 
 _RELEASE = """
@@ -303,6 +312,7 @@ class RedisSignalStore:
         self._lock_key = prefix + "restore"
         self._count_key = prefix + "count"
         self._identity_key = prefix + "identity"
+        self._evicted_key = prefix + "evicted"
         self._seen: tuple[bytes, int] = (b"", 0)  # (epoch, highest counter) this replica has seen
         self._seen_lock = threading.Lock()
         self._read = self._redis.register_script(_READ)
@@ -432,12 +442,12 @@ class RedisSignalStore:
 
     def _check_redis(self) -> None:
         """A Redis at its maxmemory that evicts keys would silently drop live signals: refuse it. One
-        that is not the one the store was sealed on (see _WATCH) may lack signals: drop the marker,
-        so that the store is restored."""
+        that evicted keys, may evict them, or is not the one the store was sealed on (see _WATCH) may
+        lack signals: drop the marker, so that the store is restored."""
         now = self._redis_now()
         if now is None:
             return
-        info, identity, _evicted = now
+        info, identity, evicted = now
         if not self._persistence_checked:
             self._persistence_checked = True
             if not int(info.get("aof_enabled", 0)):
@@ -454,9 +464,9 @@ class RedisSignalStore:
             if evicting
             else ""
         )
-        keys = [self._epoch_key, self._identity_key]
+        keys = [self._epoch_key, self._identity_key, self._evicted_key]
         try:
-            why = int(self._watch(keys=keys, args=[identity]))
+            why = int(self._watch(keys=keys, args=[identity, evicted, int(evicting)]))
         except self._out_of_memory:  # at maxmemory (noeviction) it cannot adopt a baseline yet: next time
             return
         if why:
@@ -472,7 +482,7 @@ class RedisSignalStore:
                 raise SignalStoreError("another replica is restoring the signal store")
             # Keys left without a marker (e.g. only the marker was deleted) would count twice.
             stale = [*self._redis.scan_iter(match=self._subjects + "*", count=1000), self._count_key,
-                     self._identity_key]  # fmt: skip
+                     self._identity_key, self._evicted_key]  # fmt: skip
             for i in range(0, len(stale), _REPLAY_BATCH):
                 self._redis.delete(*stale[i : i + _REPLAY_BATCH])
             count = 0
@@ -489,9 +499,9 @@ class RedisSignalStore:
                     pipe.pexpire(self._lock_key, _LOCK_TTL_MS)
                     pipe.execute()
             pipe.execute()
-            _, identity, _evicted = self._redis_now() or (None, "", 0)
-            keys = [self._epoch_key, self._lock_key, self._identity_key]
-            sealed = bool(self._seal(keys=keys, args=[token, uuid.uuid4().hex, identity]))
+            _, identity, evicted = self._redis_now() or (None, "", 0)
+            keys = [self._epoch_key, self._lock_key, self._identity_key, self._evicted_key]
+            sealed = bool(self._seal(keys=keys, args=[token, uuid.uuid4().hex, identity, evicted]))
             if not sealed:
                 raise SignalStoreLost("the signal store lost its memory again while it was being restored")
             return count

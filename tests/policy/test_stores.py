@@ -327,3 +327,33 @@ def test_a_redis_restarted_with_its_data_forces_a_restore_even_when_a_record_mas
         assert store.status(time.time()).ready  # sealed on this Redis: it stays ready
         assert store.state("dr.ana", 0.0, malware).levels["malware_detected"] == pytest.approx(1.0, abs=1e-3)
         store.close()
+
+
+@pytest.mark.parametrize("seen", ["policy seen", "only evictions seen"])
+def test_a_redis_that_evicted_or_could_evict_is_restored_before_it_reads_ready_again(seen):
+    """Setting noeviction back does not bring evicted signals back: the store must be restored."""
+    from tests.support.own_redis import own_redis
+
+    with own_redis() as server:
+        client = server.client()
+        store = RedisSignalStore(server.url)
+        store.restore([], {})
+        store.record("dr.ana", "malware_detected", 1.0, 7 * 86400.0, now=0.0)
+        assert store.status(time.time()).ready
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 512 * 1024)
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        if seen == "policy seen":  # a check while Redis may evict
+            assert not store.status(time.time()).ready
+        else:  # Redis evicts between two checks, which only ever see noeviction
+            filler = client.pipeline(transaction=False)
+            for i in range(64):
+                filler.set(f"filler:{i}", b"x" * 32 * 1024)
+            filler.execute()
+            assert int(client.info("stats")["evicted_keys"]) > 0
+        client.config_set("maxmemory-policy", "noeviction")
+        status = store.status(time.time())
+        assert status.lost and not status.ready, status  # before: ready again, evicted signals or not
+        store.restore([], {})
+        assert store.status(time.time()).ready  # the evictions before the seal are not counted again
+        store.close()
