@@ -139,7 +139,7 @@ def read_bundle(root: Path, entrypoint: str = DEFAULT_ENTRYPOINT) -> Bundle:
         modules=modules,
         tests=tests,
         data=data,
-        revision=digest.hexdigest()[:20],
+        revision=digest.hexdigest(),  # all 256 bits: a signature binds the content through it
         entrypoint=rule_path(entrypoint),
         packages=packages_of(modules.values()),
     )
