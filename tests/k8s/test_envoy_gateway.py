@@ -85,7 +85,11 @@ def test_policy_is_reached_over_mtls_and_only_its_identity_is_trusted() -> None:
 def test_every_route_is_labelled_for_the_policy() -> None:
     hcm = _connection_manager(_listener(_config(), "gateway"))
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-    for route in routes[:-1]:
+    # First, paths with a `;` or a dot-prefixed segment are refused (400) before any label applies.
+    refused = routes[0]
+    assert "safe_regex" in refused["match"] and refused["direct_response"]["status"] == 400
+    assert refused["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
+    for route in routes[1:-1]:
         # Whole segments in any letter case: /api/icu, /API/ICU/7 and /api/icu?bed=7 are all the ICU route.
         assert set(route["match"]) == {"path_separated_prefix", "case_sensitive"}, route["match"]
         assert route["match"]["case_sensitive"] is False, route["match"]
