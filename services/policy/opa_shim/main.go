@@ -112,13 +112,15 @@ func cgroupMemoryLimit() int64 {
 func init() {
 	// Without a memory limit the Go heap grows to (1 + GOGC/100) x the live data before a collection:
 	// with a large data.json and a reload (two bundles prepared) that outgrew the pod's limit. So the
-	// runtime gets a soft limit: GOMEMLIMIT when set (the runtime reads it itself), else 80 % of the
-	// cgroup's limit. Only under a known limit does GC run less often (GOGC 400: an evaluation
-	// allocates a lot and keeps little); otherwise Go's default of 100 stays. GOGC still overrides.
+	// runtime gets a soft limit: GOMEMLIMIT when set (the runtime reads it itself), else half the
+	// cgroup's limit (the Python side of the process, its copy of the bundle and data included, lives
+	// in the same cgroup: at 80 % the two together could pass a 512Mi pod's limit). Only under a known
+	// limit does GC run less often (GOGC 400: an evaluation allocates a lot and keeps little);
+	// otherwise Go's default of 100 stays. GOGC still overrides.
 	limited := os.Getenv("GOMEMLIMIT") != ""
 	if !limited {
 		if n := cgroupMemoryLimit(); n > 0 {
-			debug.SetMemoryLimit(n / 10 * 8)
+			debug.SetMemoryLimit(n / 2)
 			limited = true
 		}
 	}
