@@ -417,8 +417,9 @@ class RedisSignalStore:
             pipe = self._redis.pipeline(transaction=False)
             pipe.time()
             pipe.exists(self._epoch_key)
-            self._check_redis()  # may drop the marker: before the marker is read
-            (seconds, micros), has_epoch = pipe.execute()
+            (seconds, micros), has_epoch = pipe.execute()  # TIME first: the skew is to `now`
+            if self._check_redis():
+                has_epoch = False
         except self._errors as exc:
             return StoreStatus(False, f"redis unreachable: {exc}")
         skew = now - (seconds + micros / 1e6)
@@ -440,13 +441,13 @@ class RedisSignalStore:
         identity = f"{info.get('run_id', '')}/{info.get('master_replid', '')}"
         return info, identity, int(info.get("evicted_keys", 0))
 
-    def _check_redis(self) -> None:
+    def _check_redis(self) -> bool:
         """A Redis at its maxmemory that evicts keys would silently drop live signals: refuse it. One
         that evicted keys, may evict them, or is not the one the store was sealed on (see _WATCH) may
-        lack signals: drop the marker, so that the store is restored."""
+        lack signals: drop the marker, so that the store is restored. True if it dropped it."""
         now = self._redis_now()
         if now is None:
-            return
+            return False
         info, identity, evicted = now
         if not self._persistence_checked:
             self._persistence_checked = True
@@ -468,9 +469,10 @@ class RedisSignalStore:
         try:
             why = int(self._watch(keys=keys, args=[identity, evicted, int(evicting)]))
         except self._out_of_memory:  # at maxmemory (noeviction) it cannot adopt a baseline yet: next time
-            return
+            return False
         if why:
             log.error("signal store epoch dropped, signals restored from the audit trail: %s", _WATCH_REASONS[why])
+        return bool(why)
 
     def restore(self, signals: Iterable[RecordedSignal], half_lives: Mapping[str, float]) -> int:
         token = uuid.uuid4().hex
