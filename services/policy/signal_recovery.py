@@ -142,6 +142,7 @@ class SignalStoreMonitor:
         self.skew_reported = False
         self.last_restore_s = 0.0  # how long the last restore took
         self._restore_problem = ""
+        self._kept_for: dict[str, float] | None = None  # the half-lives the store's expiries were extended for
 
     @property
     def ready(self) -> bool:
@@ -151,6 +152,8 @@ class SignalStoreMonitor:
         status = self.store.status(self.clock())
         if status.lost and self.source is not None:
             status = self._restore()
+        if status.ready:
+            self._keep_signals()
         self._report(status)
         self.status = status
         return status
@@ -175,6 +178,21 @@ class SignalStoreMonitor:
             RESTORED.set(count)
             log.warning("signal store restored: %d signals replayed in %.2f s", count, self.last_restore_s)
         return self.store.status(self.clock())
+
+    def _keep_signals(self) -> None:
+        """After a reload that made a half-life longer (and once at start: the config may have changed
+        while no replica ran), subjects recorded with the shorter one must not expire while they count."""
+        half_lives = dict(self.half_lives())
+        if half_lives == self._kept_for:
+            return
+        try:
+            extended = self.store.keep_for(half_lives)
+        except PolicyError as exc:  # again at the next check
+            log.error("signal expiries not extended to the current half-lives: %s", exc)
+            return
+        self._kept_for = half_lives
+        if extended:
+            log.warning("signal store: %d subjects kept longer for the current half-lives", extended)
 
     def _report(self, status: StoreStatus) -> None:
         STORE_READY.set(1 if status.ready else 0)

@@ -112,6 +112,11 @@ class SignalStore(Protocol):
         Return the number replayed (0 if the store was whole already)."""
         ...
 
+    def keep_for(self, half_lives: Mapping[str, float]) -> int:
+        """Keep every subject until its levels are negligible by these half-lives (a reload may have
+        made one longer than the one its events were recorded with). Return the subjects extended."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -185,6 +190,19 @@ class MemorySignalStore:
                 count += 1
         return count
 
+    def keep_for(self, half_lives: Mapping[str, float]) -> int:
+        extended = 0
+        with self._lock:
+            for subject, (version, kinds, until) in list(self._subjects.items()):
+                longest = max(
+                    (negligible_after(v, ref, half_lives[k]) for k, (v, ref) in kinds.items() if k in half_lives),
+                    default=until,
+                )
+                if longest > until:
+                    self._subjects[subject] = (version, kinds, longest)
+                    extended += 1
+        return extended
+
     def subject_count(self) -> int:
         # Not __len__: an empty store would be falsy, and `store or MemorySignalStore()` would replace it.
         return len(self._subjects)
@@ -211,10 +229,11 @@ if not epoch then return {false, t[1], t[2]} end
 return {epoch, t[1], t[2], redis.call('HGETALL', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
-# KEYS as above. ARGV: kind, amount, at ('' = now), half_life, negligible, replay ('1' while
-# restoring). Returns {version, counter, epoch|nil}. Runs atomically, so concurrent reports from
-# several replicas never lose an event. The hash lives until its longest-lived level is negligible
-# (field x), never less. TIME in a script is safe: Redis 7 replicates a script's effects.
+# KEYS as above, KEYS[4]: the half-lives expiries are kept for (see keep_for). ARGV: kind, amount,
+# at ('' = now), half_life, negligible, replay ('1' while restoring). Returns {version, counter,
+# epoch|nil}. Runs atomically, so concurrent reports from several replicas never lose an event. The
+# hash lives until its longest-lived level is negligible (field x) by the longer of our half-life
+# and the kept one, never less. TIME in a script is safe: Redis 7 replicates a script's effects.
 _RECORD = (
     """
 redis.replicate_commands()  -- Redis < 7: writes after TIME need effects replication (7: always on)
@@ -237,7 +256,8 @@ else
   value = value + amount * math.pow(2, -(ref - at) / half_life)
 end
 local until_ = ref
-if value > negligible then until_ = ref + half_life * math.log(value / negligible) / math.log(2) end
+local keep = math.max(half_life, tonumber(redis.call('HGET', KEYS[4], kind) or '0'))  -- a replica on an older config
+if value > negligible then until_ = ref + keep * math.log(value / negligible) / math.log(2) end
 local old = tonumber(redis.call('HGET', KEYS[1], 'x') or '0')
 if old > until_ then until_ = old end
 redis.call('HSET', KEYS[1], 'v:' .. kind, string.format('%.17g', value), 't:' .. kind, string.format('%.17g', ref),
@@ -287,6 +307,25 @@ _WATCH_REASONS = {
     3: "redis may evict keys (maxmemory-policy other than noeviction)",
 }
 
+# KEYS[1]: a subject's hash. ARGV: kind, half-life pairs, then negligible. Its expiry as if its
+# events had been recorded with these half-lives, if that is later; never creates the hash.
+_KEEP = """
+local x = tonumber(redis.call('HGET', KEYS[1], 'x') or '0')
+local negligible = tonumber(ARGV[#ARGV])
+local until_ = x
+for i = 1, #ARGV - 1, 2 do
+  local v = tonumber(redis.call('HGET', KEYS[1], 'v:' .. ARGV[i]) or '0')
+  local t = tonumber(redis.call('HGET', KEYS[1], 't:' .. ARGV[i]) or '0')
+  if v > negligible then
+    until_ = math.max(until_, t + tonumber(ARGV[i + 1]) * math.log(v / negligible) / math.log(2))
+  end
+end
+if until_ <= x then return 0 end
+redis.call('HSET', KEYS[1], 'x', string.format('%.17g', until_))
+redis.call('EXPIREAT', KEYS[1], math.ceil(until_) + 60)
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
@@ -313,6 +352,7 @@ class RedisSignalStore:
         self._count_key = prefix + "count"
         self._identity_key = prefix + "identity"
         self._evicted_key = prefix + "evicted"
+        self._kept_key = prefix + "kept"  # kind -> the longest half-life subject expiries are kept for
         self._seen: tuple[bytes, int] = (b"", 0)  # (epoch, highest counter) this replica has seen
         self._seen_lock = threading.Lock()
         self._read = self._redis.register_script(_READ)
@@ -320,6 +360,7 @@ class RedisSignalStore:
         self._seal = self._redis.register_script(_SEAL)
         self._release = self._redis.register_script(_RELEASE)
         self._watch = self._redis.register_script(_WATCH)
+        self._keep = self._redis.register_script(_KEEP)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._out_of_memory: type[BaseException] = redis.exceptions.OutOfMemoryError
         self._eviction_problem = ""  # set when Redis may evict our keys (see _check_redis)
@@ -360,7 +401,7 @@ class RedisSignalStore:
         return int(version)
 
     def _keys(self, subject_id: str) -> list[str]:
-        return [self._subjects + subject_id, self._epoch_key, self._count_key]
+        return [self._subjects + subject_id, self._epoch_key, self._count_key, self._kept_key]
 
     def _observe(self, epoch: bytes | None, count: int) -> None:
         """SignalStoreLost if the counter went back within the epoch we know (signals were lost)."""
@@ -513,6 +554,27 @@ class RedisSignalStore:
             if not sealed:
                 with contextlib.suppress(*self._errors):  # else the lock expires on its own
                     self._release(keys=[self._lock_key], args=[token])
+
+    def keep_for(self, half_lives: Mapping[str, float]) -> int:
+        """Extend the subjects' expiries for half-lives longer than those they are kept for (one scan
+        of the subjects, by the first replica to see them; later records use them too)."""
+        try:
+            kept = {_text(k): float(v) for k, v in self._redis.hgetall(self._kept_key).items()}
+            longer = {kind: h for kind, h in half_lives.items() if h > kept.get(kind, 0.0)}
+            if not longer:
+                return 0
+            args: list[str] = [item for kind, h in longer.items() for item in (kind, repr(h))] + [repr(NEGLIGIBLE)]
+            extended = 0
+            keys = list(self._redis.scan_iter(match=self._subjects + "*", count=1000))
+            for i in range(0, len(keys), _REPLAY_BATCH):
+                pipe = self._redis.pipeline(transaction=False)
+                for key in keys[i : i + _REPLAY_BATCH]:
+                    self._keep(keys=[key], args=args, client=pipe)
+                extended += sum(int(n) for n in pipe.execute())
+            self._redis.hset(self._kept_key, mapping={kind: repr(h) for kind, h in longer.items()})
+            return extended
+        except self._errors as exc:
+            raise SignalStoreError(f"redis: cannot extend the signals' expiries: {exc}") from exc
 
     def close(self) -> None:
         self._redis.close()

@@ -357,3 +357,33 @@ def test_a_redis_that_evicted_or_could_evict_is_restored_before_it_reads_ready_a
         store.restore([], {})
         assert store.status(time.time()).ready  # the evictions before the seal are not counted again
         store.close()
+
+
+def test_a_longer_half_life_after_a_reload_keeps_the_subjects_recorded_before_it(redis_url, prefix):
+    """Expiries are computed when an event is recorded. A reload that makes a half-life longer (10 s ->
+    1000 s) makes old events count for ~13 000 s more: their keys must not vanish at the old expiry,
+    nor those a replica still on the old configuration records meanwhile."""
+    import redis
+
+    from ztmesh.policy.signal_recovery import SignalStoreMonitor
+
+    client = redis.Redis.from_url(redis_url)
+    store = filled_store(redis_url, prefix)
+    half_lives = {"failed_login": 10.0}
+    monitor = SignalStoreMonitor(store, None, lambda: half_lives, max_skew_s=5.0)
+    assert monitor.check_once().ready
+    store.record("dr.ana", "failed_login", 1.0, 10.0, now=0.0)
+    assert client.ttl(prefix + "s:dr.ana") < 200  # 10 s x log2(1e4) + 60 s
+    half_lives = {"failed_login": 1000.0}  # the trust reload
+    assert monitor.check_once().ready
+    assert client.ttl(prefix + "s:dr.ana") > 13_000  # before: still < 200, the level then ~0.9
+    store.record("dr.bob", "failed_login", 1.0, 10.0, now=0.0)  # a replica still on the old configuration
+    assert client.ttl(prefix + "s:dr.bob") > 13_000
+    store.record("dr.ana", "failed_login", 1.0, 10.0, now=0.0)  # never shortened
+    assert client.ttl(prefix + "s:dr.ana") > 13_000
+    memory = MemorySignalStore(max_subjects=1)
+    memory.record("dr.ana", "failed_login", 1.0, 10.0, now=0.0)
+    assert memory.keep_for({"failed_login": 1000.0}) == 1
+    with pytest.raises(SignalStoreFull):  # at 1000 s dr.ana's level still counts: no room made from it
+        memory.record("dr.bob", "failed_login", 1.0, 1000.0, now=500.0)
+    store.close()
