@@ -494,8 +494,8 @@ class RedisSignalStore:
             self._persistence_checked = True
             if not int(info.get("aof_enabled", 0)):
                 log.warning(
-                    "redis keeps signals without an append-only file: a restart empties it, and decisions "
-                    "are DENY until the signals are restored from the audit trail (appendonly yes avoids it)"
+                    "redis keeps signals without an append-only file: a restart empties it (appendonly yes "
+                    "keeps them; a restart is still followed by a restore from the audit trail, DENY meanwhile)"
                 )
         maxmemory = int(info.get("maxmemory", 0))
         policy = str(info.get("maxmemory_policy", "noeviction"))

@@ -37,8 +37,9 @@ def test_dev_redis_persists_signals_and_never_evicts_them(render: Callable[[str]
         store.close()
         server.stop()
         server.start()
+        assert client.exists("ztmesh:signals:epoch", "ztmesh:signals:s:dr.ana") == 2  # both survived the restart
         store = RedisSignalStore(server.url)
-        status = store.status(0.0)
-        assert status.ready and not status.lost, status.problem  # the epoch marker survived the restart
-        assert store.state("dr.ana", 0.0, {"malware_detected": 7 * 86400.0}).levels["malware_detected"] > 0.99
+        # Another Redis process (INFO run_id) all the same: the policy restores from the trail, as after
+        # a failover, since it cannot tell a restart with every signal from one with an older snapshot.
+        assert store.status(0.0).lost
         store.close()
