@@ -3,7 +3,7 @@ and the simplest target for tests of the plumbing. `ztmesh serve` never register
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 import grpc
 
@@ -16,9 +16,9 @@ ECHO_SERVICE = "ztmesh.echo.v1.EchoService"
 
 
 class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
-    def Echo(self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext) -> echo_pb2.EchoResponse:
+    async def Echo(self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext) -> echo_pb2.EchoResponse:
         if request.delay_ms:
-            time.sleep(min(request.delay_ms, 60_000) / 1000)
+            await asyncio.sleep(min(request.delay_ms, 60_000) / 1000)
         caller = current_caller()
         return echo_pb2.EchoResponse(message=request.message, caller_spiffe_id=str(caller) if caller else "")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, ParamSpec, TypeVar
 
@@ -31,7 +31,8 @@ caller_var: contextvars.ContextVar[SpiffeId | None] = contextvars.ContextVar("ca
 
 
 def current_caller() -> SpiffeId | None:
-    """SPIFFE ID of the caller of the RPC being handled on this thread (set by the mesh interceptor)."""
+    """SPIFFE ID of the caller of the RPC being handled (set by the mesh interceptor, per call: the
+    asyncio task's context, which a blocking handler's pool thread runs in)."""
     return caller_var.get()
 
 
@@ -123,9 +124,9 @@ class Edge:
     def rule_for(self, error: BaseException) -> StatusRule | None:
         return next((rule for rule in self.rules if isinstance(error, rule.kind)), None)
 
-    def refuse(self, context: grpc.ServicerContext, error: Exception) -> NoReturn:
-        """Abort the RPC with the status `error` maps to; re-raise an error no rule knows (a bug, or an
-        abort already under way) for the mesh interceptor."""
+    def _refusal(self, context: Any, error: Exception) -> tuple[grpc.StatusCode, str]:
+        """The status and message `error` maps to, its trailers set on `context`; re-raises an error no
+        rule knows (a bug, or an abort already under way) for the mesh interceptor."""
         rule = self.rule_for(error)
         if rule is None:
             raise error
@@ -134,11 +135,44 @@ class Edge:
             trailers = self._trailers(error)
             if trailers:
                 context.set_trailing_metadata(tuple(trailers))
-        context.abort(rule.code, f"{rule.prefix}: {message}" if rule.prefix else message)
+        return rule.code, f"{rule.prefix}: {message}" if rule.prefix else message
+
+    def refuse(self, context: grpc.ServicerContext, error: Exception) -> NoReturn:
+        """Abort a blocking handler's RPC with the status `error` maps to (see `_refusal`)."""
+        context.abort(*self._refusal(context, error))
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def refuse_async(self, context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+        """Abort an asyncio handler's RPC with the status `error` maps to (see `_refusal`)."""
+        await context.abort(*self._refusal(context, error))
         raise AssertionError("unreachable: context.abort raises")
 
     def rpc(self, method: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a servicer method `(self, request, context)`, unary or server-streaming."""
+        """Decorate a servicer method `(self, request, context)`: unary or server-streaming, `async def`
+        (run on the event loop) or blocking (run in the server's thread pool)."""
+        if inspect.iscoroutinefunction(method):
+
+            @functools.wraps(method)
+            async def unary_async(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await method(*args, **kwargs)  # type: ignore[misc]
+                except Exception as error:
+                    await self.refuse_async(_context_of(args, kwargs), error)
+
+            return unary_async  # type: ignore[return-value]
+
+        if inspect.isasyncgenfunction(method):
+
+            @functools.wraps(method)
+            async def streaming_async(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                try:
+                    async for item in method(*args, **kwargs):  # type: ignore[attr-defined]
+                        yield item
+                except Exception as error:
+                    await self.refuse_async(_context_of(args, kwargs), error)
+
+            return streaming_async  # type: ignore[return-value]
+
         if inspect.isgeneratorfunction(method):
 
             @functools.wraps(method)
@@ -160,5 +194,5 @@ class Edge:
         return unary  # type: ignore[return-value]
 
 
-def _context_of(args: Sequence[Any], kwargs: dict[str, Any]) -> grpc.ServicerContext:
-    return kwargs["context"] if "context" in kwargs else args[-1]  # type: ignore[no-any-return]
+def _context_of(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    return kwargs["context"] if "context" in kwargs else args[-1]

@@ -4,27 +4,38 @@ Authorization is an allow-list per full method name (`/pkg.Service/Method`, or `
 a method with no rule is refused, so a new RPC is closed until someone decides who may call it.
 It also holds the edge's last line (ztmesh.mesh.edge): a malformed peer identity is UNAUTHENTICATED,
 undecodable request bytes INVALID_ARGUMENT, and an error no servicer mapped INTERNAL, logged once.
+
+Handlers are `async def` (run on the event loop: the hot RPCs) or plain functions and generators,
+which block (stores, wasmtime) and run in the server's thread pool with a synchronous context; the
+admission, metrics and access log of both run here, on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import Executor
+from typing import Any, TypeAlias
 
 import grpc
+from grpc._cython import cygrpc
 
 from ztmesh.mesh.edge import Undecodable, caller_var, current_caller, lenient_deserializer
 from ztmesh.mesh.errors import PeerIdentityError
 from ztmesh.mesh.log import request_id_var
 from ztmesh.mesh.metrics import LATENCY, REQUESTS
 from ztmesh.mesh.spiffe import Authorizer
-from ztmesh.mesh.tls import peer_identity
+from ztmesh.mesh.tls import KeyExchangeGuard, peer_identity
 
 __all__ = ["MeshInterceptor", "MethodRules", "current_caller"]
 log = logging.getLogger("ztmesh.access")
+_DONE = object()
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class MethodRules:
@@ -40,74 +51,92 @@ class MethodRules:
         return rule
 
 
-class MeshInterceptor(grpc.ServerInterceptor):
-    def __init__(self, service: str, rules: MethodRules) -> None:
+def sync_context(context: Context) -> grpc.ServicerContext:
+    """The synchronous view of an asyncio call's context that a blocking handler is given (grpc.aio's own,
+    as for handlers it runs in its migration thread pool: abort blocks until the loop has aborted)."""
+    return cygrpc._SyncServicerContext(context)  # type: ignore[no-any-return]
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str, rules: MethodRules, pool: Executor, guard: KeyExchangeGuard | None = None) -> None:
         self.service = service
         self.rules = rules
+        self._pool = pool
+        self._guard = guard  # ZTMESH_TLS_REQUIRE_PQ: after authorization, so its refusals are counted too
+        # A method's handler is wrapped once; the generic handlers hand back the same object each call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        incoming_request_id = str(metadata.get("x-request-id", ""))[:128]
-        authorizer = self.rules.authorizer(method)
-        if handler.unary_unary:
-            return handler._replace(
-                unary_unary=self._wrap_unary(handler.unary_unary, method, incoming_request_id, authorizer),
-                request_deserializer=_lenient(handler.request_deserializer),
-            )
-        if handler.unary_stream:
-            return handler._replace(
-                unary_stream=self._wrap_stream(handler.unary_stream, method, incoming_request_id, authorizer),
-                request_deserializer=_lenient(handler.request_deserializer),
-            )
-        if handler.stream_unary:
-            return handler._replace(
-                stream_unary=self._wrap_unary(handler.stream_unary, method, incoming_request_id, authorizer)
-            )
-        return handler._replace(
-            stream_stream=self._wrap_stream(handler.stream_stream, method, incoming_request_id, authorizer)
-        )
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-    def _admit(
-        self,
-        request: Any,
-        context: grpc.ServicerContext,
-        method: str,
-        request_id: str,
-        authorizer: Authorizer | None,
-    ) -> None:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        authorizer = self.rules.authorizer(method)
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behavior = getattr(handler, kind)
+            if behavior is None:
+                continue
+            if inspect.isasyncgenfunction(behavior):
+                wrapped = self._wrap_async_stream(behavior, method, authorizer)
+            elif inspect.iscoroutinefunction(behavior):
+                wrapped = self._wrap_async(behavior, method, authorizer)
+            elif kind.endswith("_stream"):
+                wrapped = self._wrap_blocking_stream(behavior, method, authorizer)
+            else:
+                wrapped = self._wrap_blocking(behavior, method, authorizer)
+            changes: dict[str, Any] = {kind: wrapped}
+            if kind.startswith("unary_"):
+                changes["request_deserializer"] = _lenient(handler.request_deserializer)
+            return handler._replace(**changes)
+        return handler
+
+    async def _admit(self, request: Any, context: Context, method: str, authorizer: Authorizer | None) -> None:
+        request_id = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                request_id = str(value)[:128]
+                break
         request_id_var.set(request_id or uuid.uuid4().hex)
-        caller_var.set(None)  # the worker thread's previous call must not lend this one its caller
+        caller_var.set(None)
         try:
             caller = peer_identity(context)
         except PeerIdentityError as exc:  # logged once per certificate where it is decoded
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         caller_var.set(caller)
         if authorizer is None or not authorizer(caller):
             who = str(caller) if caller else "a caller without a SPIFFE ID"
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}")
         if isinstance(request, Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+        if self._guard is not None:
+            refusal = self._guard.refusal(context)
+            if refusal:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
     @staticmethod
-    def _internal(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    async def _internal(context: Context, method: str, exc: Exception) -> None:
         """Answer INTERNAL for an error nothing mapped (a bug), logged here once with its traceback;
         return (so the caller re-raises) when the RPC was already aborted with a chosen status."""
         if context.code() is not None:
             return
         request_id = request_id_var.get()
         log.error("rpc %s failed: internal error (request id %s)", method, request_id, exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
-    def _finish(self, context: grpc.ServicerContext, method: str, started: float, failed: BaseException | None) -> None:
-        code = context.code() if hasattr(context, "code") else None
+    def _finish(self, context: Context, method: str, started: float, failed: BaseException | None) -> None:
+        code = context.code()
         if code is None:
             code = grpc.StatusCode.UNKNOWN if failed is not None else grpc.StatusCode.OK
         elapsed = time.perf_counter() - started
@@ -129,18 +158,16 @@ class MeshInterceptor(grpc.ServerInterceptor):
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("rpc %s OK", method, extra={"method": method, "ms": round(elapsed * 1e3, 3)})
 
-    def _wrap_unary(
-        self, behavior: Callable[..., Any], method: str, request_id: str, authorizer: Authorizer | None
-    ) -> Callable[..., Any]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+    def _wrap_async(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
+        async def wrapped(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
-                self._admit(request, context, method, request_id, authorizer)
-                return behavior(request, context)
+                await self._admit(request, context, method, authorizer)
+                return await behavior(request, context)
             except Exception as exc:
                 failed = exc
-                self._internal(context, method, exc)
+                await self._internal(context, method, exc)
                 raise
             except BaseException as exc:
                 failed = exc
@@ -150,18 +177,66 @@ class MeshInterceptor(grpc.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(
-        self, behavior: Callable[..., Iterator[Any]], method: str, request_id: str, authorizer: Authorizer | None
-    ) -> Callable[..., Iterator[Any]]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def _wrap_blocking(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
+        async def wrapped(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
-                self._admit(request, context, method, request_id, authorizer)
-                yield from behavior(request, context)
+                await self._admit(request, context, method, authorizer)
+                run: Callable[..., Any] = (
+                    contextvars.copy_context().run
+                )  # the pool thread sees this call's caller and request id
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._pool, run, behavior, request, sync_context(context))
             except Exception as exc:
                 failed = exc
-                self._internal(context, method, exc)
+                await self._internal(context, method, exc)
+                raise
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                self._finish(context, method, started, failed)
+
+        return wrapped
+
+    def _wrap_async_stream(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            failed: BaseException | None = None
+            try:
+                await self._admit(request, context, method, authorizer)
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as exc:
+                failed = exc
+                await self._internal(context, method, exc)
+                raise
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                self._finish(context, method, started, failed)
+
+        return wrapped
+
+    def _wrap_blocking_stream(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            failed: BaseException | None = None
+            try:
+                await self._admit(request, context, method, authorizer)
+                run: Callable[..., Any] = contextvars.copy_context().run
+                loop = asyncio.get_running_loop()
+                items = await loop.run_in_executor(self._pool, run, behavior, request, sync_context(context))
+                while True:  # each item is produced in the pool: a generator may block between items
+                    item = await loop.run_in_executor(self._pool, run, next, items, _DONE)
+                    if item is _DONE:
+                        break
+                    yield item
+            except Exception as exc:
+                failed = exc
+                await self._internal(context, method, exc)
                 raise
             except BaseException as exc:
                 failed = exc

@@ -1,12 +1,15 @@
 """Server bootstrap shared by the four services: mTLS listener, interceptor, health, reflection,
-metrics, readiness and graceful shutdown.
+metrics, readiness and graceful shutdown, on one asyncio gRPC stack (grpc.aio).
 
 A service hands `MeshServer` a `ServiceApp` — how to register its servicers, who may call which
-method, and how to tell that its dependencies are ready — and gets everything else from here.
+method, and how to tell that its dependencies are ready — and gets everything else from here. The
+server runs on the process's serving loop (ztmesh.mesh.loop); `start` and `stop` are called from any
+other thread. `async def` handlers run on the loop, blocking ones in the server's thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -15,12 +18,14 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import FatalMisconfiguration
 from ztmesh.mesh.interceptors import MeshInterceptor, MethodRules
+from ztmesh.mesh.loop import run_on_loop
 from ztmesh.mesh.metrics import serve_metrics
 from ztmesh.mesh.spiffe import Authorizer, authorize_member_of
 from ztmesh.mesh.tls import KeyExchangeGuard, ReloadingServerCredentials, TlsFiles
@@ -44,7 +49,7 @@ class ServiceApp:
     """What a service contributes to the shared server."""
 
     name: str
-    register: Callable[[grpc.Server], None]
+    register: Callable[[grpc.aio.Server], None]
     service_names: Sequence[str]
     rules: Mapping[str, Authorizer]
     readiness: Callable[[], bool] = _always_ready
@@ -64,61 +69,68 @@ class MeshServer:
             f"/{REFLECTION_SERVICE}/*": authorize_member_of(settings.trust_domain),
             **app.rules,
         }
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=app.name),
-            # The guard runs inside the mesh interceptor, so its refusals are counted and logged too.
-            interceptors=[
-                MeshInterceptor(app.name, MethodRules(rules)),
-                *([KeyExchangeGuard()] if settings.tls_require_pq else []),
-            ],
-            options=[("grpc.so_reuseport", 1)],
+        # Blocking handlers (stores, wasmtime, admin RPCs) run here; the hot RPCs never leave the loop.
+        self.pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=app.name)
+        self._interceptor = MeshInterceptor(
+            app.name, MethodRules(rules), self.pool, KeyExchangeGuard() if settings.tls_require_pq else None
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server: grpc.aio.Server | None = None
+        self.health: HealthServicer | None = None
         self._stopping = threading.Event()
         self._stop_requested = threading.Event()
         self.fatal: FatalMisconfiguration | None = None
         self._threads: list[threading.Thread] = []
-        self._probe_server: grpc.Server | None = None
+        self._readiness: asyncio.Task[None] | None = None
+        self._probe_server: grpc.aio.Server | None = None
         self.port = 0
 
     def start(self) -> None:
-        s = self.settings
-        self.app.register(self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((*self.app.service_names, HEALTH_SERVICE, REFLECTION_SERVICE), self.server)
-        self._set_serving(False)
-        # Liveness is not readiness: a pod whose dependencies are down must not be restarted for it.
-        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        address = f"{s.host}:{s.service_port(self.app.name)}"
-        self.port = self.server.add_secure_port(address, self.tls.credentials())
-        if not self.port:
-            raise OSError(f"cannot listen on {address} (in use?)")
-        self.server.start()
-        health_port = s.service_health_port(self.app.name)
-        if health_port:
-            # Kubelet's gRPC probes cannot do mTLS; this listener serves nothing but health.
-            self._probe_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._probe_server)
-            if not self._probe_server.add_insecure_port(f"{s.host}:{health_port}"):
-                raise OSError(f"cannot listen on {s.host}:{health_port} for health probes")
-            self._probe_server.start()
-        serve_metrics(s.host, s.service_metrics_port(self.app.name))
-        for job in [self._watch_readiness, *self.app.background]:
+        run_on_loop(self._start())
+        for job in self.app.background:
             thread = threading.Thread(target=job, args=(self._stopping,), daemon=True, name=f"{self.app.name}-bg")
             thread.start()
             self._threads.append(thread)
-        log.info("serving %s on %s", self.app.name, address, extra={"port": self.port})
+        log.info("serving %s on %s:%d", self.app.name, self.settings.host, self.port, extra={"port": self.port})
 
-    def _set_serving(self, ready: bool) -> None:
+    async def _start(self) -> None:
+        s = self.settings
+        server = self.server = grpc.aio.server(
+            migration_thread_pool=self.pool, interceptors=[self._interceptor], options=[("grpc.so_reuseport", 1)]
+        )
+        health = self.health = HealthServicer()
+        self.app.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection((*self.app.service_names, HEALTH_SERVICE, REFLECTION_SERVICE), server)
+        await self._set_serving(False)
+        # Liveness is not readiness: a pod whose dependencies are down must not be restarted for it.
+        await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        address = f"{s.host}:{s.service_port(self.app.name)}"
+        self.port = server.add_secure_port(address, self.tls.credentials())
+        if not self.port:
+            raise OSError(f"cannot listen on {address} (in use?)")
+        await server.start()
+        health_port = s.service_health_port(self.app.name)
+        if health_port:
+            # Kubelet's gRPC probes cannot do mTLS; this listener serves nothing but health.
+            self._probe_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(health, self._probe_server)
+            if not self._probe_server.add_insecure_port(f"{s.host}:{health_port}"):
+                raise OSError(f"cannot listen on {s.host}:{health_port} for health probes")
+            await self._probe_server.start()
+        serve_metrics(s.host, s.service_metrics_port(self.app.name))
+        self._readiness = asyncio.get_running_loop().create_task(self._watch_readiness())
+
+    async def _set_serving(self, ready: bool) -> None:
+        assert self.health is not None
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.app.service_names):
-            self.health.set(name, status)
+            await self.health.set(name, status)
 
-    def _watch_readiness(self, stopping: threading.Event) -> None:
+    async def _watch_readiness(self) -> None:
         ready = None
-        while not stopping.is_set():
-            try:
-                now_ready = bool(self.app.readiness())
+        while not self._stopping.is_set():
+            try:  # a probe may ask a store or OPA over the network: never on the loop
+                now_ready = bool(await asyncio.to_thread(self.app.readiness))
             except FatalMisconfiguration as exc:
                 log.critical("%s cannot run: %s", self.app.name, exc)
                 self.fatal = exc
@@ -128,23 +140,31 @@ class MeshServer:
                 log.exception("readiness check failed")
                 now_ready = False
             if now_ready != ready:
-                self._set_serving(now_ready)
+                await self._set_serving(now_ready)
                 log.info("health: %s", "SERVING" if now_ready else "NOT_SERVING")
                 ready = now_ready
-            stopping.wait(2.0 if ready else 0.2)
+            await asyncio.sleep(2.0 if ready else 0.2)
+
+    async def _stop(self, grace: float) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._probe_server is not None:
+            await self._probe_server.stop(0)
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then release resources."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self.health.enter_graceful_shutdown()
         grace = self.settings.grace_period if grace is None else grace
-        self.server.stop(grace).wait()
-        if self._probe_server is not None:
-            self._probe_server.stop(0)
+        run_on_loop(self._stop(grace))
         for thread in self._threads:
             thread.join(timeout=grace)
+        self.pool.shutdown(wait=False)
         self.app.close()
         log.info("stopped %s", self.app.name)
 

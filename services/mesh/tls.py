@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,62 +112,37 @@ def secure_channel(address: str, files: TlsFiles, **options: object) -> grpc.Cha
     return grpc.secure_channel(address, client_credentials(files), options=list(options.items()))
 
 
+def aio_secure_channel(address: str, files: TlsFiles, **options: object) -> grpc.aio.Channel:
+    """An asyncio mTLS channel to another mesh service, for callers on the serving loop."""
+    return grpc.aio.secure_channel(address, client_credentials(files), options=list(options.items()))
+
+
 # The post-quantum hybrid (ML-KEM-768 + X25519) that every ztmesh TLS hop prefers.
 POST_QUANTUM_GROUP = "X25519MLKEM768"
 
 
-def negotiated_group(context: grpc.ServicerContext) -> str | None:
+def negotiated_group(context: Any) -> str | None:
     """The key-exchange group of the TLS connection this call arrived on (BoringSSL's name), or None."""
     values = context.auth_context().get("ssl_negotiated_key_exchange_group")
     return values[0].decode(errors="replace") if values else None
 
 
-class KeyExchangeGuard(grpc.ServerInterceptor):
+class KeyExchangeGuard:
     """Refuses every call that arrived over a connection whose key exchange was not X25519MLKEM768.
 
     grpcio's BoringSSL prefers X25519MLKEM768 but also accepts X25519, P-256, P-384 and P-521, and its
     Python API has no way to narrow that list, so a classical-only client still completes the
-    handshake. It gets UNAUTHENTICATED here on every call, before any handler runs (ZTMESH_TLS_REQUIRE_PQ).
+    handshake. The mesh interceptor answers it UNAUTHENTICATED on every call, before any handler runs
+    (ZTMESH_TLS_REQUIRE_PQ).
     """
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                streaming = kind.endswith("_stream")
-                return handler._replace(**{kind: self._guarded(behavior, streaming)})
-        return handler
-
     @staticmethod
-    def _check(context: grpc.ServicerContext) -> None:
+    def refusal(context: Any) -> str | None:
+        """Why this call's connection is refused; None when its key exchange was post-quantum."""
         group = negotiated_group(context)
-        if group != POST_QUANTUM_GROUP:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"key exchange {group or 'unknown'} refused: this service requires {POST_QUANTUM_GROUP}",
-            )
-
-    def _guarded(self, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
-        if streaming:
-
-            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                self._check(context)
-                yield from behavior(request, context)
-
-            return guarded_stream
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            self._check(context)
-            return behavior(request, context)
-
-        return guarded
+        if group == POST_QUANTUM_GROUP:
+            return None
+        return f"key exchange {group or 'unknown'} refused: this service requires {POST_QUANTUM_GROUP}"
 
 
 @dataclass(frozen=True)
@@ -204,7 +178,7 @@ def _identity_from_pem(pem: bytes) -> _PeerIdentity:
     return identity
 
 
-def peer_identity(context: grpc.ServicerContext) -> SpiffeId | None:
+def peer_identity(context: Any) -> SpiffeId | None:
     """The SPIFFE ID in the verified client certificate of this call; None when the certificate (if
     any) carries none. Raises PeerIdentityError when it carries a malformed one, or several."""
     pem = context.auth_context().get("x509_pem_cert")
@@ -216,7 +190,7 @@ def peer_identity(context: grpc.ServicerContext) -> SpiffeId | None:
     return identity.spiffe_id
 
 
-def peer_spiffe_id(context: grpc.ServicerContext) -> SpiffeId | None:
+def peer_spiffe_id(context: Any) -> SpiffeId | None:
     """The SPIFFE ID in the verified client certificate of this call, or None (also when malformed)."""
     pem = context.auth_context().get("x509_pem_cert")
     return _identity_from_pem(pem[0]).spiffe_id if pem else None
