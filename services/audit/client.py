@@ -3,13 +3,15 @@ durable `SpoolEmitter` built on it.
 
     emitter = audit_emitter(settings, "policy")   # an ztmesh.mesh.auditing.AuditEmitter
     emitter.emit(AuditEvent(service="policy", action="decide", outcome="ALLOW", ...))  # durable on return
+    await emitter.emit_async(event)  # the same, from a handler on the serving loop
     ...
     emitter.close()
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -33,14 +35,37 @@ _MAX_SLOTS = 64
 
 
 class GrpcAuditSink:
-    def __init__(self, channel: grpc.Channel, timeout: float = 5.0) -> None:
+    """Appends over a blocking channel; with `aio_channel` (the current asyncio channel to audit, asked for
+    on the serving loop at each call) also from the loop, as an `AsyncAuditSink`."""
+
+    def __init__(
+        self, channel: grpc.Channel, timeout: float = 5.0, aio_channel: Callable[[], grpc.aio.Channel] | None = None
+    ) -> None:
         self._stub = audit_pb2_grpc.AuditServiceStub(channel)
         self._timeout = timeout
+        self._aio_channel = aio_channel
+        self._aio_stub: tuple[grpc.aio.Channel | None, Any] = (None, None)
+        if aio_channel is None:
+            self.append_async = None  # type: ignore[method-assign,assignment]  # no loop path: emitters use threads
 
     def append(self, events: Sequence[EventV1], timeout: float | None = None) -> list[AppendResult]:
         request = audit_pb2.AppendRequest(events=[event_to_proto(e) for e in events])
         try:
             reply = self._stub.Append(request, timeout=self._timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            raise _refusal(err, len(events)) from None
+        return [AppendResult(r.event_id, r.sequence, r.duplicate) for r in reply.results]
+
+    async def append_async(self, events: Sequence[EventV1], timeout: float | None = None) -> list[AppendResult]:
+        assert self._aio_channel is not None
+        channel = self._aio_channel()
+        bound, stub = self._aio_stub
+        if channel is not bound:  # a new connection after a certificate rotation
+            stub = audit_pb2_grpc.AuditServiceStub(channel)
+            self._aio_stub = (channel, stub)
+        request = audit_pb2.AppendRequest(events=[event_to_proto(e) for e in events])
+        try:
+            reply = await stub.Append(request, timeout=self._timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise _refusal(err, len(events)) from None
         return [AppendResult(r.event_id, r.sequence, r.duplicate) for r in reply.results]
@@ -66,7 +91,7 @@ def audit_emitter(settings: MeshSettings, service: str, peers: PeerChannels | No
     """The durable audit emitter of `service`, shipping to the audit service at ZTMESH_AUDIT_ADDR."""
     audit = load_settings(AuditSettings, section="audit")
     channels = peers or PeerChannels(settings, service)
-    sink = GrpcAuditSink(channels.channel("audit"))
+    sink = GrpcAuditSink(channels.channel("audit"), aio_channel=lambda: channels.aio_connection("audit"))
     limits = Limits(max_details_bytes=audit.audit_max_details_bytes)
     base = audit.audit_spool_dir or settings.data_dir / "spool" / service
     # One spool per process: with ZTMESH_PROCESSES > 1 each process takes the first free slot, and a

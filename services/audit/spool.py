@@ -6,7 +6,9 @@ with no commit in progress becomes the leader and commits everything queued so f
 the next in line leads the following group. A group goes straight into audit when the spool is empty
 and audit answers within a short per-attempt deadline, otherwise it is appended to a local append-only
 spool file and fsync'd. (A committer thread would cost two thread wake-ups per event; this costs one per
-follower and none alone.)
+follower and none alone.) Handlers on the serving loop use `emit_async`: the same group commit as a task
+on the loop, sending over an asyncio channel with no thread hand-off while audit answers; only a group that
+has to be spooled (an fsync) goes to a thread, through the same leader as the blocking callers.
 
 A shipper thread sends spooled events in order, in batches no larger than audit takes, retrying about
 once a second, and persists its position only after audit acknowledged them. After a crash the spool is
@@ -17,6 +19,7 @@ the shipper; a shipper that makes no progress says so (log, `ztmesh_audit_spool_
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import functools
@@ -25,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +49,12 @@ class AuditSink(Protocol):
     "maybe not stored, try again" (the batch is idempotent by event id)."""
 
     def append(self, events: Sequence[EventV1], timeout: float | None = None) -> Sequence[Any]: ...
+
+
+class AsyncAuditSink(AuditSink, Protocol):
+    """An `AuditSink` that can also send from the serving loop, with the same meaning of each error."""
+
+    async def append_async(self, events: Sequence[EventV1], timeout: float | None = None) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,10 @@ class SpoolEmitter:
         self._queued = threading.Lock()  # guards the queue and the leader flag
         self._queue: list[_Pending] = []
         self._committing = False  # a leader is committing a group
+        self._spooling = threading.Lock()  # one group at a time into the spool file
+        # The loop's own group commit (emit_async): waiting events and whether a commit task runs.
+        self._loop_queue: list[tuple[_Pending, asyncio.Future[None]]] = []
+        self._loop_committing = False
         self._stopping = threading.Event()
         self._sink_healthy = True
         self._batch_max = settings.batch_max
@@ -139,6 +152,66 @@ class SpoolEmitter:
     def emit(self, event: Any) -> None:
         """Record a `ztmesh.mesh.auditing.AuditEvent`; return once it is durable, raise if it cannot be."""
         self.emit_event(from_emitted(event, self.limits))
+
+    async def emit_async(self, event: Any) -> None:
+        """`emit` for a caller on the event loop: returns once the event is durable, raises if it cannot be."""
+        await self.emit_event_async(from_emitted(event, self.limits))
+
+    async def emit_event_async(self, event: EventV1) -> None:
+        if self._stopping.is_set():
+            raise SpoolError("audit spool is closed")
+        if getattr(self.sink, "append_async", None) is None:  # a blocking sink: its calls belong in a thread
+            await asyncio.to_thread(self.emit_event, event)
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._loop_queue.append((_Pending(event), done))
+        if not self._loop_committing:
+            self._loop_committing = True
+            loop.create_task(self._lead_on_loop())
+        await done
+
+    async def _lead_on_loop(self) -> None:
+        """Commit what queued on the loop, group after group, until nothing waits."""
+        try:
+            while self._loop_queue:
+                group, self._loop_queue = self._loop_queue, []
+                batch = [p for p, _ in group]
+                try:
+                    await self._commit_on_loop(batch)
+                except BaseException as exc:  # each waiter learns why its operation must fail
+                    for p in batch:
+                        if p.error is None:
+                            p.error = exc
+                for p, done in group:
+                    if done.done():  # its caller was cancelled: nothing to tell
+                        continue
+                    if p.error is not None:
+                        done.set_exception(p.error)
+                    else:
+                        done.set_result(None)
+        finally:
+            self._loop_committing = False
+
+    async def _commit_on_loop(self, batch: list[_Pending]) -> None:
+        if self.settings.direct and self._sink_healthy and self.files.empty():
+            sink: AsyncAuditSink = self.sink  # type: ignore[assignment]
+            plan = self._direct_plan(batch)
+            try:
+                chunk = next(plan)
+                while True:
+                    failure: Exception | None = None
+                    try:
+                        await sink.append_async([p.event for p in chunk], timeout=self.settings.direct_timeout)
+                    except Exception as exc:
+                        failure = exc
+                    chunk = plan.send(failure)
+            except StopIteration as finished:
+                batch = finished.value
+            if not batch:
+                return
+        # Audit is away (or the spool has a backlog to keep in order behind): write and fsync in a thread.
+        await asyncio.to_thread(self._spool, batch)
 
     def emit_event(self, event: EventV1) -> None:
         if self._stopping.is_set():
@@ -187,33 +260,46 @@ class SpoolEmitter:
         self._spool(batch)
 
     def _append_direct(self, batch: list[_Pending]) -> list[_Pending]:
-        """Send the group straight to audit, in parts it accepts, each within the short per-attempt deadline
-        (a stalled audit costs an operation that much, then its event is spooled). Returns what is left to
-        spool: nothing when audit took everything; a refused event's caller is failed, not spooled."""
+        """Send the group straight to audit (see `_direct_plan`); returns what is left to spool."""
+        plan = self._direct_plan(batch)
+        try:
+            chunk = next(plan)
+            while True:
+                failure: Exception | None = None
+                try:
+                    self.sink.append([p.event for p in chunk], timeout=self.settings.direct_timeout)
+                except Exception as exc:
+                    failure = exc
+                chunk = plan.send(failure)
+        except StopIteration as finished:
+            left: list[_Pending] = finished.value
+            return left
+
+    def _direct_plan(self, batch: list[_Pending]) -> Generator[list[_Pending], Exception | None, list[_Pending]]:
+        """What to send straight to audit, in parts it accepts, each within the short per-attempt deadline
+        (a stalled audit costs an operation that much, then its event is spooled): yields each part and is
+        sent how its append failed (None: stored), so the blocking and the loop's path decide alike.
+        Returns what is left to spool: nothing when audit took everything; a refused event's caller is
+        failed, not spooled."""
         left = [p for p in batch if p.error is None]
         while left:
             chunk = left[: self._batch_max]
-            try:
-                self.sink.append([p.event for p in chunk], timeout=self.settings.direct_timeout)
-            except EventRejected as exc:  # refused as it is: that operation fails, nothing is spooled
-                bad = next((p for p in chunk if p.event.event_id == exc.event_id), None)
+            failure = yield chunk
+            if failure is None:
+                del left[: len(chunk)]
+            elif isinstance(failure, EventRejected):  # refused as it is: that operation fails, nothing spooled
+                bad = next((p for p in chunk if p.event.event_id == failure.event_id), None)
                 if bad is None and len(chunk) == 1:
                     bad = chunk[0]
                 if bad is None:
                     return left  # which one is unknown: the shipper finds it and sets it aside
-                bad.error = exc
+                bad.error = failure
                 left.remove(bad)
-                continue
-            except BatchRefused as exc:
-                if len(chunk) > 1:
-                    self._learn_batch_limit(exc, len(chunk))
-                    continue
-                self._sink_down(exc)
+            elif isinstance(failure, BatchRefused) and len(chunk) > 1:
+                self._learn_batch_limit(failure, len(chunk))
+            else:
+                self._sink_down(failure)
                 return left
-            except Exception as exc:
-                self._sink_down(exc)
-                return left
-            del left[: len(chunk)]
         return left
 
     def _sink_down(self, exc: Exception) -> None:
@@ -223,6 +309,10 @@ class SpoolEmitter:
         self._last_error = str(exc)
 
     def _spool(self, batch: list[_Pending]) -> None:
+        with self._spooling:  # a blocking leader and the loop's may both be spooling a group
+            self._spool_locked(batch)
+
+    def _spool_locked(self, batch: list[_Pending]) -> None:
         if not self._shipper.is_alive() and not self._stopping.is_set():
             self._restart_shipper()
         deadline = time.monotonic() + self.settings.block_timeout

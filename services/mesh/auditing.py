@@ -3,19 +3,22 @@
 `AuditEvent` is the versioned event schema (like OPA's decision-log EventV1); `AuditEmitter` is
 what a service calls. `emit` returns only once the event is durable for the chosen emitter: the
 audit client (ztmesh.audit) waits for the audit service or its local spool; `LogAuditEmitter`
-writes a structured log line and is what runs where no audit service is configured.
+writes a structured log line and is what runs where no audit service is configured. A handler on the
+serving loop awaits `emit_on_loop`, which never blocks the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 SCHEMA_VERSION = 1
 log = logging.getLogger("ztmesh.audit.events")
@@ -90,9 +93,56 @@ class AuditEmitter(Protocol):
         ...
 
 
+async def emit_on_loop(emitter: AuditEmitter, event: AuditEvent) -> None:
+    """`emitter.emit(event)` from a coroutine on the serving loop: the emitter's own asyncio path
+    (`emit_async`, e.g. the spool's group commit on the loop) when it has one, else in a thread."""
+    emit_async = getattr(emitter, "emit_async", None)
+    if emit_async is not None:
+        await emit_async(event)
+    else:
+        await asyncio.to_thread(emitter.emit, event)
+
+
+T = TypeVar("T")
+_deferred: contextvars.ContextVar[list[AuditEvent] | None] = contextvars.ContextVar("deferred_audit", default=None)
+
+
+class DeferringEmitter:
+    """The emitter a blocking core is given when its operations may run in a thread for a handler on
+    the serving loop: inside `run_audited` its events are handed to that handler, which makes them durable
+    on the loop before it answers; anywhere else it emits them itself, as `inner` would."""
+
+    def __init__(self, inner: AuditEmitter) -> None:
+        self.inner = inner
+
+    def emit(self, event: AuditEvent) -> None:
+        pending = _deferred.get()
+        if pending is None:
+            self.inner.emit(event)
+        else:
+            pending.append(event)
+
+    async def run_audited(self, operation: Callable[..., T], *args: Any) -> T:
+        """`operation(*args)` in a thread; the events it records are durable before this returns or
+        raises what it raised (or why an event could not be made durable: no record, no answer)."""
+        events: list[AuditEvent] = []
+        context = contextvars.copy_context()
+        context.run(_deferred.set, events)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, context.run, operation, *args)
+        finally:
+            if len(events) == 1:
+                await emit_on_loop(self.inner, events[0])
+            elif events:
+                await asyncio.gather(*(emit_on_loop(self.inner, e) for e in events))
+
+
 class LogAuditEmitter:
     """Writes each event as a structured log line. Not tamper-evident: for development and for
     services started without an audit service."""
 
     def emit(self, event: AuditEvent) -> None:
         log.info("audit %s %s", event.action, event.outcome, extra={"audit_event": json.loads(event.to_json())})
+
+    async def emit_async(self, event: AuditEvent) -> None:
+        self.emit(event)

@@ -8,6 +8,7 @@ call over the current connection: a client stub built once keeps working across 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 
 from ztmesh.mesh.config import MeshSettings
+from ztmesh.mesh.loop import mesh_loop
 from ztmesh.mesh.tls import TlsFiles, client_credentials
 
 _RECHECK_SECONDS = 5.0
@@ -103,6 +105,7 @@ class PeerChannels:
         self._lock = threading.Lock()
         self._connections: dict[str, grpc.Channel] = {}
         self._channels: dict[str, _PeerChannel] = {}
+        self._aio_connections: dict[str, grpc.aio.Channel] = {}
         self._stamp = self._files.stamp()
         self._checked = time.monotonic()
         self._recheck_s = recheck_s
@@ -116,16 +119,25 @@ class PeerChannels:
                 channel = self._channels[service] = _PeerChannel(lambda: self._connection(service))
             return channel
 
+    def _recheck(self, now: float) -> None:
+        """Drop the connections made with certificate files that have changed since (under the lock)."""
+        if now - self._checked <= self._recheck_s:
+            return
+        self._checked = now
+        stamp = self._files.stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        retired, self._connections = self._connections, {}
+        threading.Timer(self._retire_after_s, lambda: [c.close() for c in retired.values()]).start()
+        retired_aio, self._aio_connections = self._aio_connections, {}
+        if retired_aio:
+            loop = mesh_loop()
+            loop.call_soon_threadsafe(loop.call_later, self._retire_after_s, _close_aio, list(retired_aio.values()))
+
     def _connection(self, service: str) -> grpc.Channel:
-        now = time.monotonic()
         with self._lock:
-            if now - self._checked > self._recheck_s:
-                self._checked = now
-                stamp = self._files.stamp()
-                if stamp != self._stamp:
-                    self._stamp = stamp
-                    retired, self._connections = self._connections, {}
-                    threading.Timer(self._retire_after_s, lambda: [c.close() for c in retired.values()]).start()
+            self._recheck(time.monotonic())
             connection = self._connections.get(service)
             if connection is None:
                 connection = grpc.secure_channel(
@@ -134,11 +146,32 @@ class PeerChannels:
                 self._connections[service] = connection
             return connection
 
+    def aio_connection(self, service: str) -> grpc.aio.Channel:
+        """The current asyncio channel to `service`, for a caller on the serving loop (ztmesh.mesh.loop);
+        a new one after the certificate files change, as for `channel`."""
+        with self._lock:
+            self._recheck(time.monotonic())
+            connection = self._aio_connections.get(service)
+            if connection is None:
+                connection = grpc.aio.secure_channel(
+                    self._settings.peer_address(service), client_credentials(self._files), options=_CHANNEL_OPTIONS
+                )
+                self._aio_connections[service] = connection
+            return connection
+
     def close(self) -> None:
         with self._lock:
             for connection in self._connections.values():
                 connection.close()
             self._connections.clear()
+            retired_aio, self._aio_connections = list(self._aio_connections.values()), {}
+        if retired_aio:
+            mesh_loop().call_soon_threadsafe(_close_aio, retired_aio)
+
+
+def _close_aio(channels: list[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        asyncio.ensure_future(channel.close())
 
 
 def operator_channel(service: str, identity: str = "client") -> grpc.Channel:
