@@ -31,7 +31,7 @@ from ztmesh.policy.cache import DecisionCache, MemoryDecisionCache, RedisDecisio
 from ztmesh.policy.decider import PluginClient, PolicyEngine
 from ztmesh.policy.decision_proofs import DecisionProofs
 from ztmesh.policy.errors import BundleError, ConfigError, EngineError
-from ztmesh.policy.extauthz import AuthorizationServicer, GatewayWorkloads, refuse_with
+from ztmesh.policy.extauthz import AuthorizationServicer, GatewayWorkloads
 from ztmesh.policy.inputs import probe_inputs
 from ztmesh.policy.opa_inproc import LIBRARY_ENV, OpaEmbeddedEngine
 from ztmesh.policy.opa_server import OpaBundleServer, OpaServerEngine
@@ -183,9 +183,9 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         f"/{AUTHORIZATION}/Check": members,  # Envoy gateways and sidecars, each with its workload identity
     }
 
-    def register(server: grpc.Server) -> None:
+    def register(server: grpc.aio.Server) -> None:
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
-        authorization = AuthorizationServicer(servicer.decide_proto, refuse_with(engine), workloads)
+        authorization = AuthorizationServicer(engine, workloads)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, server)
 
     def watch(stop: threading.Event) -> None:

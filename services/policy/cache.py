@@ -44,6 +44,8 @@ class DecisionCache(Protocol):
 class MemoryDecisionCache:
     """A bounded in-process cache; when full, the oldest half is dropped (cheaper than per-hit LRU)."""
 
+    in_process = True  # no I/O: a decision on the serving loop may use it there (PolicyEngine.decides_on_loop)
+
     def __init__(self, max_entries: int = 100_000) -> None:
         self._max = max_entries
         self._entries: dict[str, Answer] = {}

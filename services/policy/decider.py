@@ -6,13 +6,14 @@ cannot take the record — the answer is DENY with the reason, and no exception 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from ztmesh.mesh.auditing import AuditEmitter, AuditEvent, uuid7
+from ztmesh.mesh.auditing import AuditEmitter, AuditEvent, emit_on_loop, uuid7
 from ztmesh.policy.answer import Answer, parse_answer
 from ztmesh.policy.bundle import Bundle, BundleManager, ReloadResult
 from ztmesh.policy.cache import DecisionCache, cache_key
@@ -163,8 +164,28 @@ class PolicyEngine:
             request_id=request.context.request_id, fault=fault,
         )  # fmt: skip
 
+    @property
+    def decides_on_loop(self) -> bool:
+        """Whether a decision is pure computation in this process (the embedded engine, in-process
+        signals and cache, no plugins), so that a handler on the serving loop may make it there; one
+        that asks Redis, an OPA server or a plugin over the network is made in a thread."""
+        parts = (self.engine, self.signals, *([self.cache] if self.cache is not None else []))
+        return not self.plugins and all(getattr(part, "in_process", False) for part in parts)
+
     def decide(self, request: DecisionRequest, caller: str = "") -> Decision:
         """The decision for one request, recorded to audit before it is returned. Never raises."""
+        return self._record(request, self._decision(request), caller)
+
+    async def decide_async(self, request: DecisionRequest, caller: str = "") -> Decision:
+        """`decide` for a handler on the serving loop: the audit record is awaited, never a thread's wait."""
+        if self.decides_on_loop:
+            decision = self._decision(request)
+        else:
+            decision = await asyncio.to_thread(self._decision, request)
+        return await self._record_async(request, decision, caller)
+
+    def _decision(self, request: DecisionRequest) -> Decision:
+        """The decision for one request, not yet recorded. Never raises."""
         decision_id = uuid7()
         try:
             decision = self._decide(request, self.clock(), decision_id)
@@ -185,11 +206,16 @@ class PolicyEngine:
                 raise
             log.exception("internal error while deciding %s", decision_id)
             decision = self._denied(request, decision_id, Fault.INTERNAL, f"internal error: {type(exc).__name__}")
-        return self._record(request, decision, caller)
+        return decision
 
     def refuse(self, request: DecisionRequest, reason: str, caller: str = "") -> Decision:
         """An audited DENY for a request that could not even be read (e.g. an unknown enum value)."""
         return self._record(request, self._denied(request, uuid7(), Fault.INVALID_REQUEST, reason), caller)
+
+    async def refuse_async(self, request: DecisionRequest, reason: str, caller: str = "") -> Decision:
+        """`refuse` for a handler on the serving loop."""
+        denied = self._denied(request, uuid7(), Fault.INVALID_REQUEST, reason)
+        return await self._record_async(request, denied, caller)
 
     def decide_batch(self, requests: Sequence[DecisionRequest], caller: str = "") -> list[Decision]:
         if len(requests) > self.max_batch:
@@ -199,8 +225,29 @@ class PolicyEngine:
     def _record(self, request: DecisionRequest, decision: Decision, caller: str) -> Decision:
         if self.audit is None:
             return decision
+        try:
+            self.audit.emit(self._event(request, decision, caller))
+        except Exception as exc:  # no durable record, no permission
+            return self._unrecorded(request, decision, exc)
+        return decision
+
+    async def _record_async(self, request: DecisionRequest, decision: Decision, caller: str) -> Decision:
+        if self.audit is None:
+            return decision
+        try:
+            await emit_on_loop(self.audit, self._event(request, decision, caller))
+        except Exception as exc:  # no durable record, no permission
+            return self._unrecorded(request, decision, exc)
+        return decision
+
+    def _unrecorded(self, request: DecisionRequest, decision: Decision, exc: Exception) -> Decision:
+        log.error("audit record of decision %s failed: %s", decision.decision_id, exc)
+        reason = f"audit trail unavailable, decision not recorded: {exc}"
+        return self._denied(request, decision.decision_id, Fault.AUDIT_ERROR, reason)
+
+    def _event(self, request: DecisionRequest, decision: Decision, caller: str) -> AuditEvent:
         resource = request.resource
-        event = AuditEvent(
+        return AuditEvent(
             service="policy",
             action="decide",
             outcome=decision.outcome.name,
@@ -226,13 +273,6 @@ class PolicyEngine:
                 "cached": decision.cached,
             },
         )
-        try:
-            self.audit.emit(event)
-        except Exception as exc:  # no durable record, no permission
-            log.error("audit record of decision %s failed: %s", decision.decision_id, exc)
-            reason = f"audit trail unavailable, decision not recorded: {exc}"
-            return self._denied(request, decision.decision_id, Fault.AUDIT_ERROR, reason)
-        return decision
 
     # --- signals, info, reload -----------------------------------------------------------------
 

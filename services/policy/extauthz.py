@@ -1,6 +1,7 @@
 """Envoy external authorization (ext_authz v3 `Check`) on top of the policy decision.
 
-A CheckRequest becomes a DecideRequest: the subject from the claims of a JWT that Envoy's jwt_authn
+A CheckRequest becomes a decision request (the core's model, checked by the same validation as a
+Decide's, with no DecideRequest in between): the subject from the claims of a JWT that Envoy's jwt_authn
 filter verified (never from an unverified header), else the SPIFFE ID of the mTLS peer Envoy saw —
 which counts only as a well-formed ID of the mesh's trust domain on the gateway's workload list; any
 other client certificate is refused (an audited DENY naming what was presented) before the policy;
@@ -12,9 +13,10 @@ upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -24,20 +26,28 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
-from ztmesh._proto.policy.v1 import policy_pb2
 from ztmesh.mesh.edge import caller_id
 from ztmesh.mesh.errors import SpiffeIdError
 from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.policy.decider import PolicyEngine
+from ztmesh.policy.errors import InvalidRequest
 from ztmesh.policy.headers import DECISION_ID, OBLIGATIONS, PREFIX, STEP_UP, TRUST_SCORE
-from ztmesh.policy.servicer import decision_to_proto, request_from_proto
-
-DecideFn = Callable[[policy_pb2.DecideRequest, str], policy_pb2.DecideResponse]
-# An audited DENY with this reason for the request, by the caller (Envoy): what a refused peer gets.
-RefuseFn = Callable[[policy_pb2.DecideRequest, str, str], policy_pb2.DecideResponse]
+from ztmesh.policy.model import (
+    Assurance,
+    Decision,
+    DecisionRequest,
+    Device,
+    Fault,
+    Outcome,
+    Registration,
+    RegistrationStatus,
+    RequestContext,
+    Resource,
+    Subject,
+)
 
 log = logging.getLogger(__name__)
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -51,16 +61,20 @@ METHOD_ACTIONS = {
     "PATCH": "write",
     "DELETE": "delete",
 }
-_ASSURANCE = {
-    "aal1": policy_pb2.ASSURANCE_LEVEL_LOW,
-    "aal2": policy_pb2.ASSURANCE_LEVEL_MEDIUM,
-    "aal3": policy_pb2.ASSURANCE_LEVEL_HIGH,
-}
+_ASSURANCE = {"aal1": Assurance.LOW, "aal2": Assurance.MEDIUM, "aal3": Assurance.HIGH}
+# An unknown status is no standing at all, as an unspecified one over Decide.
 _REGISTRATION = {
-    "active": policy_pb2.REGISTRATION_STATUS_ACTIVE,
-    "suspended": policy_pb2.REGISTRATION_STATUS_SUSPENDED,
-    "expired": policy_pb2.REGISTRATION_STATUS_EXPIRED,
+    "active": RegistrationStatus.ACTIVE,
+    "suspended": RegistrationStatus.SUSPENDED,
+    "expired": RegistrationStatus.EXPIRED,
 }
+# The device claims a token may carry, with their type: anything else there is ignored, a claim of
+# the wrong type refuses the request (as Decide refuses a field it cannot read).
+_DEVICE_CLAIMS: dict[str, type] = {
+    "id": str, "managed": bool, "compliant": bool, "os": str, "patch_age_days": int, "disk_encrypted": bool,
+    "endpoint_protection": bool,
+}  # fmt: skip
+_WORKLOAD = ("workload",)
 
 
 @dataclass(frozen=True)
@@ -141,72 +155,73 @@ def verified_claims(attributes: attribute_context_pb2.AttributeContext) -> dict[
     return {}
 
 
-def _subject(attributes: attribute_context_pb2.AttributeContext, claims: Mapping[str, Any]) -> policy_pb2.Subject:
+def _subject(attributes: attribute_context_pb2.AttributeContext, claims: Mapping[str, Any]) -> Subject:
     if claims:
         registration = claims.get("registration") or {}
-        return policy_pb2.Subject(
+        amr = claims.get("amr", "")
+        return Subject(
             id=str(claims["sub"]),
-            roles=[str(r) for r in claims.get("roles", [])],
-            auth_method=",".join(claims.get("amr", []))
-            if isinstance(claims.get("amr"), list)
-            else str(claims.get("amr", "")),
-            assurance=_ASSURANCE.get(str(claims.get("acr", "")).lower(), policy_pb2.ASSURANCE_LEVEL_UNSPECIFIED),
-            registration=policy_pb2.ProfessionalRegistration(
+            roles=tuple(str(r) for r in claims.get("roles", [])),
+            auth_method=",".join(str(m) for m in amr) if isinstance(amr, list) else str(amr),
+            assurance=_ASSURANCE.get(str(claims.get("acr", "")).lower(), Assurance.UNSPECIFIED),
+            registration=Registration(
                 council=str(registration.get("council", "")),
                 region=str(registration.get("region", "")),
                 number=str(registration.get("number", "")),
-                status=_REGISTRATION.get(
-                    str(registration.get("status", "")).lower(), policy_pb2.REGISTRATION_STATUS_UNSPECIFIED
-                ),
+                status=_REGISTRATION.get(str(registration.get("status", "")).lower(), RegistrationStatus.NONE),
             )
-            if registration
+            if isinstance(registration, dict) and registration
             else None,
         )
     principal = attributes.source.principal
     if principal:
         # A workload calling through the gateway with its mesh certificate.
-        return policy_pb2.Subject(
-            id=principal, roles=["workload"], auth_method="mtls", assurance=policy_pb2.ASSURANCE_LEVEL_HIGH
-        )
-    return policy_pb2.Subject()
+        return Subject(id=principal, roles=_WORKLOAD, auth_method="mtls", assurance=Assurance.HIGH)
+    return Subject("")
 
 
-def _device(claims: Mapping[str, Any]) -> policy_pb2.Device | None:
+def _device(claims: Mapping[str, Any]) -> Device | None:
     device = claims.get("device")
     if not isinstance(device, dict):
         return None
-    known = {f.name for f in policy_pb2.Device.DESCRIPTOR.fields}
-    return json_format.ParseDict(
-        {k: v for k, v in device.items() if k in known}, policy_pb2.Device(), ignore_unknown_fields=True
-    )
+    fields: dict[str, Any] = {}
+    for name, kind in _DEVICE_CLAIMS.items():
+        if name not in device:
+            continue
+        value = device[name]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON numbers arrive as floats from the filter's Struct
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidRequest(f"device.{name}", f"the token's device claim must be a {kind.__name__}")
+        fields[name] = value
+    return Device(**fields)
 
 
-def check_to_decide(request: external_auth_pb2.CheckRequest) -> policy_pb2.DecideRequest:
+def check_to_request(request: external_auth_pb2.CheckRequest) -> DecisionRequest:
+    """The decision request a CheckRequest asks; InvalidRequest naming a claim that cannot be read."""
     attributes = request.attributes
     http = attributes.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
     labels = dict(attributes.context_extensions)
     claims = verified_claims(attributes)
     path = http.path.split("?", 1)[0]
-    extra = struct_pb2.Struct()
-    extra.update({"http": {"method": http.method, "path": path, "host": http.host}, "route": labels})
-    return policy_pb2.DecideRequest(
+    return DecisionRequest(
         subject=_subject(attributes, claims),
-        device=_device(claims),
-        resource=policy_pb2.Resource(
+        resource=Resource(
             type=labels.get("resource_type", ""),
-            id=path,
             classification=labels.get("classification", ""),
-            consented_purposes=[p for p in labels.get("consented_purposes", "").split(",") if p],
+            id=path,
+            consented_purposes=tuple(p for p in labels.get("consented_purposes", "").split(",") if p),
         ),
         action=labels.get("action") or METHOD_ACTIONS.get(http.method.upper(), http.method.lower()),
-        context=policy_pb2.RequestContext(
+        device=_device(claims),
+        context=RequestContext(
             source_ip=attributes.source.address.socket_address.address,
             user_agent=headers.get("user-agent", ""),
             purpose=headers.get(PURPOSE_HEADER, ""),
             request_id=headers.get("x-request-id", http.id),
         ),
-        attributes=extra,
+        attributes={"http": {"method": http.method, "path": path, "host": http.host}, "route": labels},
     )
 
 
@@ -217,11 +232,9 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def decide_to_check(
-    decision: policy_pb2.DecideResponse, incoming: Mapping[str, str]
-) -> external_auth_pb2.CheckResponse:
+def decision_to_check(decision: Decision, incoming: Mapping[str, str]) -> external_auth_pb2.CheckResponse:
     forged = sorted(name for name in incoming if name.lower().startswith(PREFIX))
-    if decision.decision == policy_pb2.DECISION_ALLOW:
+    if decision.outcome is Outcome.ALLOW:
         headers = [
             _header(DECISION_ID, decision.decision_id),
             _header(TRUST_SCORE, f"{decision.trust_score:.1f}"),
@@ -232,7 +245,7 @@ def decide_to_check(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=forged),
         )
-    challenge = decision.decision == policy_pb2.DECISION_CHALLENGE
+    challenge = decision.outcome is Outcome.CHALLENGE
     reason = "; ".join(decision.reasons) or ("step-up required" if challenge else "denied by policy")
     body = {"decision": "CHALLENGE" if challenge else "DENY", "decision_id": decision.decision_id, "reason": reason}
     headers = [_header("content-type", "application/json"), _header(DECISION_ID, decision.decision_id)]
@@ -255,40 +268,34 @@ def decide_to_check(
     )
 
 
-def refuse_with(engine: PolicyEngine) -> RefuseFn:
-    """The engine's audited refusal, over the protobuf types ext_authz works in."""
-
-    def refuse(request: policy_pb2.DecideRequest, reason: str, caller: str) -> policy_pb2.DecideResponse:
-        return decision_to_proto(engine.refuse(request_from_proto(request), reason, caller))
-
-    return refuse
-
-
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """`envoy.service.auth.v3.Authorization` served on the policy service's port."""
 
-    def __init__(self, decide: DecideFn, refuse: RefuseFn, workloads: GatewayWorkloads) -> None:
-        self._decide = decide
-        self._refuse = refuse
+    def __init__(self, engine: PolicyEngine, workloads: GatewayWorkloads) -> None:
+        self._engine = engine
         self._workloads = workloads
 
-    def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         caller = caller_id()
-        incoming = dict(request.attributes.request.http.headers)
+        http = request.attributes.request.http
         try:
-            decide_request = check_to_decide(request)
+            problem = None
+            try:
+                asked = check_to_request(request)
+            except InvalidRequest as exc:
+                asked, problem = DecisionRequest(Subject(""), Resource("", ""), http.method), f"invalid request: {exc}"
             refusal = self._workloads.refusal(request.attributes.source)
             if refusal is not None:
                 # Audited with what was presented: the subject is the principal Envoy saw, as is.
-                decide_request.subject.CopyFrom(policy_pb2.Subject(id=request.attributes.source.principal))
-                decision = self._refuse(decide_request, refusal, caller)
+                seen = dataclasses.replace(asked, subject=Subject(request.attributes.source.principal))
+                decision = await self._engine.refuse_async(seen, refusal, caller)
+            elif problem is not None:
+                decision = await self._engine.refuse_async(asked, problem, caller)
             else:
-                decision = self._decide(decide_request, caller)
+                decision = await self._engine.decide_async(asked, caller)
         except Exception as exc:  # fail closed: whatever broke, the answer is DENY with the reason
             log.exception("ext_authz Check failed; answering DENY")
-            decision = policy_pb2.DecideResponse(
-                decision=policy_pb2.DECISION_DENY, reasons=[f"internal error: {type(exc).__name__}"]
-            )
-        return decide_to_check(decision, incoming)
+            decision = Decision(Outcome.DENY, 0.0, (), (f"internal error: {type(exc).__name__}",), fault=Fault.INTERNAL)
+        return decision_to_check(decision, http.headers)

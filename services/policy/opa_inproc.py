@@ -299,6 +299,8 @@ class OpaEmbeddedEngine:
     current and the previous bundle stay prepared, so a decision that picked the old one just before
     a swap finishes on it."""
 
+    in_process = True  # no I/O: a decision on the serving loop may evaluate there (PolicyEngine.decides_on_loop)
+
     name = "opa-embedded"
 
     def __init__(self, timeout_s: float = 1.0) -> None:

@@ -124,6 +124,8 @@ class MemorySignalStore:
     """Process-local signal state: the embedded default, for a single replica (whose clock is the
     only one). At `max_subjects` only fully decayed subjects make room; otherwise it is full."""
 
+    in_process = True  # no I/O: a decision on the serving loop may use it there (PolicyEngine.decides_on_loop)
+
     def __init__(self, max_subjects: int = 100_000) -> None:
         self._max = max_subjects
         # subject -> (version, {kind: (sum, ref_time)}, negligible_after); the tuple is replaced

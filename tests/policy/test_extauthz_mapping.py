@@ -8,8 +8,9 @@ import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.protobuf import struct_pb2
 
-from ztmesh._proto.policy.v1 import policy_pb2
-from ztmesh.policy.extauthz import check_to_decide, decide_to_check
+from ztmesh.policy.errors import InvalidRequest
+from ztmesh.policy.extauthz import check_to_request, decision_to_check
+from ztmesh.policy.model import Assurance, Decision, Outcome, RegistrationStatus
 
 
 def check_request(method="GET", path="/api/patients/42?x=1", principal="", headers=None, labels=None, claims=None):
@@ -42,12 +43,12 @@ def check_request(method="GET", path="/api/patients/42?x=1", principal="", heade
     ],
 )
 def test_method_maps_to_action_unless_the_route_names_one(method, labels, action):
-    decide = check_to_decide(check_request(method=method, labels={"classification": "internal", **labels}))
+    decide = check_to_request(check_request(method=method, labels={"classification": "internal", **labels}))
     assert decide.action == action
 
 
 def test_route_labels_and_request_context():
-    decide = check_to_decide(check_request(headers={"user-agent": "curl", "x-processing-purpose": "treatment"}))
+    decide = check_to_request(check_request(headers={"user-agent": "curl", "x-processing-purpose": "treatment"}))
     assert (decide.resource.classification, decide.resource.type, decide.resource.id) == (
         "patient_data",
         "patient_record",
@@ -70,32 +71,38 @@ def test_subject_from_verified_jwt_claims_wins_over_the_peer():
         "registration": {"council": "CRM", "region": "SP", "number": "123456", "status": "active"},
         "device": {"id": "laptop-7", "managed": True, "compliant": True, "patch_age_days": 3},
     }
-    decide = check_to_decide(check_request(principal="spiffe://ztmesh.local/ns/ztmesh/sa/envoy", claims=claims))
+    decide = check_to_request(check_request(principal="spiffe://ztmesh.local/ns/ztmesh/sa/envoy", claims=claims))
     assert decide.subject.id == "dr.ana" and list(decide.subject.roles) == ["physician"]
-    assert decide.subject.assurance == policy_pb2.ASSURANCE_LEVEL_MEDIUM and decide.subject.auth_method == "pwd,otp"
-    assert decide.subject.registration.status == policy_pb2.REGISTRATION_STATUS_ACTIVE
+    assert decide.subject.assurance == Assurance.MEDIUM and decide.subject.auth_method == "pwd,otp"
+    assert decide.subject.registration.status == RegistrationStatus.ACTIVE
     assert decide.device.id == "laptop-7" and decide.device.compliant and decide.device.patch_age_days == 3
 
 
 def test_subject_from_the_mtls_peer_without_a_token():
-    decide = check_to_decide(check_request(principal="spiffe://ztmesh.local/ns/clinic/sa/frontend"))
+    decide = check_to_request(check_request(principal="spiffe://ztmesh.local/ns/clinic/sa/frontend"))
     assert decide.subject.id == "spiffe://ztmesh.local/ns/clinic/sa/frontend"
     assert decide.subject.auth_method == "mtls"
 
 
+def test_a_device_claim_of_the_wrong_type_is_an_invalid_request_naming_it():
+    claims = {"sub": "dr.ana", "device": {"id": "laptop-7", "managed": "yes"}}
+    with pytest.raises(InvalidRequest, match="device.managed"):
+        check_to_request(check_request(claims=claims))
+
+
 def test_an_unverified_bearer_header_is_not_an_identity():
     forged = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
-    decide = check_to_decide(check_request(headers={"authorization": forged}))
+    decide = check_to_request(check_request(headers={"authorization": forged}))
     assert decide.subject.id == ""
 
 
-def decision(kind, **kwargs):
-    return policy_pb2.DecideResponse(decision=kind, decision_id="d-1", trust_score=81.25, **kwargs)
+def decision(outcome, reasons=(), **kwargs):
+    return Decision(outcome, 81.25, (), tuple(reasons), decision_id="d-1", **kwargs)
 
 
 def test_allow_adds_decision_headers_and_strips_forged_ones():
-    reply = decide_to_check(
-        decision(policy_pb2.DECISION_ALLOW, obligations=["log_all_access"]),
+    reply = decision_to_check(
+        decision(Outcome.ALLOW, obligations=("log_all_access",)),
         {"x-ztmesh-decision-id": "forged", "X-Ztmesh-Trust-Score": "100", "accept": "*/*"},
     )
     assert reply.status.code == 0
@@ -109,7 +116,7 @@ def test_allow_adds_decision_headers_and_strips_forged_ones():
 
 
 def test_deny_is_a_403_with_a_json_reason():
-    reply = decide_to_check(decision(policy_pb2.DECISION_DENY, reasons=["trust 60 below 75"]), {})
+    reply = decision_to_check(decision(Outcome.DENY, reasons=["trust 60 below 75"]), {})
     assert reply.denied_response.status.code == 403 and reply.status.code == 7
     assert json.loads(reply.denied_response.body) == {
         "decision": "DENY",
@@ -119,7 +126,7 @@ def test_deny_is_a_403_with_a_json_reason():
 
 
 def test_challenge_is_a_401_naming_the_step_up():
-    reply = decide_to_check(decision(policy_pb2.DECISION_CHALLENGE, step_up=["mfa", "supervisor_approval"]), {})
+    reply = decision_to_check(decision(Outcome.CHALLENGE, step_up=("mfa", "supervisor_approval")), {})
     assert reply.denied_response.status.code == 401
     headers = {h.header.key: h.header.value for h in reply.denied_response.headers}
     assert headers["x-ztmesh-step-up"] == "mfa,supervisor_approval"
