@@ -20,7 +20,7 @@ from ztmesh.keys.model import parse_reservations
 from ztmesh.keys.servicer import KeyServicer
 from ztmesh.keys.settings import KeysSettings
 from ztmesh.keys.store import open_key_store
-from ztmesh.mesh.auditing import AuditEmitter
+from ztmesh.mesh.auditing import AuditEmitter, DeferringEmitter
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import SettingsError
 from ztmesh.mesh.peers import PeerChannels
@@ -68,8 +68,9 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     keys_settings = load_settings(KeysSettings, section="keys")
     peers = PeerChannels(settings, "keys")
     audit = audit_emitter(settings, "keys", peers)
+    deferring = DeferringEmitter(audit)
     try:
-        manager = build_manager(settings, keys_settings, audit)
+        manager = build_manager(settings, keys_settings, deferring)
     except BaseException:
         audit.close()
         peers.close()
@@ -82,7 +83,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
 
     return ServiceApp(
         name="keys",
-        register=lambda server: keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(manager), server),
+        register=lambda server: keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(manager, deferring), server),
         service_names=(SERVICE,),
         rules={f"/{SERVICE}/*": authorize_member_of(settings.trust_domain)},
         close=close,

@@ -12,6 +12,7 @@ from ztmesh.keys import errors
 from ztmesh.keys.algorithms import Algorithm, Purpose
 from ztmesh.keys.manager import KeyManager
 from ztmesh.keys.model import AccessPolicy, Key, KeyVersion, Operation, VersionState
+from ztmesh.mesh.auditing import DeferringEmitter
 from ztmesh.mesh.edge import Edge, caller_id
 
 # Which core error becomes which status code, most specific first (audit outages: the mesh's rules).
@@ -99,8 +100,13 @@ def policy_from_proto(message: keys_pb2.KeyAccessPolicy) -> AccessPolicy:
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
-    def __init__(self, manager: KeyManager) -> None:
+    """Encrypt and Decrypt (the hot RPCs) are served from the loop: the key store and the KEM run in a
+    thread and their audit records are made durable on the loop (`audit`, the manager's emitter); the
+    rest are blocking handlers."""
+
+    def __init__(self, manager: KeyManager, audit: DeferringEmitter) -> None:
         self.manager = manager
+        self.audit = audit
 
     @EDGE.rpc
     def CreateKey(self, request: keys_pb2.CreateKeyRequest, context: grpc.ServicerContext) -> keys_pb2.Key:
@@ -143,16 +149,20 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         return key_to_proto(self.manager.rotate(caller_id(), request.key_id))
 
     @EDGE.rpc
-    def Encrypt(self, request: keys_pb2.EncryptRequest, context: grpc.ServicerContext) -> keys_pb2.EncryptResponse:
-        envelope, version = self.manager.encrypt(
-            caller_id(), request.key_id, request.plaintext, request.associated_data
+    async def Encrypt(
+        self, request: keys_pb2.EncryptRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.EncryptResponse:
+        envelope, version = await self.audit.run_audited(
+            self.manager.encrypt, caller_id(), request.key_id, request.plaintext, request.associated_data
         )
         return keys_pb2.EncryptResponse(envelope=envelope, key_version=version)
 
     @EDGE.rpc
-    def Decrypt(self, request: keys_pb2.DecryptRequest, context: grpc.ServicerContext) -> keys_pb2.DecryptResponse:
-        plaintext, key_id, version = self.manager.decrypt(
-            caller_id(), request.envelope, request.associated_data, request.key_id
+    async def Decrypt(
+        self, request: keys_pb2.DecryptRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.DecryptResponse:
+        plaintext, key_id, version = await self.audit.run_audited(
+            self.manager.decrypt, caller_id(), request.envelope, request.associated_data, request.key_id
         )
         return keys_pb2.DecryptResponse(plaintext=plaintext, key_id=key_id, key_version=version)
 

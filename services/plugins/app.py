@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ztmesh._proto.plugins.v1 import plugins_pb2_grpc
 from ztmesh.audit.client import audit_emitter
+from ztmesh.mesh.auditing import DeferringEmitter
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import SettingsError
 from ztmesh.mesh.peers import PeerChannels
@@ -57,12 +58,13 @@ def build_app(settings: MeshSettings) -> ServiceApp:
         cache_dir=settings.data_dir / "plugins" / "compiled",
     )
     audit = audit_emitter(settings, "plugins", peers)
+    deferring = DeferringEmitter(audit)
     registry = PluginRegistry(
         open_plugin_store(settings.database_url, settings.data_dir),
         sandbox,
         signers,
         require_signature=require_signature,
-        audit=audit,
+        audit=deferring,
     )
     operators = authorize_service_accounts(settings.trust_domain, settings.namespace, settings.operators)
     executors = authorize_service_accounts(settings.trust_domain, settings.namespace, ["policy", *settings.operators])
@@ -74,7 +76,9 @@ def build_app(settings: MeshSettings) -> ServiceApp:
 
     return ServiceApp(
         name="plugins",
-        register=lambda server: plugins_pb2_grpc.add_PluginServiceServicer_to_server(PluginServicer(registry), server),
+        register=lambda server: plugins_pb2_grpc.add_PluginServiceServicer_to_server(
+            PluginServicer(registry, deferring), server
+        ),
         service_names=(SERVICE,),
         rules={
             f"/{SERVICE}/Execute": executors,

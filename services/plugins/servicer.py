@@ -6,6 +6,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from ztmesh._proto.plugins.v1 import plugins_pb2, plugins_pb2_grpc
+from ztmesh.mesh.auditing import DeferringEmitter
 from ztmesh.mesh.edge import Edge, caller_id
 from ztmesh.plugins import errors
 from ztmesh.plugins.manifest import Manifest
@@ -70,8 +71,12 @@ def plugin_to_proto(stored: StoredPlugin) -> plugins_pb2.Plugin:
 
 
 class PluginServicer(plugins_pb2_grpc.PluginServiceServicer):
-    def __init__(self, registry: PluginRegistry) -> None:
+    """Execute (the hot RPC) is served from the loop, its record made durable there (`audit`, the
+    registry's emitter); registering and listing are blocking handlers."""
+
+    def __init__(self, registry: PluginRegistry, audit: DeferringEmitter) -> None:
         self.registry = registry
+        self.audit = audit
 
     @EDGE.rpc
     def RegisterPlugin(
@@ -94,12 +99,14 @@ class PluginServicer(plugins_pb2_grpc.PluginServiceServicer):
         return plugins_pb2.ListPluginsResponse(plugins=[plugin_to_proto(p) for p in self.registry.list(request.name)])
 
     @EDGE.rpc
-    def Execute(
-        self, request: plugins_pb2.ExecuteRequest, context: grpc.ServicerContext
+    async def Execute(
+        self, request: plugins_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> plugins_pb2.ExecuteResponse:
-        result, version = self.registry.execute(
-            caller_id(), request.name, request.version, request.function, request.input_json.encode()
-        )
+        # The sandbox runs in a thread (a plugin may take its whole deadline); its record is made durable here.
+        result, version = await self.audit.run_audited(
+            self.registry.execute, caller_id(), request.name, request.version, request.function,
+            request.input_json.encode(),
+        )  # fmt: skip
         return plugins_pb2.ExecuteResponse(
             output_json=result.output_json,
             fuel_consumed=result.fuel_consumed,
