@@ -114,10 +114,20 @@ def format_time(moment: datetime) -> str:
     """`YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC; the moment must carry a time zone."""
     if moment.tzinfo is None:
         raise ValueError("time has no time zone")
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime's %Y does not pad to four digits; keep its spelling there
+        return utc.strftime(TIME_FORMAT)
+    # isoformat is C and several times cheaper than strftime; the same text for four-digit years.
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:
+    if len(text) == 27 and text[-1] == "Z" and text[10] == "T" and text[19] == "." and text[20:26].isdigit():
+        # The canonical spelling (every stored and emitted time): fromisoformat is C, strptime is not.
+        try:
+            return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
+        except ValueError:
+            pass  # strptime below names the problem as before
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 

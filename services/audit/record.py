@@ -161,10 +161,19 @@ def _text(name: str, value: Any, event_id: str, *, limit: int, required: bool = 
     return value
 
 
+# (field, value) pairs already found valid: a process emits a few dozen services, actions and outcomes,
+# so each is checked once, not on every event.
+_VALID_NAMES: set[tuple[str, str]] = set()
+
+
 def _match(name: str, value: Any, pattern: re.Pattern[str], event_id: str, what: str) -> str:
+    if type(value) is str and (name, value) in _VALID_NAMES:
+        return value
     text = _text(name, value, event_id, limit=256, required=True)
     if not pattern.match(text):
         raise InvalidEvent(name, f"{text!r} is not {what}", event_id)
+    if len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add((name, text))
     return text
 
 
