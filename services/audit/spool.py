@@ -523,6 +523,11 @@ class SpoolEmitter:
         """Nothing spooled waits for audit."""
         return self.files.empty()
 
+    @property
+    def reaching_audit(self) -> bool:
+        """Whether audit answered the last attempt and nothing waits in the spool: emits go straight to it."""
+        return self._sink_healthy and self.files.empty()
+
     def pending(self) -> int:
         """Events spooled but not yet acknowledged by audit."""
         return self.files.count_unshipped()

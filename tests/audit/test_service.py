@@ -3,6 +3,7 @@ bad input, an audit outage seen from an emitter, and the `ztmesh audit verify` c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -28,7 +29,9 @@ from ztmesh.audit.servicer import event_to_proto
 from ztmesh.audit.signing import load_public_keys
 from ztmesh.audit.spool import SpoolEmitter, SpoolSettings
 from ztmesh.mesh.auditing import AuditEvent
+from ztmesh.mesh.loop import run_on_loop
 from ztmesh.mesh.server import MeshServer
+from ztmesh.mesh.tls import aio_secure_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,6 +189,62 @@ def test_events_emitted_while_audit_is_stopped_are_stored_once_after_restart(
     assert emitter.pending() == 30
     with audit_service(pki, backend, tmp_path, port=port) as server:
         assert emitter.flush(timeout=60)
+        emitter.close()
+        operator = server.stub(pki, "client")
+        stored = [r.event.event_id for reply in operator.Query(audit_pb2.QueryRequest(page_size=100), timeout=10)
+                  for r in reply.records]  # fmt: skip
+        assert sorted(stored) == sorted(emitted)
+        assert operator.Verify(audit_pb2.VerifyRequest(), timeout=10).ok
+
+
+class CountingLoopSink(GrpcAuditSink):
+    """The real gRPC sink, counting the Appends sent from the loop (how many groups were committed)."""
+
+    def __init__(self, pki, port: int) -> None:
+        self._aio: list[grpc.aio.Channel] = []
+        super().__init__(pki.channel("policy", port), timeout=2, aio_channel=self.loop_channel)
+        self.loop_appends: list[int] = []
+        self._pki, self._port = pki, port
+
+    def loop_channel(self) -> grpc.aio.Channel:
+        if not self._aio:  # made on the loop that uses it
+            self._aio.append(aio_secure_channel(f"localhost:{self._port}", self._pki.files("policy")))
+        return self._aio[0]
+
+    async def append_async(self, events, timeout=None):  # type: ignore[no-untyped-def]
+        self.loop_appends.append(len(events))
+        return await super().append_async(events, timeout)
+
+
+def test_events_emitted_on_the_loop_are_grouped_spooled_while_audit_is_away_and_stored_once(
+    pki, backend: Backend, tmp_path: Path
+) -> None:
+    if backend.kind == "sqlite":
+        backend.dsn = str(tmp_path / "audit" / "audit.db")
+    port = free_port()
+    sink = CountingLoopSink(pki, port)
+    emitter = SpoolEmitter(sink, SpoolSettings(tmp_path / "spool", retry_initial=0.05, retry_max=0.5))
+
+    async def emit_all(count: int, tag: str) -> list[str]:
+        batch = [
+            AuditEvent(service="policy", action="decide", outcome="DENY", subject=f"{tag}{i}") for i in range(count)
+        ]
+        await asyncio.gather(*(emitter.emit_async(event) for event in batch))
+        return [event.event_id for event in batch]
+
+    # Audit is not running: every emit returns once its event is in the spool (one group, one fsync).
+    emitted = run_on_loop(emit_all(20, "away"))
+    assert emitter.pending() == 20
+    with audit_service(pki, backend, tmp_path, port=port) as server:
+        assert emitter.flush(timeout=60)
+        deadline = time.monotonic() + 10
+        while not emitter.reaching_audit:  # the shipper found nothing left and says audit answers again
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        run_on_loop(asyncio.wait_for(sink.loop_channel().channel_ready(), 10))  # reconnected after the outage
+        sink.loop_appends.clear()
+        emitted += run_on_loop(emit_all(30, "up"))  # straight to audit: 30 concurrent events, one Append
+        assert sink.loop_appends == [30] and emitter.pending() == 0
         emitter.close()
         operator = server.stub(pki, "client")
         stored = [r.event.event_id for reply in operator.Query(audit_pb2.QueryRequest(page_size=100), timeout=10)
