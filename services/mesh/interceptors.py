@@ -7,7 +7,8 @@ undecodable request bytes INVALID_ARGUMENT, and an error no servicer mapped INTE
 
 Handlers are `async def` (run on the event loop: the hot RPCs) or plain functions and generators,
 which block (stores, wasmtime) and run in the server's thread pool with a synchronous context; the
-admission, metrics and access log of both run here, on the loop.
+admission, metrics and access log of both run here, on the loop. Each handler is wrapped once, when it
+is registered on the `AdmittingServer`, not by grpc.aio's per-call interceptor chain.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeAlias
 
 import grpc
 from grpc._cython import cygrpc
+from grpc.aio import _server as _aio_server
 
 from ztmesh.mesh.edge import Undecodable, caller_var, current_caller, lenient_deserializer
 from ztmesh.mesh.errors import PeerIdentityError
@@ -32,7 +34,7 @@ from ztmesh.mesh.metrics import LATENCY, REQUESTS
 from ztmesh.mesh.spiffe import Authorizer
 from ztmesh.mesh.tls import KeyExchangeGuard, peer_identity
 
-__all__ = ["MeshInterceptor", "MethodRules", "current_caller"]
+__all__ = ["AdmittingServer", "MeshInterceptor", "MethodRules", "current_caller"]
 log = logging.getLogger("ztmesh.access")
 _DONE = object()
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -57,30 +59,21 @@ def sync_context(context: Context) -> grpc.ServicerContext:
     return cygrpc._SyncServicerContext(context)  # type: ignore[no-any-return]
 
 
-class MeshInterceptor(grpc.aio.ServerInterceptor):
+class MeshInterceptor:
+    """Wraps each method handler once, when it is registered (`AdmittingServer`), rather than through
+    grpc.aio's per-call interceptor chain: that chain costs a coroutine and a lookup on every call."""
+
     def __init__(self, service: str, rules: MethodRules, pool: Executor, guard: KeyExchangeGuard | None = None) -> None:
         self.service = service
         self.rules = rules
         self._pool = pool
         self._guard = guard  # ZTMESH_TLS_REQUIRE_PQ: after authorization, so its refusals are counted too
-        # A method's handler is wrapped once; the generic handlers hand back the same object each call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}  # labelled metric children, made once
+        self._latency: dict[str, Any] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` of the full method name `method`, admitted, counted and logged here."""
+        return self._wrap(handler, method)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         authorizer = self.rules.authorizer(method)
@@ -108,7 +101,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             if key == "x-request-id":
                 request_id = str(value)[:128]
                 break
-        request_id_var.set(request_id or uuid.uuid4().hex)
+        request_id_var.set(request_id or os.urandom(16).hex())
         caller_var.set(None)
         try:
             caller = peer_identity(context)
@@ -140,9 +133,13 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         if code is None:
             code = grpc.StatusCode.UNKNOWN if failed is not None else grpc.StatusCode.OK
         elapsed = time.perf_counter() - started
-        name = method.rsplit("/", 1)[-1]
-        REQUESTS.labels(self.service, name, code.name).inc()
-        LATENCY.labels(self.service, name).observe(elapsed)
+        counter = self._requests.get((method, code))
+        if counter is None:
+            name = method.rsplit("/", 1)[-1]
+            counter = self._requests[method, code] = REQUESTS.labels(self.service, name, code.name)
+            self._latency.setdefault(method, LATENCY.labels(self.service, name))
+        counter.inc()
+        self._latency[method].observe(elapsed)
         if code is not grpc.StatusCode.OK:
             log.info(
                 "rpc %s %s",
@@ -249,3 +246,40 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     return lenient_deserializer(deserializer) if deserializer is not None else None
+
+
+class _AdmittingHandlers(grpc.GenericRpcHandler):
+    """A servicer's generic handler whose method handlers come out wrapped by the mesh interceptor."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptor: MeshInterceptor) -> None:
+        self._inner = inner
+        self._interceptor = interceptor
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, self._interceptor.wrap(handler, method))
+        return known[1]
+
+
+class AdmittingServer(_aio_server.Server):
+    """grpc.aio's server, with every handler registered on it wrapped by the mesh interceptor."""
+
+    def __init__(self, interceptor: MeshInterceptor, pool: Executor, options: Sequence[tuple[str, Any]]) -> None:
+        super().__init__(pool, (), (), options, None, None)
+        self._interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        super().add_generic_rpc_handlers([_AdmittingHandlers(h, self._interceptor) for h in generic_rpc_handlers])
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        wrapped = {
+            name: self._interceptor.wrap(handler, f"/{service_name}/{name}")
+            for name, handler in method_handlers.items()
+        }
+        super().add_registered_method_handlers(service_name, wrapped)

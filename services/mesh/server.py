@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import FatalMisconfiguration
-from ztmesh.mesh.interceptors import MeshInterceptor, MethodRules
+from ztmesh.mesh.interceptors import AdmittingServer, MeshInterceptor, MethodRules
 from ztmesh.mesh.loop import run_on_loop
 from ztmesh.mesh.metrics import serve_metrics
 from ztmesh.mesh.spiffe import Authorizer, authorize_member_of
@@ -94,9 +94,7 @@ class MeshServer:
 
     async def _start(self) -> None:
         s = self.settings
-        server = self.server = grpc.aio.server(
-            migration_thread_pool=self.pool, interceptors=[self._interceptor], options=[("grpc.so_reuseport", 1)]
-        )
+        server = self.server = AdmittingServer(self._interceptor, self.pool, [("grpc.so_reuseport", 1)])
         health = self.health = HealthServicer()
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
