@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import free_port, server_process
+from bench.harness import audit_service, free_port, record, server_process
 from tests.support.gateway import Gateway, http_filters, run_gateway, trust_token_keys
 from tests.support.servers import EnvoyServer, find_envoy, start_envoy
 from tests.support.tokens import TokenIssuer, clinician
@@ -281,20 +281,21 @@ def main() -> int:
         try:
             with gateway(free_port(), without_ext_authz) as gw:
                 measure("(a) Envoy, no ext_authz (ceiling)", gw)
-            # No audit service runs: decisions go to each process's local spool (durable, as always).
+            # Every decision is stored by the audit service before Envoy gets its answer, as in production.
             ztmesh_env = {**POLICY_PATHS, "ZTMESH_PROCESSES": "2", "ZTMESH_LOG_LEVEL": "ERROR"}
-            for name, cache in (
-                ("(b) Envoy -> ztmesh, decision cache off", "false"),
-                ("(c) Envoy -> ztmesh, decision cache warm", "true"),
-            ):
-                port = free_port()
-                data = str(base / f"data-{cache}")
-                with server_process(
-                    ["ztmesh.cli", "serve", "policy"], certs, port, **ztmesh_env, ZTMESH_DATA_DIR=data,
-                    ZTMESH_DECISION_CACHE=cache,
-                ):  # fmt: skip
-                    with gateway(port) as gw:
-                        measure(name, gw)
+            with audit_service(certs) as to_audit:
+                for name, cache in (
+                    ("(b) Envoy -> ztmesh, decision cache off", "false"),
+                    ("(c) Envoy -> ztmesh, decision cache warm", "true"),
+                ):
+                    port = free_port()
+                    data = str(base / f"data-{cache}")
+                    with server_process(
+                        ["ztmesh.cli", "serve", "policy"], certs, port, **ztmesh_env, **to_audit, ZTMESH_DATA_DIR=data,
+                        ZTMESH_DECISION_CACHE=cache,
+                    ):  # fmt: skip
+                        with gateway(port) as gw:
+                            measure(name, gw)
             if opa_binary is not None:
                 port = free_port()
                 with opa_envoy_server(opa_binary, certs, port), gateway(port) as gw:
@@ -309,7 +310,15 @@ def main() -> int:
         print(row(result, ceiling, opa))
     print("   trust score the upstream saw: " + ", ".join(f"{n[:3]} {s or '-'}" for n, s in scores.items()))
     print(f"   {sum(r.requests for r in results)} requests; every set-up must answer 200 from the upstream (non-2xx 0)")
+    off = next((r for r in results if r.name.startswith("(b)")), None)
+    warm = next((r for r in results if r.name.startswith("(c)")), None)
+    if warm is not None:
+        record("envoy_warm_ceiling", warm.rps / ceiling.rps)
     if opa is not None:
+        for key, result in (("off", off), ("warm", warm)):
+            if result is not None:
+                record(f"envoy_{key}_opa", result.rps / opa.rps)
+                record(f"envoy_{key}_opa_p99", result.p99_ms / opa.p99_ms)
         for result in results[1:3]:
             verdict = "meets" if result.rps >= opa.rps and result.p99_ms <= opa.p99_ms else "does not meet"
             print(f"   target: {result.name[:3]} {verdict} the OPA-Envoy throughput and p99")

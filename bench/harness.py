@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -150,3 +151,29 @@ def server_process(
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def audit_service(cert_dir: Path) -> Iterator[dict[str, str]]:
+    """An audit service (embedded SQLite) for the services a bench starts, as the settings that point
+    them at it: each of their records is then stored by audit, as in production, instead of being
+    spooled to disk with a warning per retry while the measurement runs."""
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="ztmesh-bench-audit-") as data_dir,
+        server_process(["ztmesh.cli", "serve", "audit"], cert_dir, port, ZTMESH_DATA_DIR=data_dir,
+                       ZTMESH_LOG_LEVEL="ERROR"),
+    ):  # fmt: skip
+        yield {"ZTMESH_AUDIT_ADDR": f"localhost:{port}"}
+
+
+RESULTS_ENV = "ZTMESH_BENCH_RESULTS"
+
+
+def record(measure: str, value: float) -> None:
+    """Report one measured value for the target table `make bench` prints at the end (bench/targets.py);
+    a bench run on its own just prints its rows."""
+    path = os.environ.get(RESULTS_ENV)
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"measure": measure, "value": value}) + "\n")

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import Result, dev_pki, free_port, measure_grpc, measure_inprocess, server_process
+from bench.harness import (
+    Result,
+    audit_service,
+    dev_pki,
+    free_port,
+    measure_grpc,
+    measure_inprocess,
+    record,
+    server_process,
+)
 from ztmesh._proto.keys.v1 import keys_pb2, keys_pb2_grpc
 from ztmesh.keys.algorithms import OpenSslProvider, Purpose
 from ztmesh.keys.kek import Kek
@@ -87,7 +96,10 @@ def main() -> None:
         port = free_port()
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
         env = {"ZTMESH_KEK": Kek.generate().to_base64(), "ZTMESH_DATA_DIR": str(Path(work) / "svc")}
-        with server_process(["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env):
+        with (
+            audit_service(certs) as to_audit,
+            server_process(["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env, **to_audit),
+        ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca, key, cert)) as channel:
                 stub = keys_pb2_grpc.KeyServiceStub(channel)
@@ -103,6 +115,8 @@ def main() -> None:
                     concurrency,
                 )
                 print(result.row(local_envelope), f"-> service layer costs {local_envelope.ops / result.ops:.2f}x")
+                if concurrency == 16:
+                    record("keys_cost_16", local_envelope.ops / result.ops)
             print(local_signature.row())
             for concurrency in (1, 16):
                 result = measure_grpc(

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from bench.harness import dev_pki, free_port, measure_grpc, server_process
+from bench.harness import dev_pki, free_port, measure_grpc, record, server_process
 from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
 from ztmesh.mesh.tls import TlsFiles
 
@@ -25,7 +25,10 @@ def main() -> None:
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
         with server_process(["ztmesh.mesh.echo"], certs, port):
             for concurrency in (1, 16, 64):
-                print(measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call, concurrency).row())
+                result = measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call, concurrency)
+                print(result.row())
+                if concurrency == 16:
+                    record("echo_16", result.ops)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import dev_pki, free_port, measure_grpc, measure_inprocess, server_process
+from bench.harness import audit_service, dev_pki, free_port, measure_grpc, measure_inprocess, record, server_process
 from bench.mesh_bench import echo_call
 from tests.plugins import modules
 from ztmesh._proto.plugins.v1 import plugins_pb2, plugins_pb2_grpc
@@ -77,7 +77,10 @@ def main() -> None:
             baseline = measure_grpc("bare gRPC echo c=16", f"localhost:{echo_port}", files, echo_call, 16)
         print(baseline.row())
         env = {"ZTMESH_DEV_MODE": "true", "ZTMESH_DATA_DIR": work}
-        with server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env):
+        with (
+            audit_service(certs) as to_audit,
+            server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env, **to_audit),
+        ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{plugins_port}", grpc.ssl_channel_credentials(ca, key, cert)) as ch:
                 stub = plugins_pb2_grpc.PluginServiceStub(ch)
@@ -96,6 +99,7 @@ def main() -> None:
             target = f"localhost:{plugins_port}"
             result = measure_grpc("gRPC Execute trivial c=16", target, files, execute_call("echo", "echo", "{}"), 16)
             print(result.row(baseline), f"-> {result.ops / baseline.ops:.0%} of the bare echo")
+            record("plugins_trivial_16", result.ops / baseline.ops)
             for size, payload in inputs.items():
                 result = measure_grpc(
                     f"gRPC Execute lgpd-analyzer {size // 1024} KiB c=16",

@@ -16,6 +16,9 @@ class DiscardingEmitter:
     def emit(self, event: object) -> None:
         pass
 
+    async def emit_async(self, event: object) -> None:
+        pass
+
     def close(self, flush_timeout: float = 0.0) -> None:
         pass
 
