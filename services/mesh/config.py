@@ -49,7 +49,9 @@ class MeshSettings:
     dev_mode: bool = setting(False, doc="dev mode: relaxes plugin signing; never in production")
     log_level: str = setting("INFO", doc="log level", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     grace_period: float = setting(10.0, doc="seconds in-flight calls get to finish on SIGTERM", check=positive)
-    max_workers: int = setting(16, doc="gRPC handler threads per server process", check=positive)
+    max_workers: int = setting(
+        16, doc="threads per server process for blocking handlers (the hot RPCs run on its event loop)", check=positive
+    )
     processes: int = setting(
         1, doc="server processes sharing the gRPC port (SO_REUSEPORT); use one per core for throughput", check=positive
     )
