@@ -10,6 +10,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,7 +209,14 @@ class SqliteKeyStore(_SqlKeyStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(50):  # ZTMESH_PROCESSES > 1 open the file at once; switching to WAL skips the busy wait
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
         self._conn.execute("PRAGMA secure_delete=ON")  # erased material is overwritten in the file
         self._lock = threading.RLock()
         self._conn.executescript(_SCHEMA.format(blob="BLOB"))
