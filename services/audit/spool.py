@@ -6,9 +6,8 @@ with no commit in progress becomes the leader and commits everything queued so f
 the next in line leads the following group. A group goes straight into audit when the spool is empty
 and audit answers within a short per-attempt deadline, otherwise it is appended to a local append-only
 spool file and fsync'd. (A committer thread would cost two thread wake-ups per event; this costs one per
-follower and none alone.) Handlers on the serving loop use `emit_async`: the same group commit as a task
-on the loop, sending over an asyncio channel with no thread hand-off while audit answers; only a group that
-has to be spooled (an fsync) goes to a thread, through the same leader as the blocking callers.
+follower and none alone.) Handlers on the serving loop use `emit_async`: the same group commit, on the
+loop (ztmesh.audit.spool_loop).
 
 A shipper thread sends spooled events in order, in batches no larger than audit takes, retrying about
 once a second, and persists its position only after audit acknowledged them. After a crash the spool is
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 from ztmesh.audit.errors import BatchRefused, EventRejected, InvalidEvent, SpoolError, SpoolFull, SpoolLocked
 from ztmesh.audit.record import DEFAULT_LIMITS, EventV1, Limits, from_emitted
+from ztmesh.audit.spool_loop import LoopGroupCommit
 from ztmesh.audit.spool_metrics import SpoolMetrics
 from ztmesh.audit.spool_slots import SlotAdopter
 from ztmesh.audit.spoolfile import Damage, Position, SpoolFiles
@@ -49,12 +49,6 @@ class AuditSink(Protocol):
     "maybe not stored, try again" (the batch is idempotent by event id)."""
 
     def append(self, events: Sequence[EventV1], timeout: float | None = None) -> Sequence[Any]: ...
-
-
-class AsyncAuditSink(AuditSink, Protocol):
-    """An `AuditSink` that can also send from the serving loop, with the same meaning of each error."""
-
-    async def append_async(self, events: Sequence[EventV1], timeout: float | None = None) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -120,9 +114,8 @@ class SpoolEmitter:
         self._queue: list[_Pending] = []
         self._committing = False  # a leader is committing a group
         self._spooling = threading.Lock()  # one group at a time into the spool file
-        # The loop's own group commit (emit_async): waiting events and whether a commit task runs.
-        self._loop_queue: list[tuple[_Pending, asyncio.Future[None]]] = []
-        self._loop_committing = False
+        # The loop's own group commit (emit_async), when the sink can send from the loop.
+        self._loop_commit = LoopGroupCommit(self, sink) if getattr(sink, "append_async", None) is not None else None
         self._stopping = threading.Event()
         self._sink_healthy = True
         self._batch_max = settings.batch_max
@@ -160,58 +153,10 @@ class SpoolEmitter:
     async def emit_event_async(self, event: EventV1) -> None:
         if self._stopping.is_set():
             raise SpoolError("audit spool is closed")
-        if getattr(self.sink, "append_async", None) is None:  # a blocking sink: its calls belong in a thread
+        if self._loop_commit is None:  # a blocking sink: its calls belong in a thread
             await asyncio.to_thread(self.emit_event, event)
-            return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._loop_queue.append((_Pending(event), done))
-        if not self._loop_committing:
-            self._loop_committing = True
-            loop.create_task(self._lead_on_loop())
-        await done
-
-    async def _lead_on_loop(self) -> None:
-        """Commit what queued on the loop, group after group, until nothing waits."""
-        try:
-            while self._loop_queue:
-                group, self._loop_queue = self._loop_queue, []
-                batch = [p for p, _ in group]
-                try:
-                    await self._commit_on_loop(batch)
-                except BaseException as exc:  # each waiter learns why its operation must fail
-                    for p in batch:
-                        if p.error is None:
-                            p.error = exc
-                for p, done in group:
-                    if done.done():  # its caller was cancelled: nothing to tell
-                        continue
-                    if p.error is not None:
-                        done.set_exception(p.error)
-                    else:
-                        done.set_result(None)
-        finally:
-            self._loop_committing = False
-
-    async def _commit_on_loop(self, batch: list[_Pending]) -> None:
-        if self.settings.direct and self._sink_healthy and self.files.empty():
-            sink: AsyncAuditSink = self.sink  # type: ignore[assignment]
-            plan = self._direct_plan(batch)
-            try:
-                chunk = next(plan)
-                while True:
-                    failure: Exception | None = None
-                    try:
-                        await sink.append_async([p.event for p in chunk], timeout=self.settings.direct_timeout)
-                    except Exception as exc:
-                        failure = exc
-                    chunk = plan.send(failure)
-            except StopIteration as finished:
-                batch = finished.value
-            if not batch:
-                return
-        # Audit is away (or the spool has a backlog to keep in order behind): write and fsync in a thread.
-        await asyncio.to_thread(self._spool, batch)
+        else:
+            await self._loop_commit.emit(_Pending(event))
 
     def emit_event(self, event: EventV1) -> None:
         if self._stopping.is_set():
@@ -252,16 +197,20 @@ class SpoolEmitter:
                 else:
                     self._committing = False
 
+    def goes_direct(self) -> bool:
+        """Whether a group goes straight to audit: it answered last time and no backlog is spooled."""
+        return self.settings.direct and self._sink_healthy and self.files.empty()
+
     def _commit(self, batch: list[_Pending]) -> None:
-        if self.settings.direct and self._sink_healthy and self.files.empty():
+        if self.goes_direct():
             batch = self._append_direct(batch)
             if not batch:
                 return
-        self._spool(batch)
+        self.spool(batch)
 
     def _append_direct(self, batch: list[_Pending]) -> list[_Pending]:
         """Send the group straight to audit (see `_direct_plan`); returns what is left to spool."""
-        plan = self._direct_plan(batch)
+        plan = self.direct_plan(batch)
         try:
             chunk = next(plan)
             while True:
@@ -275,7 +224,7 @@ class SpoolEmitter:
             left: list[_Pending] = finished.value
             return left
 
-    def _direct_plan(self, batch: list[_Pending]) -> Generator[list[_Pending], Exception | None, list[_Pending]]:
+    def direct_plan(self, batch: list[_Pending]) -> Generator[list[_Pending], Exception | None, list[_Pending]]:
         """What to send straight to audit, in parts it accepts, each within the short per-attempt deadline
         (a stalled audit costs an operation that much, then its event is spooled): yields each part and is
         sent how its append failed (None: stored), so the blocking and the loop's path decide alike.
@@ -308,7 +257,8 @@ class SpoolEmitter:
         self._sink_healthy = False
         self._last_error = str(exc)
 
-    def _spool(self, batch: list[_Pending]) -> None:
+    def spool(self, batch: list[_Pending]) -> None:
+        """Append the group to the spool file and fsync it (blocks; raises SpoolFull when it stays full)."""
         with self._spooling:  # a blocking leader and the loop's may both be spooling a group
             self._spool_locked(batch)
 
