@@ -27,6 +27,7 @@ if __name__ == "__main__":
             print(flush=True)
         print("== targets (issue 15): measured in this run, side by side ==")
         print(table(read_results(results)))
+        print("where the time goes, measured: docs/serving-stack.md")
     print(f"\nbench: {time.monotonic() - started:.0f} s")
     if failed:
         sys.exit(f"bench: failed: {', '.join(failed)}")
