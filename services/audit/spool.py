@@ -126,8 +126,11 @@ class SpoolEmitter:
         self._failing = False
         self.shipped = 0
         self.rejected = 0
-        self._shipper = self._start(self._ship_loop, "audit-spool-ship")
+        # Named before it starts: the shipper's first act may be to record open-time damage, whose emit
+        # looks at self._shipper (found as "no attribute '_shipper'": the damage record was lost).
+        self._shipper = threading.Thread(target=self._ship_loop, name="audit-spool-ship", daemon=True)
         self._threads = [self._shipper]
+        self._shipper.start()
         if settings.adopt:
             adopter = SlotAdopter(
                 settings.directory, self._open_sibling, settings.adopt_interval, self.metrics.adopted.inc

@@ -312,6 +312,7 @@ def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships
     segment.write_bytes(bytes(data))
     emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
     assert emitter.flush(timeout=30)
+    damage = damage_records(db)  # recorded by a thread of the shipper's: wait for it before closing
     emitter.close()
     stored = set(trail_ids(db))
     assert stored >= {e.event_id for i, e in enumerate(batch) if i != 50}  # the 49 after it shipped too
@@ -321,7 +322,6 @@ def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships
     assert quarantined[0].read_bytes() == bytes(data[start : list(_scan(bytes(data)))[51][0]])
     assert emitter.damaged == 1
     assert any("frame 50" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
-    damage = SqliteAuditStore(db).query(QueryFilter(action="audit.spool_damaged"), 0, 10)
     assert len(damage) == 1 and '"frame":50' in damage[0].event.details
 
 
@@ -343,6 +343,7 @@ def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
     segment.write_bytes(bytes(data))
     emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
     assert emitter.flush(timeout=30)
+    damage = damage_records(db)  # recorded by a thread of the shipper's: wait for it before closing
     emitter.close()
     stored = set(trail_ids(db))
     assert stored >= {e.event_id for e in batch[:9]} and batch[9].event_id not in stored
@@ -353,8 +354,24 @@ def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
     assert emitter.damaged == 1
     assert any("segment 1 frame 9 " in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     assert not any("torn" in r.getMessage() for r in caplog.records)
-    damage = SqliteAuditStore(db).query(QueryFilter(action="audit.spool_damaged"), 0, 10)
     assert len(damage) == 1 and '"frame":9' in damage[0].event.details and '"torn":false' in damage[0].event.details
+
+
+def damage_records(db: Path, timeout: float = 10.0) -> list:
+    """The trail's `audit.spool_damaged` records, once there: the shipper records damage from a thread of
+    its own, so the spool can be empty (flush returned) a moment before that record is stored."""
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    store = SqliteAuditStore(db)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            found = store.query(QueryFilter(action="audit.spool_damaged"), 0, 10)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+    finally:
+        store.close()
 
 
 def _frame(payload: bytes) -> bytes:
