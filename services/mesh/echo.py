@@ -18,6 +18,7 @@ ECHO_SERVICE = "ztmesh.echo.v1.EchoService"
 class EchoServicer(echo_pb2_grpc.EchoServiceServicer):
     async def Echo(self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext) -> echo_pb2.EchoResponse:
         if request.delay_ms:
+            await context.send_initial_metadata(())  # tells a caller the call is inside the handler now
             await asyncio.sleep(min(request.delay_ms, 60_000) / 1000)
         caller = current_caller()
         return echo_pb2.EchoResponse(message=request.message, caller_spiffe_id=str(caller) if caller else "")

@@ -5,7 +5,6 @@ the new revision serves within a bound (no restart, no manual reload)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from tests.policy.conftest import (
 )
 from tests.support.mesh import running, settings_for
 from tests.support.opa_bundles import OpaSidecar
+from tests.support.processes import wait_until
 from tests.support.servers import free_port
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
 from ztmesh.policy.app import build_app
@@ -32,15 +32,6 @@ from ztmesh.policy.watch import PolicyWatcher
 
 FIXTURES = (bundle_dir, clock, make_engine, policy_dir)  # the policy fixtures, used by name below
 APPLY_BOUND_S = 10.0  # watcher interval 0.1 s + OPA's first fetch (it polls 1-2 s before its first answer)
-
-
-def _wait_for(condition, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def _add_watermark_obligation(bundle_dir: Path) -> None:
@@ -61,7 +52,7 @@ def test_a_change_made_while_opa_is_down_serves_once_it_returns(make_engine, bun
         assert info.revision == old and "serves no bundle (unreachable" in info.last_error, info.last_error
         _add_watermark_obligation(bundle_dir)
         new = read_bundle(bundle_dir).revision
-        _wait_for(lambda: new in engine.info().last_error, 10, "the watcher tried the new bundle")
+        wait_until(lambda: new in engine.info().last_error, 10, "the watcher tried the new bundle")
         assert engine.bundles.pending == new
 
         info = engine.info()
@@ -72,7 +63,7 @@ def test_a_change_made_while_opa_is_down_serves_once_it_returns(make_engine, bun
         assert (down.outcome, down.fault) == (Outcome.DENY, Fault.ENGINE_UNAVAILABLE)
 
         opa_sidecar.start()
-        took = _wait_for(lambda: engine.bundles.current.revision == new, APPLY_BOUND_S, "the new revision serves")
+        took = wait_until(lambda: engine.bundles.current.revision == new, APPLY_BOUND_S, "the new revision serves")
     finally:
         watcher.stop()
     decision = engine.decide(confidential)
@@ -107,7 +98,7 @@ def test_a_policy_service_started_before_its_opa_sidecar_serves_once_opa_is_up(
             info = stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
             assert (info.engine, info.revision) == ("opa", "") and "unreachable" in info.last_error, info
             sidecar.start()
-            _wait_for(lambda: stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10).revision != "",
+            wait_until(lambda: stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10).revision != "",
                       APPLY_BOUND_S, "the bundle serves")  # fmt: skip
             info = stub.GetPolicyInfo(policy_pb2.GetPolicyInfoRequest(), timeout=10)
             assert (info.revision, info.last_error) == (read_bundle(policy_dir).revision, "")

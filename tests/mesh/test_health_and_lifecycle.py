@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -17,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.support.mesh import running, settings_for
+from tests.support.processes import wait_until
 from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
 from ztmesh.mesh.echo import ECHO_SERVICE, build_echo_app
 from ztmesh.mesh.spiffe import authorize_any
@@ -29,14 +29,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> int:
@@ -54,7 +46,7 @@ def test_health_is_not_serving_until_dependencies_are_ready(pki, tmp_path):
             assert health_status(channel, ECHO_SERVICE) == NOT_SERVING
             assert health_status(channel, "liveness") == SERVING
             ready.set()
-            wait_for(lambda: health_status(channel) == SERVING)
+            wait_until(lambda: health_status(channel) == SERVING, 10, "health SERVING")
             assert health_status(channel, ECHO_SERVICE) == SERVING
         # The plaintext probe listener (for kubelet) answers health and nothing else.
         with grpc.insecure_channel(f"127.0.0.1:{health_port}") as plain:
@@ -106,7 +98,7 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
             grpc.channel_ready_future(channel).result(timeout=15)
             stub = echo_pb2_grpc.EchoServiceStub(channel)
             in_flight = stub.Echo.future(echo_pb2.EchoRequest(message="slow", delay_ms=1500), timeout=15)
-            time.sleep(0.5)  # the call is now inside the handler
+            in_flight.initial_metadata()  # blocks until the handler has started (it sends metadata first)
             proc.send_signal(signal.SIGTERM)
             assert in_flight.result().message == "slow"
         assert proc.wait(timeout=15) == 0

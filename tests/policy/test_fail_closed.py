@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.policy.conftest import EventLog, physician, with_resource
+from tests.support.processes import wait_until
 from ztmesh.policy.decider import PolicyEngine
 from ztmesh.policy.model import DecisionRequest, Fault, Outcome
 
@@ -185,9 +186,11 @@ def test_opa_server_killed_mid_run_denies_with_a_reason(make_engine, opa_sidecar
 
         worker = threading.Thread(target=load)
         worker.start()
-        time.sleep(0.3)
+        wait_until(lambda: any(getattr(r, "outcome", None) is Outcome.ALLOW for r in results), 30, "an ALLOW")
         server.stop()
-        time.sleep(0.5)
+        seen = len(results)
+        wait_until(lambda: len(results) > seen + 5 and getattr(results[-1], "fault", None) is Fault.ENGINE_UNAVAILABLE,
+                   30, "DENYs for the unreachable engine")  # fmt: skip
         stop.set()
         worker.join()
     finally:

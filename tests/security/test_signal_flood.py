@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from tests.security.test_signal_reporters import physician, stub
-from tests.support.audited_policy import audited_policy, wait_until
+from tests.support.audited_policy import audited_policy
 from tests.support.own_redis import own_redis
+from tests.support.processes import wait_until
 from ztmesh._proto.policy.v1 import policy_pb2
 from ztmesh.policy.errors import SignalStoreError, SignalStoreFull
 from ztmesh.policy.signals import RedisSignalStore

@@ -105,3 +105,14 @@ def spawn(
     tail = log_tail(log)
     shutil.rmtree(directory, ignore_errors=True)
     raise ServerStartError(f"{name} exited while starting ({START_ATTEMPTS} attempts); log:\n{tail}")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> float:
+    """Poll `condition` until it holds; return the seconds it took (AssertionError naming `what` if never).
+    Tests wait for a condition, never for a fixed time."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+    return time.monotonic() - started
