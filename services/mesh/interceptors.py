@@ -157,72 +157,31 @@ class MeshInterceptor:
 
     def _wrap_async(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                await self._admit(request, context, method, authorizer)
+            async with _Accounted(self, request, context, method, authorizer):
                 return await behavior(request, context)
-            except Exception as exc:
-                failed = exc
-                await self._internal(context, method, exc)
-                raise
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                self._finish(context, method, started, failed)
 
         return wrapped
 
     def _wrap_blocking(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                await self._admit(request, context, method, authorizer)
-                run: Callable[..., Any] = (
-                    contextvars.copy_context().run
-                )  # the pool thread sees this call's caller and request id
+            async with _Accounted(self, request, context, method, authorizer):
+                run: Callable[..., Any] = contextvars.copy_context().run  # the pool thread sees this call's caller
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._pool, run, behavior, request, sync_context(context))
-            except Exception as exc:
-                failed = exc
-                await self._internal(context, method, exc)
-                raise
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                self._finish(context, method, started, failed)
 
         return wrapped
 
     def _wrap_async_stream(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                await self._admit(request, context, method, authorizer)
+            async with _Accounted(self, request, context, method, authorizer):
                 async for item in behavior(request, context):
                     yield item
-            except Exception as exc:
-                failed = exc
-                await self._internal(context, method, exc)
-                raise
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                self._finish(context, method, started, failed)
 
         return wrapped
 
     def _wrap_blocking_stream(self, behavior: Callable[..., Any], method: str, authorizer: Authorizer | None) -> Any:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            failed: BaseException | None = None
-            try:
-                await self._admit(request, context, method, authorizer)
+            async with _Accounted(self, request, context, method, authorizer):
                 run: Callable[..., Any] = contextvars.copy_context().run
                 loop = asyncio.get_running_loop()
                 items = await loop.run_in_executor(self._pool, run, behavior, request, sync_context(context))
@@ -231,17 +190,38 @@ class MeshInterceptor:
                     if item is _DONE:
                         break
                     yield item
-            except Exception as exc:
-                failed = exc
-                await self._internal(context, method, exc)
-                raise
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                self._finish(context, method, started, failed)
 
         return wrapped
+
+
+class _Accounted:
+    """One call's admission and bookkeeping around its handler, whatever kind of handler: admit (request
+    id, caller, rule), then on the way out an unmapped error becomes INTERNAL and the call is counted
+    and logged. A class rather than a generator-based context manager: it is on every call's path."""
+
+    __slots__ = ("interceptor", "request", "context", "method", "authorizer", "started")
+
+    def __init__(
+        self, interceptor: MeshInterceptor, request: Any, context: Context, method: str, authorizer: Authorizer | None
+    ) -> None:
+        self.interceptor, self.request, self.context = interceptor, request, context
+        self.method, self.authorizer = method, authorizer
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        try:
+            await self.interceptor._admit(self.request, self.context, self.method, self.authorizer)
+        except BaseException as exc:  # refused: counted and logged like any other outcome
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        try:
+            if isinstance(exc, Exception):
+                await self.interceptor._internal(self.context, self.method, exc)
+        finally:
+            self.interceptor._finish(self.context, self.method, self.started, exc)
+        return False
 
 
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
