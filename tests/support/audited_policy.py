@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.mesh import Pki, running, settings_for
+from tests.support.service_mesh import environment
 from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
 from ztmesh.audit.app import build_app as build_audit_app
 from ztmesh.mesh.server import MeshServer
@@ -54,20 +54,6 @@ def details(record: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def audited_policy(pki: Pki, data_dir: Path, policy_env: Mapping[str, str], **mesh: Any) -> Iterator[AuditedPolicy]:
     """Audit, then policy pointed at it; `policy_env` are the policy's ZTMESH_* settings, `mesh` its
     MeshSettings overrides (e.g. redis_url)."""
@@ -76,7 +62,7 @@ def audited_policy(pki: Pki, data_dir: Path, policy_env: Mapping[str, str], **me
         # Dev mode: the shipped pack is not signed, and bundle signing is not what these tests are about.
         options = {"audit_addr": f"localhost:{audit.port}", "dev_mode": True, **mesh}
         settings = settings_for(pki, data_dir / "policy", **options)
-        with _environment({**POLICY_FILES, "ZTMESH_REGO_ENGINE": "embedded", **policy_env}):
+        with environment({**POLICY_FILES, "ZTMESH_REGO_ENGINE": "embedded", **policy_env}):
             app = build_policy_app(settings)
         with running(app, settings) as policy:
             yield AuditedPolicy(pki, policy, audit)
