@@ -208,16 +208,21 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=30)
 
+    def request(self, n: int) -> tuple[policy_pb2.DecideRequest, bool]:
+        """The n-th request and whether it must be allowed: alternately allowed and denied."""
+        expect_allow = n % 2 == 0
+        return _request(expect_allow, n), expect_allow
+
     def _run(self, client: int) -> None:
         n = client
         channel = self.pki.channel("client", self.policy.port)
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         try:
             while not self._stop.is_set():
-                expect_allow = n % 2 == 0
+                request, expect_allow = self.request(n)
                 started = time.monotonic()
                 try:
-                    reply = stub.Decide(_request(expect_allow, n), timeout=self.timeout)
+                    reply = stub.Decide(request, timeout=self.timeout)
                     answer = Answer(time.monotonic(), time.monotonic() - started, expect_allow, reply.decision_id,
                                     policy_pb2.Decision.Name(reply.decision).removeprefix("DECISION_"),
                                     policy_pb2.Fault.Name(reply.fault))  # fmt: skip

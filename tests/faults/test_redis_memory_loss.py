@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import grpc
 import psycopg
 import pytest
 
-from tests.faults.support import Answer, FaultMesh, Load, assert_nothing_lost, spool_frames, tally, wait_for
+from tests.faults.support import FaultMesh, Load, assert_nothing_lost, spool_frames, tally, wait_for
 from tests.security.test_signal_reporters import physician
 from tests.support.own_redis import own_redis
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
@@ -32,27 +31,8 @@ def _patient_record(n: int) -> policy_pb2.DecideRequest:
 class FlaggedLoad(Load):
     """The steady load of tests/faults, asking only about flagged subjects: every answer must be DENY."""
 
-    def _run(self, client: int) -> None:
-        n = client
-        channel = self.pki.channel("client", self.policy.port)
-        stub = policy_pb2_grpc.PolicyServiceStub(channel)
-        try:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    reply = stub.Decide(_patient_record(n), timeout=self.timeout)
-                    answer = Answer(time.monotonic(), time.monotonic() - started, False, reply.decision_id,
-                                    policy_pb2.Decision.Name(reply.decision).removeprefix("DECISION_"),
-                                    policy_pb2.Fault.Name(reply.fault))  # fmt: skip
-                except grpc.RpcError as err:
-                    answer = Answer(time.monotonic(), time.monotonic() - started, False,
-                                    error=f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]  # fmt: skip
-                with self._lock:
-                    self.answers.append(answer)
-                n += self.clients
-                self._stop.wait(self.pause)
-        finally:
-            channel.close()
+    def request(self, n: int) -> tuple[policy_pb2.DecideRequest, bool]:
+        return _patient_record(n), False
 
 
 def _signals_in_trail(database_url: str) -> int:
