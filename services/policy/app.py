@@ -17,7 +17,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from ztmesh._proto.policy.v1 import policy_pb2_grpc
-from ztmesh.audit.client import audit_emitter
+from ztmesh.audit.client import audit_emitter, spool_root
 from ztmesh.mesh.auditing import AuditEmitter
 from ztmesh.mesh.config import MeshSettings
 from ztmesh.mesh.errors import SettingsError, SpiffeIdError
@@ -163,7 +163,7 @@ def build_app(settings: MeshSettings) -> ServiceApp:
     notifier = RedisReloadNotifier(settings.redis_url) if settings.redis_url else None
     # A shared store that lost its memory is restored from the audit trail; the in-process one
     # lives and dies with this process.
-    spool = audit.settings.directory.parent  # every policy slot (k8s: every replica's), for unshipped signals
+    spool = spool_root(settings, "policy")  # every policy slot (k8s: every replica's), for unshipped signals
     source = AuditSignalSource(peers.channel("audit"), spool_dir=spool) if settings.redis_url else None
     monitor = SignalStoreMonitor(
         engine.signals, source, lambda: engine.scorer.model.config.behaviour.half_lives, policy.signal_max_clock_skew
