@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import random
 import statistics
 import sys
@@ -59,7 +58,8 @@ def append_requests(count: int) -> list:
 
     from ztmesh._proto.audit.v1 import audit_pb2
 
-    details = json.dumps(raw_event(0)["details"])
+    # What emitters send: details they sanitized and encoded as canonical JSON (SpoolEmitter, from_emitted).
+    details = make_event(**raw_event(0)).details
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     requests = []

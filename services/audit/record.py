@@ -17,7 +17,7 @@ from typing import Any
 
 from ztmesh.audit import canonical
 from ztmesh.audit.errors import InvalidEvent
-from ztmesh.audit.sanitize import sanitize
+from ztmesh.audit.sanitize import sanitize, unchanged
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = bytes(32)
@@ -252,12 +252,15 @@ def make_event(
     earlier sanitization (the emitter's) already removed. Raises InvalidEvent naming the field."""
     eid = normalize_event_id(event_id)
     when = normalize_time(time, eid)
-    if details is None:
-        details = {}
-    if isinstance(details, str | bytes):
-        details = parse_details(details, eid, limits.max_details_bytes)
-    clean = sanitize(details, eid)
-    details_text = canonical.dumps(clean.details, plain=clean.plain)
+    if type(details) is str and len(details) <= limits.max_details_bytes and unchanged(details):
+        details_text, found = details, ()  # what the walk below would make of it, found without it
+    else:
+        if details is None:
+            details = {}
+        if isinstance(details, str | bytes):
+            details = parse_details(details, eid, limits.max_details_bytes)
+        clean = sanitize(details, eid)
+        details_text, found = canonical.dumps(clean.details, plain=clean.plain), clean.masked
     size = len(details_text.encode())
     if size > limits.max_details_bytes:
         raise InvalidEvent("details", f"is {size} bytes as canonical JSON; at most {limits.max_details_bytes}", eid)
@@ -279,7 +282,7 @@ def make_event(
         subject=_text("subject", subject, eid, limit=limits.max_text_chars),
         resource=_text("resource", resource, eid, limit=limits.max_text_chars),
         details=details_text,
-        masked=tuple(sorted(set(clean.masked) | {p for p in earlier if p})),
+        masked=tuple(sorted(set(found) | {p for p in earlier if p})),
         decision_id=_text("decision_id", decision_id, eid, limit=limits.max_id_chars),
         trace_id=_text("trace_id", trace_id, eid, limit=limits.max_id_chars),
     )

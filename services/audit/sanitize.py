@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ztmesh.audit.canonical import MAX_SAFE_INTEGER, plain_float
 from ztmesh.audit.errors import InvalidEvent
 
@@ -49,6 +51,12 @@ _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?:%[\w.-]+)?(?![\w:]|\.\d)"
 )
 _MAYBE_IP = re.compile(r"\d\.\d|:.*:")
+# For `unchanged`: the secret-value test over many strings at once, one per line.
+_SECRET_VALUE_LINES = re.compile(_SECRET_VALUE.pattern, re.IGNORECASE | re.MULTILINE)
+# Outside strings, numbers whose JCS spelling is not the one both CPython and orjson write: an exponent,
+# an integral float (JCS writes 2.0 as 2), a float below 1e-4 (CPython: 1e-05, orjson: 0.00001) or an
+# integer of 16+ digits (beyond 2^53-1 it is refused).
+_NOT_PLAIN_NUMBER = re.compile(r"\d[eE]|\.0(?!\d)|\.0000|\d{16}")
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,46 @@ class _Walk:
             if clean is not _ERASED:
                 out[key] = clean
         return out
+
+
+def unchanged(text: str) -> bool:
+    """Whether `sanitize` would keep the JSON object `text` as it is: already canonical JSON, nothing
+    to mask, nothing to refuse. Only says yes when sure (False: the walk decides, and may find nothing
+    either). This is the Append path's common case - emitters send details they sanitized - decided
+    with C-speed steps over the text instead of a Python walk over every value: the text is canonical
+    when orjson's sorted re-encoding is the text itself (and, for the numbers let through, CPython's
+    C encoder - what the walk's result is stored with - writes the same)."""
+    if not text.isascii() or "\\" in text:
+        return False  # escapes (surrogates, control characters) and UTF-16 key order: the walk
+    parts = text.split('"')  # no escapes: even parts are outside strings, odd parts are strings
+    outside = "".join(parts[0::2])
+    if _NOT_PLAIN_NUMBER.search(outside) or outside.count("{") + outside.count("[") >= MAX_DEPTH:
+        return False
+    try:
+        parsed = orjson.loads(text)  # strict RFC 8259: no NaN or Infinity
+        if type(parsed) is not dict or orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS) != text.encode():
+            return False  # not canonical: duplicate keys, key order, spacing, number spelling
+    except orjson.JSONDecodeError:
+        return False
+    values = []
+    for i in range(1, len(parts), 2):
+        if parts[i + 1][:1] == ":":  # canonical JSON: a key is followed by its colon, a value is not
+            if is_secret_key(parts[i]):
+                return False
+        else:
+            values.append(parts[i])
+    lines = "\n".join(values)  # JSON strings hold no raw newline
+    if _SECRET_VALUE_LINES.search(lines):
+        return False
+    return not _MAYBE_IP.search(lines) or all(_masks_nothing(v) for v in values if _MAYBE_IP.search(v))
+
+
+def _masks_nothing(text: str) -> bool:
+    """mask_ips(text) == text, without building the masked text for the common IPv4 case: every
+    address already ends in .0 (an emitter masked it) or is not an address (an octet above 255)."""
+    if ":" in text:
+        return mask_ips(text) == text
+    return all(m.group(4) == "0" or any(int(o) > 255 for o in m.groups()) for m in _IPV4.finditer(text))
 
 
 def sanitize(details: dict[str, Any], event_id: str = "") -> Sanitized:

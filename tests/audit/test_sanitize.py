@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import random
+
 import pytest
 
-from ztmesh.audit.sanitize import is_secret_key, mask_ips, sanitize
+from ztmesh.audit import canonical
+from ztmesh.audit.errors import InvalidEvent
+from ztmesh.audit.record import parse_details
+from ztmesh.audit.sanitize import is_secret_key, mask_ips, sanitize, unchanged
 
 CASES = [
     # (name, details in, details out, masked paths)
@@ -69,3 +76,83 @@ def test_ordinary_key_names(key: str) -> None:
 def test_mask_ips_is_idempotent() -> None:
     text = "a 10.1.2.3 b [2001:db8:5:6::1]:80 c"
     assert mask_ips(mask_ips(text)) == mask_ips(text) == "a 10.1.2.0 b [2001:db8:5::]:80 c"
+
+
+# --- the text fast path (`unchanged`) must never disagree with the walk --------------------------------------
+
+_KEYS = ["a", "score", "client_ip", "password", "api_key", "key_id", ":password", "a b", "é", "x\u2028", "token_type",
+         "Authorization", "nested", "z", "A", "_", "0"]  # fmt: skip
+_STRINGS = ["", "ok", "10.1.2.3", "10.1.2.0", "999.1.2.3", "1.2.3.4.5", "2001:db8::1", "12:34:56", "Bearer x",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123", "a\"b", "back\\slash", "tab\there", "line\nbreak", "é",
+            "\u0000", "-----BEGIN RSA PRIVATE KEY-----", "  basic abc", ":", "\ud800"]  # fmt: skip
+_NUMBERS = [0, 1, -1, 2**53 - 1, 2**53, -(2**53), 10**16, 0.5, 2.0, -0.0, 1e-5, 1e-4, 0.00012, 1e16, 1e21, 123.456,
+            0.1 + 0.2, 78.5, float("nan"), float("inf")]  # fmt: skip
+
+
+def _random_value(rng: random.Random, depth: int) -> object:
+    roll = rng.random()
+    if depth < 40 and roll < 0.15:
+        return _random_object(rng, depth + 1)
+    if depth < 40 and roll < 0.25:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if roll < 0.6:
+        return rng.choice(_STRINGS)
+    if roll < 0.9:
+        return rng.choice(_NUMBERS)
+    return rng.choice([True, False, None])
+
+
+def _random_object(rng: random.Random, depth: int = 0) -> dict:
+    return {rng.choice(_KEYS): _random_value(rng, depth) for _ in range(rng.randrange(5))}
+
+
+def _texts(details: dict) -> list[str]:
+    """The spellings an emitter might send: canonical, CPython's own, spaced, and with a duplicate key."""
+    out = []
+    for dump in (lambda d: canonical.dumps(d), lambda d: json.dumps(d, sort_keys=True, separators=(",", ":")),
+                 lambda d: json.dumps(d), lambda d: json.dumps(d, sort_keys=True, separators=(",", ":"),
+                                                                ensure_ascii=False)):  # fmt: skip
+        with contextlib.suppress(ValueError, TypeError):  # NaN, Infinity: no such spelling
+            out.append(dump(details))
+    if out and len(out[0]) > 2:
+        out.append(out[0][:-1] + "," + out[0][1:])  # every key twice
+    return out
+
+
+def _walk_result(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """What make_event's walk makes of details `text`: canonical text and masked paths, None if refused."""
+    try:
+        clean = sanitize(parse_details(text, "e", 1 << 20), "e")
+        return canonical.dumps(clean.details, plain=clean.plain), clean.masked
+    except (InvalidEvent, ValueError):
+        return None
+
+
+def test_unchanged_agrees_with_the_walk_on_random_documents() -> None:
+    """Whenever the fast path says "nothing to do", the walk must store exactly the same text and mask
+    nothing; random documents mix secrets, IPs, numbers JCS spells differently, escapes and depth."""
+    rng = random.Random(20261201)
+    fast = 0
+    texts = [t for case in CASES for d in (case[1], case[2]) if isinstance(d, dict) for t in _texts(d)]
+    for _ in range(4000):
+        texts.extend(_texts(_random_object(rng)))
+    for text in texts:
+        if unchanged(text):
+            fast += 1
+            assert _walk_result(text) == (text, ()), text
+    assert fast > len(texts) // 10  # the fast path is taken, not dead code
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":1,":password":2}', '{"a":"x","b":{"token":"t"}}', '{"ip":"10.1.2.3"}', '{"v":"Bearer abc"}',
+    '{"n":2.0}', '{"n":1e-05}', '{"n":0.00001}', '{"n":9007199254740993}', '{"n":NaN}', '{"b":1,"a":2}',
+    '{"a":1,"a":1}', '{"a": 1}', '{"k":"\\u0000"}', '{"s":"\\ud800"}', '["not an object"]',
+    "{" * 33 + "}" * 33, '{"é":1}',
+])  # fmt: skip
+def test_unchanged_refuses_what_the_walk_would_change_or_refuse(text: str) -> None:
+    assert not unchanged(text)
+
+
+def test_details_an_emitter_sanitized_take_the_fast_path() -> None:
+    clean = sanitize({"client_ip": "10.1.2.77", "score": 78.5, "factors": {"device": 0.8}, "obligations": ["log"]})
+    assert unchanged(canonical.dumps(clean.details, plain=clean.plain))
