@@ -243,15 +243,21 @@ class SqliteAuditStore:
         return results_for(events, plan, records)
 
     def _node_reader(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+        # One indexed search per level (`level = ? AND idx IN (...)`): SQLite answers a row-value
+        # `(level, idx) IN (VALUES ...)` by scanning the whole table, which made every append and
+        # proof slower as the log grew.
+        by_level: dict[int, list[int]] = {}
+        for level, idx in ids:
+            by_level.setdefault(int(level), []).append(int(idx))
         found: dict[tuple[int, int], bytes] = {}
-        for chunk in range(0, len(ids), 400):
-            part = ids[chunk : chunk + 400]
-            rows = self._db.execute(
-                "SELECT level, idx, hash FROM audit_tree WHERE (level, idx) IN "
-                f"(VALUES {','.join(['(?, ?)'] * len(part))})",
-                [v for i in part for v in i],
-            ).fetchall()
-            found.update(((level, idx), bytes(h)) for level, idx, h in rows)
+        for level, indexes in by_level.items():
+            for chunk in range(0, len(indexes), 500):
+                part = indexes[chunk : chunk + 500]
+                rows = self._db.execute(
+                    f"SELECT level, idx, hash FROM audit_tree WHERE level = ? AND idx IN ({','.join('?' * len(part))})",
+                    [level, *part],
+                ).fetchall()
+                found.update(((lv, idx), bytes(h)) for lv, idx, h in rows)
         return merkle.nodes_in_order(ids, found)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
