@@ -10,13 +10,13 @@ import enum
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ztmesh.audit import merkle, note
 from ztmesh.audit.merkle import leaf_hash
-from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, encode_record
+from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, join_record, record_parts
 
 CHECKPOINT_TYPE = "ztmesh.audit.checkpoint.v1"
 _REORDER_LOOKAHEAD = 4096  # how far ahead a misplaced record's predecessor is searched for
@@ -40,16 +40,20 @@ def extend(head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter
 
 
 def extend_with_leaves(
-    head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str
-) -> tuple[list[AuditRecord], list[bytes]]:
+    head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str,
+    encoded: Mapping[str, tuple[bytes, bytes, bytes]] | None = None,
+) -> tuple[list[AuditRecord], list[bytes]]:  # fmt: skip
     """`extend`, plus each record's Merkle leaf hash (record `sequence` is leaf `sequence - 1`), from the
-    one canonical encoding of the record that the chain hash uses too."""
+    one canonical encoding of the record that the chain hash uses too. `encoded`: each event's
+    `record_parts` by event id, made before the store's append lock, so under it only the sequence
+    and the time are joined in."""
     when = max(recorded_at, head.recorded_at)
     records, leaves = [], []
     prev, sequence = head.hash, head.sequence
     for event in events:
         sequence += 1
-        body = encode_record(event, sequence, when, emitter)
+        parts = encoded[event.event_id] if encoded is not None else record_parts(event, emitter)
+        body = join_record(parts, sequence, when)
         digest = chain_hash(prev, body)
         records.append(AuditRecord(event, sequence, when, emitter, prev, digest))
         leaves.append(leaf_hash(body))

@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ztmesh.audit import canonical
+from ztmesh.audit.canonical import quote
 from ztmesh.audit.errors import InvalidEvent
 from ztmesh.audit.sanitize import sanitize, unchanged
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = bytes(32)
 _SCHEMA = str(SCHEMA_VERSION).encode()
+_SCHEMA_TEXT = str(SCHEMA_VERSION)
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SERVICE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -132,13 +134,29 @@ def masked_json(masked: tuple[str, ...]) -> str:
     return canonical.dumps(list(masked), plain=True)
 
 
+def record_parts(event: EventV1, emitter: str) -> tuple[bytes, bytes, bytes]:
+    """The canonical record of `event` around the two values only the append knows (under its lock):
+    record = before + recorded_at + middle + sequence + after. Encoded once, before the lock is taken."""
+    before = "".join((
+        '{"action":', quote(event.action), ',"caller":', quote(event.caller), ',"decision_id":',
+        quote(event.decision_id), ',"details":', event.details, ',"emitter":', quote(emitter), ',"event_id":"',
+        event.event_id, '","masked":', masked_json(event.masked), ',"outcome":', quote(event.outcome),
+        ',"recorded_at":"',
+    ))  # fmt: skip
+    after = "".join((
+        ',"service":', quote(event.service), ',"subject":', quote(event.subject), ',"time":"', event.time,
+        '","trace_id":', quote(event.trace_id), ',"v":', _SCHEMA_TEXT, "}",
+    ))  # fmt: skip
+    return before.encode(), ('","resource":' + quote(event.resource) + ',"sequence":').encode(), after.encode()
+
+
+def join_record(parts: tuple[bytes, bytes, bytes], sequence: int, recorded_at: str) -> bytes:
+    before, middle, after = parts
+    return b"".join((before, recorded_at.encode(), middle, str(sequence).encode(), after))
+
+
 def encode_record(event: EventV1, sequence: int, recorded_at: str, emitter: str) -> bytes:
-    return assemble(
-        quoted(event.action), quoted(event.caller), quoted(event.decision_id), event.details.encode(),
-        quoted(emitter), b'"' + event.event_id.encode() + b'"', masked_json(event.masked).encode(),
-        quoted(event.outcome), b'"' + recorded_at.encode() + b'"', quoted(event.resource), str(sequence).encode(),
-        quoted(event.service), quoted(event.subject), b'"' + event.time.encode() + b'"', quoted(event.trace_id),
-    )  # fmt: skip
+    return join_record(record_parts(event, emitter), sequence, recorded_at)
 
 
 # --- validation ---------------------------------------------------------------------------------------------

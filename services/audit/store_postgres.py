@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ztmesh.audit import canonical, merkle, pg_schema
 from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend_with_leaves
 from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
-from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, quoted
+from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, masked_json, quoted, record_parts
 from ztmesh.audit.store import (
     CHECKPOINT_COLUMNS,
     DEFAULT_MIN_RETENTION,
@@ -33,7 +33,6 @@ from ztmesh.audit.store import (
     floor_time,
     plan_batch,
     record_from_row,
-    record_params,
     results_for,
     utc_now,
 )
@@ -99,6 +98,25 @@ def _link(line: bytes) -> ChainLink:
         b'","v":', SCHEMA_TEXT, b"}",
     ))  # fmt: skip
     return ChainLink(int(seq), unhexlify(prev), unhexlify(digest), body)
+
+
+# Per event of a batch: its record_parts and its COPY text columns event_id..masked.
+_Encoded = dict[str, tuple[tuple[bytes, bytes, bytes], str]]
+_COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_columns(event: EventV1, emitter: str) -> str:
+    """Columns event_id..masked of RECORD_COLUMNS (they are consecutive) as a stretch of one COPY text row.
+    Validation keeps tabs and line breaks out of every one of them (text fields refuse control characters,
+    details and masked are canonical JSON); backslashes, which JSON escapes contain, are doubled."""
+    fields = (
+        event.event_id, event.time, event.service, emitter, event.caller, event.subject, event.action,
+        event.resource, event.outcome, event.decision_id, event.trace_id, event.details, masked_json(event.masked),
+    )  # fmt: skip
+    text = "\t".join(fields)
+    if text.count("\t") != len(fields) - 1 or "\n" in text or "\r" in text:
+        return "\t".join(f.translate(_COPY_TEXT_ESCAPES) for f in fields)  # (an emitter in-process, unvalidated)
+    return text.replace("\\", "\\\\") if "\\" in text else text
 
 
 def _times(row: Sequence[Any], *positions: int) -> list[Any]:
@@ -178,8 +196,9 @@ class PostgresAuditStore:
 
     @staticmethod
     def _stored(conn: Any, ids: list[str]) -> dict[str, tuple[int, EventV1]]:
+        # One array literal, not a list for the driver to adapt item by item: ids are validated UUIDs.
         rows = conn.execute(
-            f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id = ANY(%s::uuid[])", (ids,)
+            f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id = ANY(%s::uuid[])", ("{" + ",".join(ids) + "}",)
         ).fetchall()
         out = {}
         for row in rows:
@@ -195,28 +214,35 @@ class PostgresAuditStore:
             conn.execute("SELECT audit_ensure_partition(%s)", (moment,))
             self._partitions.add(start)
 
-    def _append(self, conn: Any, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+    def _append(self, conn: Any, events: Sequence[EventV1], emitter: str, encoded: _Encoded) -> list[AppendResult]:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
         plan = plan_batch(events, self._stored(conn, [e.event_id for e in events]))
         if not plan.new:
             return results_for(events, plan, [])
         head = self._head(conn)
-        records, leaves = extend_with_leaves(head, plan.new, canonical.format_time(self.clock()), emitter)
+        records, leaves = extend_with_leaves(
+            head, plan.new, canonical.format_time(self.clock()), emitter, {k: v[0] for k, v in encoded.items()}
+        )
         self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
+        # Under the lock, only what the position in the chain decides; the rest of each row was made before.
+        rows = "".join([
+            f"{r.sequence}\t{r.recorded_at}\t{encoded[r.event.event_id][1]}\t\\\\x{r.prev_hash.hex()}\t"
+            f"\\\\x{r.hash.hex()}\n"
+            for r in records
+        ])  # fmt: skip
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
-            for record in records:
-                copy.write_row(record_params(record))
+            copy.write(rows.encode())
         _, nodes = merkle.append_leaves(merkle.frontier_from(head.sequence, lambda ids: _read_nodes(conn, ids)), leaves)
         with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
-            for (level, idx), digest in nodes:
-                copy.write_row((level, idx, digest))
+            copy.write("".join([f"{level}\t{idx}\t\\\\x{digest.hex()}\n" for (level, idx), digest in nodes]).encode())
         return results_for(events, plan, records)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         if not events:
             return []
+        encoded = {e.event_id: (record_parts(e, emitter), _copy_columns(e, emitter)) for e in events}
         try:
-            result: list[AppendResult] = self._run(self._append, events, emitter)
+            result: list[AppendResult] = self._run(self._append, events, emitter, encoded)
         except StoreError:
             self._partitions.clear()  # a partition may have been dropped or rolled back; look again next time
             raise
