@@ -64,6 +64,11 @@ class AuditStore(Protocol):
         """Store new events after the head; events already stored (by id) are reported, not repeated."""
         ...
 
+    def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
+        """`append` of each (events, emitter) in turn, all in one transaction: one commit for all of them,
+        or none of them stored."""
+        ...
+
     def head(self) -> ChainHead: ...
 
     def bounds(self) -> tuple[int, int]:

@@ -238,11 +238,20 @@ class PostgresAuditStore:
         return results_for(events, plan, records)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
-        if not events:
-            return []
-        encoded = {e.event_id: (record_parts(e, emitter), _copy_columns(e, emitter)) for e in events}
+        return self.append_many([(events, emitter)])[0] if events else []
+
+    def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
+        encoded = [{e.event_id: (record_parts(e, emitter), _copy_columns(e, emitter)) for e in events}
+                   for events, emitter in batches]  # fmt: skip
+
+        def write(conn: Any) -> list[list[AppendResult]]:
+            return [
+                self._append(conn, events, emitter, codes) if events else []
+                for (events, emitter), codes in zip(batches, encoded, strict=True)
+            ]
+
         try:
-            result: list[AppendResult] = self._run(self._append, events, emitter, encoded)
+            result: list[list[AppendResult]] = self._run(write)
         except StoreError:
             self._partitions.clear()  # a partition may have been dropped or rolled back; look again next time
             raise

@@ -261,9 +261,13 @@ class SqliteAuditStore:
         return merkle.nodes_in_order(ids, found)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
-        if not events:
-            return []
-        result: list[AppendResult] = self._write(self._append_locked, events, emitter)
+        return self.append_many([(events, emitter)])[0] if events else []
+
+    def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
+        def write() -> list[list[AppendResult]]:
+            return [self._append_locked(events, emitter) if events else [] for events, emitter in batches]
+
+        result: list[list[AppendResult]] = self._write(write)
         return result
 
     # --- reading ------------------------------------------------------------------------------------------

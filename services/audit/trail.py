@@ -96,6 +96,80 @@ def decode_token(where: QueryFilter, token: str) -> int:
     return after
 
 
+class _Write:
+    """One caller's append waiting in the group commit."""
+
+    __slots__ = ("events", "emitter", "done", "results", "error")
+
+    def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
+        self.events, self.emitter = events, emitter
+        self.done = False
+        self.results: list[AppendResult] = []
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Appends that arrive while one is being written are written together, in the next transaction:
+    one commit - one fsync, one read of the tree's frontier - for all of them, instead of one each
+    while the rest queue on the store's lock. The caller at the front of the queue writes for the
+    callers behind it (up to `max_events`), the others wait for their own results (LevelDB's writer
+    queue). A group that fails is written again one append at a time, so every caller gets its own
+    answer: one emitter's refused event never fails another emitter's append."""
+
+    def __init__(self, store: AuditStore, max_events: int = 4096) -> None:
+        self.store = store
+        self.max_events = max_events
+        self._changed = threading.Condition()
+        self._queue: list[_Write] = []
+
+    def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        mine = _Write(events, emitter)
+        group: list[_Write] = []
+        with self._changed:
+            self._queue.append(mine)
+            while not mine.done and self._queue[0] is not mine:
+                self._changed.wait()
+            if not mine.done:  # at the front: write for everyone queued behind, up to max_events
+                count = 0
+                for waiting in self._queue:
+                    if group and count + len(waiting.events) > self.max_events:
+                        break
+                    group.append(waiting)
+                    count += len(waiting.events)
+        if not mine.done:
+            try:
+                self._write(group)
+            finally:
+                with self._changed:
+                    for written in group:
+                        written.done = True
+                    del self._queue[: len(group)]
+                    self._changed.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        return mine.results
+
+    def _write(self, group: list[_Write]) -> None:
+        try:
+            results = self.store.append_many([(w.events, w.emitter) for w in group])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for w in group:  # alone, each meets only its own refusal
+                try:
+                    w.results = self.store.append(w.events, w.emitter)
+                except Exception as alone:
+                    w.error = alone
+            return
+        except BaseException as exc:  # interrupted: nobody may wait for a write that will not happen
+            for w in group:
+                w.error = exc
+            raise
+        for w, result in zip(group, results, strict=True):
+            w.results = result
+
+
 class AuditTrail:
     def __init__(
         self,
@@ -118,6 +192,7 @@ class AuditTrail:
         self.origin = origin
         self.witness = witness
         self._checkpoint_lock = threading.Lock()
+        self._commits = GroupCommit(store, max(4096, self.settings.max_batch))
         latest = self.latest_checkpoint()
         self._checkpointed = latest.sequence if latest else 0
         self._checkpointed_at = time.monotonic()
@@ -127,7 +202,7 @@ class AuditTrail:
     def append(self, events: Sequence[EventV1], emitter: str = "") -> list[AppendResult]:
         if len(events) > self.settings.max_batch:
             raise BatchTooLarge(len(events), self.settings.max_batch)
-        results = self.store.append(events, emitter)
+        results = self._commits.append(events, emitter)
         newest = max((r.sequence for r in results), default=0)
         if newest - self._checkpointed >= self.settings.checkpoint_every:
             try:
