@@ -18,7 +18,7 @@ from typing import Any
 from ztmesh.audit import canonical
 from ztmesh.audit.canonical import quote
 from ztmesh.audit.errors import InvalidEvent
-from ztmesh.audit.sanitize import sanitize, unchanged
+from ztmesh.audit.sanitize import canonical_if_unchanged, sanitize, unchanged
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = bytes(32)
@@ -270,8 +270,13 @@ def make_event(
     earlier sanitization (the emitter's) already removed. Raises InvalidEvent naming the field."""
     eid = normalize_event_id(event_id)
     when = normalize_time(time, eid)
-    if type(details) is str and len(details) <= limits.max_details_bytes and unchanged(details):
-        details_text, found = details, ()  # what the walk below would make of it, found without it
+    fast = None  # what the walk below would make of the details, found without it
+    if type(details) is str:
+        fast = details if len(details) <= limits.max_details_bytes and unchanged(details) else None
+    elif type(details) is dict:
+        fast = canonical_if_unchanged(details)
+    if fast is not None:
+        details_text, found = fast, ()
     else:
         if details is None:
             details = {}
@@ -311,5 +316,6 @@ def from_emitted(event: Any, limits: Limits = DEFAULT_LIMITS) -> EventV1:
     return make_event(
         event_id=event.event_id, time=event.time, service=event.service, action=event.action,
         outcome=event.outcome, caller=event.caller_spiffe_id, subject=event.subject, resource=event.resource,
-        details=event.details, decision_id=event.decision_id, trace_id=event.trace_id, limits=limits,
+        details=event.details, masked=getattr(event, "masked", ()), decision_id=event.decision_id,
+        trace_id=event.trace_id, limits=limits,
     )  # fmt: skip

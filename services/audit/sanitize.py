@@ -53,10 +53,9 @@ _IPV6 = re.compile(
 _MAYBE_IP = re.compile(r"\d\.\d|:.*:")
 # For `unchanged`: the secret-value test over many strings at once, one per line.
 _SECRET_VALUE_LINES = re.compile(_SECRET_VALUE.pattern, re.IGNORECASE | re.MULTILINE)
-# Outside strings, numbers whose JCS spelling is not the one both CPython and orjson write: an exponent,
-# an integral float (JCS writes 2.0 as 2), a float below 1e-4 (CPython: 1e-05, orjson: 0.00001) or an
-# integer of 16+ digits (beyond 2^53-1 it is refused).
-_NOT_PLAIN_NUMBER = re.compile(r"\d[eE]|\.0(?!\d)|\.0000|\d{16}")
+_LONG_DIGITS = re.compile(r"\d{16}")
+# An integral float as a value in canonical JSON (after : , or [, before , ] or }); not -0.0 (the walk stores 0).
+_INTEGRAL_FLOAT = re.compile(r"([:,\[](?:-?[1-9]\d*|0))\.0(?=[,\]}])")
 
 
 @dataclass(frozen=True)
@@ -229,27 +228,71 @@ def unchanged(text: str) -> bool:
     C encoder - what the walk's result is stored with - writes the same)."""
     if not text.isascii() or "\\" in text:
         return False  # escapes (surrogates, control characters) and UTF-16 key order: the walk
-    parts = text.split('"')  # no escapes: even parts are outside strings, odd parts are strings
-    outside = "".join(parts[0::2])
-    if _NOT_PLAIN_NUMBER.search(outside) or outside.count("{") + outside.count("[") >= MAX_DEPTH:
-        return False
     try:
         parsed = orjson.loads(text)  # strict RFC 8259: no NaN or Infinity
         if type(parsed) is not dict or orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS) != text.encode():
             return False  # not canonical: duplicate keys, key order, spacing, number spelling
     except orjson.JSONDecodeError:
         return False
-    values = []
-    for i in range(1, len(parts), 2):
-        if parts[i + 1][:1] == ":":  # canonical JSON: a key is followed by its colon, a value is not
-            if is_secret_key(parts[i]):
-                return False
-        else:
-            values.append(parts[i])
+    return _nothing_to_change(text)
+
+
+# orjson refuses (TypeError) what it would otherwise write its own way: datetimes, dataclasses, and
+# subclasses of str/int/dict/list (the walk turns those into their base type itself).
+_STRICT_DUMPS = (
+    orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)  # fmt: skip
+
+
+def canonical_if_unchanged(details: dict[str, Any]) -> str | None:
+    """The canonical JSON text of `details` when `sanitize` would keep it as it is, else None (the
+    walk decides): `unchanged` for an emitter's own dict, without the walk. orjson writes the text;
+    reading it back must give `details` again, which rules out what orjson writes but the walk refuses
+    or changes (NaN and Infinity become null, UUIDs and enums strings, tuples lists)."""
+    try:
+        raw = orjson.dumps(details, option=_STRICT_DUMPS)
+        if orjson.loads(raw) != details:
+            return None
+    except (TypeError, orjson.JSONEncodeError):  # not plain JSON types, or an integer beyond 64 bits
+        return None
+    text = raw.decode()
+    if not text.isascii() or "\\" in text:
+        return None
+    if ".0" in text:  # an integral float is stored as the integer it is (the walk's int(2.0); JCS writes 2)
+        text = _INTEGRAL_FLOAT.sub(r"\1", text)
+        if orjson.loads(text) != details:  # (2 == 2.0) - unequal only if a string held such a pattern
+            return None
+    return text if _nothing_to_change(text) else None
+
+
+def _nothing_to_change(text: str) -> bool:
+    """For canonical, ASCII, escape-free JSON `text`: whether the walk would keep every number, key and
+    string as it is (no secret, no address to truncate) and the nesting is within MAX_DEPTH."""
+    parts = text.split('"')  # no escapes: even parts are outside strings, odd parts are strings
+    outside = "".join(parts[0::2])
+    if not _plain_numbers(outside) or outside.count("{") + outside.count("[") >= MAX_DEPTH:
+        return False
+    strings, after = parts[1::2], parts[2::2]  # canonical JSON: a key is followed by its colon, a value is not
+    if any(map(is_secret_key, [k for k, a in zip(strings, after, strict=True) if a[:1] == ":"])):
+        return False
+    values = [v for v, a in zip(strings, after, strict=True) if a[:1] != ":"]
     lines = "\n".join(values)  # JSON strings hold no raw newline
     if _SECRET_VALUE_LINES.search(lines):
         return False
     return not _MAYBE_IP.search(lines) or all(_masks_nothing(v) for v in values if _MAYBE_IP.search(v))
+
+
+def _plain_numbers(outside: str) -> bool:
+    """Whether the numbers of canonical JSON text `outside` strings are spelt as JCS spells them, which both
+    CPython and orjson then write too: no exponent (outside strings only true and false hold an "e"), no
+    integral float (JCS writes 2.0 as 2; a number is followed by , ] or }), no float below 1e-4 (CPython
+    writes 1e-05, orjson 0.00001) and no integer of 16 digits or more (beyond 2^53-1 it is refused)."""
+    return not (
+        "E" in outside or outside.count("e") != outside.count("true") + outside.count("false")
+        or ".0," in outside or ".0}" in outside or ".0]" in outside or ".0000" in outside
+        or _LONG_DIGITS.search(outside)
+    )  # fmt: skip
 
 
 def _masks_nothing(text: str) -> bool:

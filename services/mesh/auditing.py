@@ -80,6 +80,7 @@ class AuditEvent:
     event_id: str = field(default_factory=uuid7)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     schema_version: int = SCHEMA_VERSION
+    masked: tuple[str, ...] = ()  # JSON Pointers of details the emitter already truncated or removed
 
     def to_json(self) -> str:
         body = asdict(self)

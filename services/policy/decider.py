@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from ztmesh.audit.sanitize import mask_ips
 from ztmesh.mesh.auditing import AuditEmitter, AuditEvent, emit_on_loop, uuid7
 from ztmesh.policy.answer import Answer, parse_answer
 from ztmesh.policy.bundle import Bundle, BundleManager, ReloadResult
@@ -247,6 +248,9 @@ class PolicyEngine:
 
     def _event(self, request: DecisionRequest, decision: Decision, caller: str) -> AuditEvent:
         resource = request.resource
+        # The client's address cut to its network here, as sanitizing would, and said so (masked): the
+        # rest of the details then need no walk of their own on the emitter's path (record.make_event).
+        source_ip = mask_ips(request.context.source_ip)
         return AuditEvent(
             service="policy",
             action="decide",
@@ -260,7 +264,7 @@ class PolicyEngine:
                 "action": request.action,
                 "classification": resource.classification,
                 "purpose": request.context.purpose,
-                "source_ip": request.context.source_ip,
+                "source_ip": source_ip,
                 "device_id": request.device.id if request.device else "",
                 "trust_score": decision.trust_score,
                 "factors": {f.name: f.score for f in decision.factors},
@@ -272,6 +276,7 @@ class PolicyEngine:
                 "fault": decision.fault.value,
                 "cached": decision.cached,
             },
+            masked=("/source_ip",) if source_ip != request.context.source_ip else (),
         )
 
     # --- signals, info, reload -----------------------------------------------------------------

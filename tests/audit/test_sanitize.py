@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import enum
 import json
 import random
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from ztmesh.audit import canonical
 from ztmesh.audit.errors import InvalidEvent
 from ztmesh.audit.record import parse_details
-from ztmesh.audit.sanitize import is_secret_key, mask_ips, sanitize, unchanged
+from ztmesh.audit.sanitize import canonical_if_unchanged, is_secret_key, mask_ips, sanitize, unchanged
 
 CASES = [
     # (name, details in, details out, masked paths)
@@ -153,6 +157,62 @@ def test_unchanged_refuses_what_the_walk_would_change_or_refuse(text: str) -> No
     assert not unchanged(text)
 
 
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Name(str):
+    pass
+
+
+# Values orjson writes its own way (or refuses) that the walk refuses or changes.
+_NOT_PLAIN = [uuid.UUID(int=7), _Colour.RED, _Name("x"), (1, 2), datetime.now(UTC), 2**70, float("nan"),
+              collections.OrderedDict(a=1), b"bytes", {1: "int key"}, object()]  # fmt: skip
+_ODD = [*_NOT_PLAIN, _Level.HIGH, True, -0.0]  # ...and some the walk and orjson happen to agree on
+
+
+def _walk_of_dict(details: dict) -> tuple[str, tuple[str, ...]] | None:
+    try:
+        clean = sanitize(details, "e")
+        return canonical.dumps(clean.details, plain=clean.plain), clean.masked
+    except (InvalidEvent, ValueError, TypeError):
+        return None
+
+
+def test_canonical_if_unchanged_agrees_with_the_walk_on_random_dicts() -> None:
+    """The emitter's fast path (a dict in hand): whenever it returns a text, the walk stores exactly
+    that text and masks nothing."""
+    rng = random.Random(20261202)
+    documents: list[dict] = [d for c in CASES for d in (c[1], c[2]) if isinstance(d, dict)]
+    for _ in range(4000):
+        document = _random_object(rng)
+        if rng.random() < 0.2 and document:
+            document[rng.choice(list(document))] = rng.choice(_ODD)
+        documents.append(document)
+    fast = 0
+    for document in documents:
+        text = canonical_if_unchanged(document)
+        if text is not None:
+            fast += 1
+            assert _walk_of_dict(document) == (text, ()), document
+    assert fast > len(documents) // 10
+
+
+@pytest.mark.parametrize("value", _NOT_PLAIN, ids=lambda v: type(v).__name__)
+def test_canonical_if_unchanged_leaves_what_is_not_plain_json_to_the_walk(value: object) -> None:
+    assert canonical_if_unchanged({"v": value}) is None
+
+
 def test_details_an_emitter_sanitized_take_the_fast_path() -> None:
     clean = sanitize({"client_ip": "10.1.2.77", "score": 78.5, "factors": {"device": 0.8}, "obligations": ["log"]})
     assert unchanged(canonical.dumps(clean.details, plain=clean.plain))
+    assert canonical_if_unchanged(clean.details) == canonical.dumps(clean.details, plain=clean.plain)
+
+
+def test_integral_floats_are_written_as_the_walk_stores_them() -> None:
+    assert canonical_if_unchanged({"a": 2.0, "b": -3.0, "c": 0.0, "d": 1.5}) == '{"a":2,"b":-3,"c":0,"d":1.5}'
+    assert canonical_if_unchanged({"z": -0.0}) is None  # the walk decides (it stores 0)
