@@ -15,7 +15,7 @@ import pytest
 from ztmesh.audit import canonical
 from ztmesh.audit.errors import InvalidEvent
 from ztmesh.audit.record import parse_details
-from ztmesh.audit.sanitize import canonical_if_unchanged, is_secret_key, mask_ips, sanitize, unchanged
+from ztmesh.audit.sanitize import canonical_if_unchanged, is_secret_key, is_secret_value, mask_ips, sanitize, unchanged
 
 CASES = [
     # (name, details in, details out, masked paths)
@@ -85,10 +85,13 @@ def test_mask_ips_is_idempotent() -> None:
 # --- the text fast path (`unchanged`) must never disagree with the walk --------------------------------------
 
 _KEYS = ["a", "score", "client_ip", "password", "api_key", "key_id", ":password", "a b", "é", "x\u2028", "token_type",
-         "Authorization", "nested", "z", "A", "_", "0"]  # fmt: skip
+         "Authorization", "nested", "z", "A", "_", "0", "sessionId", "Set-Cookie", "myApiKey", "CVV", "x-PIN", "1.0,",
+         "10.1.2.3", "kekKey"]  # fmt: skip
 _STRINGS = ["", "ok", "10.1.2.3", "10.1.2.0", "999.1.2.3", "1.2.3.4.5", "2001:db8::1", "12:34:56", "Bearer x",
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123", "a\"b", "back\\slash", "tab\there", "line\nbreak", "é",
-            "\u0000", "-----BEGIN RSA PRIVATE KEY-----", "  basic abc", ":", "\ud800"]  # fmt: skip
+            "\u0000", "-----BEGIN RSA PRIVATE KEY-----", "  basic abc", ":", "\ud800", "Digest u=1", "NEGOTIATE x",
+            "-----begin ec private key-----", "v1.0,beta", "x.0]", "10.1.2.00", "010.1.2.0", "1.2.3.0.5",
+            "::ffff:10.9.8.7", "2001:db8::", "see 10.1.2.3 and 10.1.2.0"]  # fmt: skip
 _NUMBERS = [0, 1, -1, 2**53 - 1, 2**53, -(2**53), 10**16, 0.5, 2.0, -0.0, 1e-5, 1e-4, 0.00012, 1e16, 1e21, 123.456,
             0.1 + 0.2, 78.5, float("nan"), float("inf")]  # fmt: skip
 
@@ -211,6 +214,18 @@ def test_details_an_emitter_sanitized_take_the_fast_path() -> None:
     clean = sanitize({"client_ip": "10.1.2.77", "score": 78.5, "factors": {"device": 0.8}, "obligations": ["log"]})
     assert unchanged(canonical.dumps(clean.details, plain=clean.plain))
     assert canonical_if_unchanged(clean.details) == canonical.dumps(clean.details, plain=clean.plain)
+
+
+def test_the_hints_name_a_part_of_every_secret_the_walk_knows() -> None:
+    """The fast path runs the exact secret tests only when a hint is present: every secret word, pair and
+    suffix of is_secret_key, and every kind of secret value, must contain one."""
+    from ztmesh.audit.sanitize import SECRET_KEY_HINTS, SECRET_PAIRS, SECRET_VALUE_HINTS, SECRET_WORDS
+
+    names = [*SECRET_WORDS, *("".join(pair) for pair in SECRET_PAIRS), "password", "apikey", "privatekey"]
+    assert all(any(hint in name for hint in SECRET_KEY_HINTS) for name in names)
+    values = ["Bearer x", "basic x", "Digest x", "Negotiate x", "eyJhbGciOi.eyJzdWIiOi.sig",
+              "-----BEGIN PRIVATE KEY-----"]
+    assert all(is_secret_value(v) and any(hint in v.lower() for hint in SECRET_VALUE_HINTS) for v in values)
 
 
 def test_integral_floats_are_written_as_the_walk_stores_them() -> None:
