@@ -58,18 +58,20 @@ def measure_inprocess(name: str, op: Callable[[], object], seconds: float = 2.0)
     return summarize(name, latencies, time.perf_counter() - start)
 
 
-async def _drive(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float) -> tuple[list[float], float]:
+async def _drive(
+    calls: list[Callable[[], Awaitable[object]]], concurrency: int, seconds: float
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(call: Callable[[], Awaitable[object]]) -> None:
         while time.perf_counter() < stop_at:
             t = time.perf_counter()
             await call()
             latencies.append(time.perf_counter() - t)
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
     return latencies, time.perf_counter() - start
 
 
@@ -80,16 +82,25 @@ def measure_grpc(
     make_call: Callable[[grpc.aio.Channel], Callable[[], Awaitable[object]]],
     concurrency: int,
     seconds: float = 3.0,
+    connections: int = 1,
 ) -> Result:
-    """Drive an RPC over mTLS from an asyncio client with `concurrency` calls in flight."""
+    """Drive an RPC over mTLS from an asyncio client with `concurrency` calls in flight, spread over
+    `connections` TCP connections (one each is what lets several server processes on one port share the
+    load: the kernel hands each connection to one of them)."""
 
     async def run() -> Result:
         cert, key, ca = files.read()
         creds = grpc.ssl_channel_credentials(ca, key, cert)
-        async with grpc.aio.secure_channel(target, creds) as channel:
-            call = make_call(channel)
-            await _drive(call, concurrency, 0.5)  # warm-up: connections, caches
-            latencies, elapsed = await _drive(call, concurrency, seconds)
+        # A local subchannel pool each: channels to one target would otherwise share one connection.
+        channels = [grpc.aio.secure_channel(target, creds, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(connections)]  # fmt: skip
+        try:
+            calls = [make_call(channel) for channel in channels]
+            await _drive(calls, concurrency, 0.5)  # warm-up: connections, caches
+            latencies, elapsed = await _drive(calls, concurrency, seconds)
+        finally:
+            for channel in channels:
+                await channel.close()
         return summarize(name, latencies, elapsed)
 
     return asyncio.run(run())
