@@ -113,6 +113,7 @@ def main() -> None:
                     files,
                     envelope_call,
                     concurrency,
+                    connections=2 if concurrency > 1 else 1,  # one each to the two processes (SO_REUSEPORT)
                 )
                 print(result.row(local_envelope), f"-> service layer costs {local_envelope.ops / result.ops:.2f}x")
                 if concurrency == 16:
@@ -125,6 +126,7 @@ def main() -> None:
                     files,
                     signature_call,
                     concurrency,
+                    connections=2 if concurrency > 1 else 1,  # one each to the two processes (SO_REUSEPORT)
                 )
                 print(result.row(local_signature), f"-> service layer costs {local_signature.ops / result.ops:.2f}x")
 

@@ -372,8 +372,10 @@ def grpc_section() -> None:
                     server_process(args, certs, port, **paths, **env, **to_audit, ZTMESH_DATA_DIR=data_dir),
                 ):
                     for concurrency in (1, 16, 64):
+                        # A connection per server process, or the kernel hands the one connection to one of them.
+                        connections = int(env["ZTMESH_PROCESSES"]) if concurrency > 1 else 1
                         result = measure_grpc(f"{name}, c={concurrency}", f"localhost:{port}", files, decide_call,
-                                              concurrency)  # fmt: skip
+                                              concurrency, connections=connections)  # fmt: skip
                         print(result.row(echo[concurrency]), "of echo")
                         if measure and concurrency > 1:
                             record(f"{measure}_{concurrency}", result.ops / echo[concurrency].ops)
