@@ -6,6 +6,7 @@ events in its own service's name, and the emitter identity recorded is the one f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ SERVICE = "ztmesh.audit.v1.AuditService"
 EVENT_ID_METADATA = "ztmesh-event-id"  # trailing metadata naming the event a refusal is about
 MAX_BATCH_METADATA = "ztmesh-max-batch"  # trailing metadata of a too-large batch: how many events fit per call
 _RECORDS_PER_MESSAGE = 100
+# An Append of this many events or fewer is validated on the event loop (~50 us an event here): cheaper
+# than a thread hand-off. Larger ones are validated in a thread, so other calls are not held up.
+_VALIDATE_ON_LOOP = 16
 
 _ORDERS = {audit_pb2.ORDER_UNSPECIFIED: True, audit_pb2.ORDER_NEWEST_FIRST: True, audit_pb2.ORDER_OLDEST_FIRST: False}
 _PROBLEMS = {problem: getattr(audit_pb2, f"VERIFY_PROBLEM_{problem.name}", 0) for problem in Problem}
@@ -119,21 +123,28 @@ class AuditServicer:
         self.limits = limits
 
     @EDGE.rpc
-    def Append(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.AppendResponse:
+    async def Append(self, request: Any, context: grpc.ServicerContext) -> audit_pb2.AppendResponse:
         caller = current_caller()
         if len(request.events) > self.trail.settings.max_batch:
             raise errors.BatchTooLarge(len(request.events), self.trail.settings.max_batch)
-        events = [event_from_proto(m, self.limits, i) for i, m in enumerate(request.events)]
-        account = caller.service_account if caller else None
-        for event in events:
-            if event.service != account:
-                raise errors.CallerMismatch(str(caller or ""), event.service, event.event_id)
-        results = self.trail.append(events, str(caller) if caller else "")
+        if len(request.events) <= _VALIDATE_ON_LOOP:
+            events = self._validated(request.events, caller)
+        else:  # validating hundreds of events would hold up every other call on the loop
+            events = await asyncio.to_thread(self._validated, request.events, caller)
+        results = await self.trail.append_async(events, str(caller) if caller else "")
         return audit_pb2.AppendResponse(
             results=[
                 audit_pb2.AppendResult(event_id=r.event_id, sequence=r.sequence, duplicate=r.duplicate) for r in results
             ]  # fmt: skip
         )
+
+    def _validated(self, messages: Sequence[audit_pb2.AuditEvent], caller: Any) -> list[EventV1]:
+        events = [event_from_proto(m, self.limits, i) for i, m in enumerate(messages)]
+        account = caller.service_account if caller else None
+        for event in events:
+            if event.service != account:
+                raise errors.CallerMismatch(str(caller or ""), event.service, event.event_id)
+        return events
 
     @EDGE.rpc
     def Query(self, request: Any, context: grpc.ServicerContext) -> Iterator[audit_pb2.QueryResponse]:

@@ -7,6 +7,7 @@ Pure core: it talks to an `AuditStore` and a `CheckpointSigner`, never to gRPC o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -99,13 +100,46 @@ def decode_token(where: QueryFilter, token: str) -> int:
 class _Write:
     """One caller's append waiting in the group commit."""
 
-    __slots__ = ("events", "emitter", "done", "results", "error")
+    __slots__ = ("events", "emitter", "done", "results", "error", "future")
 
     def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
         self.events, self.emitter = events, emitter
         self.done = False
         self.results: list[AppendResult] = []
         self.error: BaseException | None = None
+        self.future: asyncio.Future[list[AppendResult]] | None = None  # a caller on the event loop
+
+
+def _write_group(store: AuditStore, group: list[_Write]) -> None:
+    """Write `group` in one transaction; if it fails, each append alone, so each meets only its own error."""
+    try:
+        results = store.append_many([(w.events, w.emitter) for w in group])
+    except Exception as exc:
+        if len(group) == 1:
+            group[0].error = exc
+            return
+        for w in group:
+            try:
+                w.results = store.append(w.events, w.emitter)
+            except Exception as alone:
+                w.error = alone
+        return
+    except BaseException as exc:  # interrupted: nobody may wait for a write that will not happen
+        for w in group:
+            w.error = exc
+        raise
+    for w, result in zip(group, results, strict=True):
+        w.results = result
+
+
+def _take(queue: list[_Write], max_events: int) -> list[_Write]:
+    """The front of `queue` up to max_events (at least one append)."""
+    count = 0
+    for n, waiting in enumerate(queue):
+        if n and count + len(waiting.events) > max_events:
+            return queue[:n]
+        count += len(waiting.events)
+    return queue[:]
 
 
 class GroupCommit:
@@ -114,13 +148,18 @@ class GroupCommit:
     while the rest queue on the store's lock. The caller at the front of the queue writes for the
     callers behind it (up to `max_events`), the others wait for their own results (LevelDB's writer
     queue). A group that fails is written again one append at a time, so every caller gets its own
-    answer: one emitter's refused event never fails another emitter's append."""
+    answer: one emitter's refused event never fails another emitter's append.
+
+    Callers on the event loop (`append_async`) queue apart: one task writes each of their groups in a
+    worker thread, so the loop hands off to a thread once per group, not once per call."""
 
     def __init__(self, store: AuditStore, max_events: int = 4096) -> None:
         self.store = store
         self.max_events = max_events
         self._changed = threading.Condition()
         self._queue: list[_Write] = []
+        self._loop_queue: list[_Write] = []
+        self._loop_leader: asyncio.Task[None] | None = None
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         mine = _Write(events, emitter)
@@ -130,15 +169,10 @@ class GroupCommit:
             while not mine.done and self._queue[0] is not mine:
                 self._changed.wait()
             if not mine.done:  # at the front: write for everyone queued behind, up to max_events
-                count = 0
-                for waiting in self._queue:
-                    if group and count + len(waiting.events) > self.max_events:
-                        break
-                    group.append(waiting)
-                    count += len(waiting.events)
+                group = _take(self._queue, self.max_events)
         if not mine.done:
             try:
-                self._write(group)
+                _write_group(self.store, group)
             finally:
                 with self._changed:
                     for written in group:
@@ -149,25 +183,34 @@ class GroupCommit:
             raise mine.error
         return mine.results
 
-    def _write(self, group: list[_Write]) -> None:
-        try:
-            results = self.store.append_many([(w.events, w.emitter) for w in group])
-        except Exception as exc:
-            if len(group) == 1:
-                group[0].error = exc
-                return
-            for w in group:  # alone, each meets only its own refusal
-                try:
-                    w.results = self.store.append(w.events, w.emitter)
-                except Exception as alone:
-                    w.error = alone
-            return
-        except BaseException as exc:  # interrupted: nobody may wait for a write that will not happen
+    async def append_async(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        loop = asyncio.get_running_loop()
+        mine = _Write(events, emitter)
+        mine.future = loop.create_future()
+        self._loop_queue.append(mine)
+        leader = self._loop_leader
+        if leader is None or leader.done() or leader.get_loop() is not loop:
+            self._loop_leader = loop.create_task(self._lead_loop())
+        return await mine.future
+
+    async def _lead_loop(self) -> None:
+        while self._loop_queue:
+            group = _take(self._loop_queue, self.max_events)
+            del self._loop_queue[: len(group)]
+            try:
+                await asyncio.to_thread(_write_group, self.store, group)
+            except BaseException as exc:  # the loop is stopping: nobody may wait for an answer
+                for w in group:
+                    if w.future is not None and not w.future.done():
+                        w.future.set_exception(w.error or exc)
+                raise
             for w in group:
-                w.error = exc
-            raise
-        for w, result in zip(group, results, strict=True):
-            w.results = result
+                if w.future is None or w.future.done():  # its caller gave up: nothing to tell
+                    continue
+                if w.error is not None:
+                    w.future.set_exception(w.error)
+                else:
+                    w.future.set_result(w.results)
 
 
 class AuditTrail:
@@ -203,13 +246,28 @@ class AuditTrail:
         if len(events) > self.settings.max_batch:
             raise BatchTooLarge(len(events), self.settings.max_batch)
         results = self._commits.append(events, emitter)
-        newest = max((r.sequence for r in results), default=0)
-        if newest - self._checkpointed >= self.settings.checkpoint_every:
-            try:
-                self.checkpoint()
-            except CheckpointError as exc:  # the records are stored; the background job signs later
-                log.warning("audit checkpoint postponed: %s", exc)
+        if self._checkpoint_due(results):
+            self._checkpoint_after_append()
         return results
+
+    async def append_async(self, events: Sequence[EventV1], emitter: str = "") -> list[AppendResult]:
+        """`append` for a caller on the event loop; nothing blocking runs on the loop."""
+        if len(events) > self.settings.max_batch:
+            raise BatchTooLarge(len(events), self.settings.max_batch)
+        results = await self._commits.append_async(events, emitter)
+        if self._checkpoint_due(results):
+            await asyncio.to_thread(self._checkpoint_after_append)
+        return results
+
+    def _checkpoint_due(self, results: Sequence[AppendResult]) -> bool:
+        newest = max((r.sequence for r in results), default=0)
+        return newest - self._checkpointed >= self.settings.checkpoint_every
+
+    def _checkpoint_after_append(self) -> None:
+        try:
+            self.checkpoint()
+        except CheckpointError as exc:  # the records are stored; the background job signs later
+            log.warning("audit checkpoint postponed: %s", exc)
 
     def checkpoint(self, *, only_if_new: bool = True) -> Checkpoint | None:
         """Sign the current head (skipped when nothing was recorded since the last checkpoint)."""

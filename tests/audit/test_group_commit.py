@@ -3,6 +3,7 @@ share the next transaction, keep the chain and the tree whole, and one caller's 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from collections.abc import Sequence
@@ -118,3 +119,34 @@ def test_a_group_stops_at_its_event_limit(backend: Backend, signer: LocalMlDsaSi
     run_concurrently(trail, held, events(1), [events(3, start=10), events(3, start=20), events(1, start=30)])
     assert held.groups == [1, 1, 2]  # 3 fit; 3 + 3 do not; the last 3 + 1 do
     assert trail.verify().ok
+
+
+def test_appends_on_the_event_loop_share_a_transaction_and_a_thread_hand_off(
+    backend: Backend, signer: LocalMlDsaSigner
+) -> None:
+    """The audit service's Append runs on the loop: callers queued while a group is written (in a worker
+    thread) are written together next, and each gets its own results or its own refusal."""
+    held = HeldStore(backend.store())
+    trail = AuditTrail(held, signer, signer, TrailSettings(checkpoint_every=1000))  # type: ignore[arg-type]
+    stored = event(1)
+    trail.append([stored], POLICY)
+    rewritten = dataclasses.replace(stored, outcome="ALLOW" if stored.outcome == "DENY" else "DENY")
+
+    async def run() -> list:
+        held.armed = True
+        first = asyncio.ensure_future(trail.append_async(events(2, start=10), POLICY))
+        while not held.entered.is_set():
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(trail.append_async(batch, POLICY))
+                for batch in (events(3, start=20), [rewritten], events(1, start=30))]  # fmt: skip
+        while len(trail._commits._loop_queue) < 3:  # queued behind the held write
+            await asyncio.sleep(0.01)
+        held.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    outcome = asyncio.run(run())
+    assert [r.sequence for r in outcome[0]] == [2, 3]
+    assert [r.sequence for r in outcome[1]] == [4, 5, 6] and [r.sequence for r in outcome[3]] == [7]
+    assert isinstance(outcome[2], InvalidEvent)
+    assert held.groups == [1, 1, 3, 1, 1, 1]  # the held write; the three together (refused); each alone
+    assert trail.verify().ok and held.store.head().sequence == 7
