@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import os
 import random
 import statistics
 import sys
@@ -206,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.audit_bench")
     parser.add_argument("--proofs-10m", action="store_true", help="also time proofs on a 10M-leaf tree (minutes)")
     args = parser.parse_args()
-    print("== audit: ingest with chain + ML-DSA-65 checkpoints vs raw COPY; verification; proofs ==")
+    print("== audit: ingest with chain + ML-DSA-65 checkpoints vs raw COPY; verification; proofs; the round trip ==")
     signer = LocalMlDsaSigner.generate()
     raws = [raw_event(i) for i in range(N)]
     pg = start_postgres()
@@ -326,6 +327,46 @@ def main() -> None:
     print(row("verify core over records in memory (canonical bytes + SHA-256 chain)", verify_core))
     print(row("SQLite embedded default: append (prebuilt events)", lite_ingest))
     print(row("SQLite embedded default: verify", lite_verify))
+    round_trip()
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU process `pid` has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def round_trip() -> None:
+    """What every audited operation waits for: a one-event Append to the audit service (embedded SQLite,
+    as the other benches run it), and the audit process's CPU per call."""
+    from bench.harness import dev_pki, free_port, measure_grpc, server_process
+    from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
+    from ztmesh.audit.servicer import event_to_proto
+    from ztmesh.mesh.tls import TlsFiles
+
+    event = make_event(**raw_event(0))
+
+    def make_call(channel):  # type: ignore[no-untyped-def]
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+
+        async def call() -> None:
+            one = dataclasses.replace(event, event_id=uuid7())
+            await stub.Append(audit_pb2.AppendRequest(events=[event_to_proto(one)]), timeout=30)
+
+        return call
+
+    with dev_pki() as certs, tempfile.TemporaryDirectory() as work:
+        port = free_port()
+        files = TlsFiles(certs / "policy.crt", certs / "policy.key", certs / "ca.crt")
+        with server_process(["ztmesh.cli", "serve", "audit"], certs, port, ZTMESH_DATA_DIR=work,
+                            ZTMESH_PROCESSES="1", ZTMESH_LOG_LEVEL="ERROR") as audit:  # fmt: skip
+            for concurrency in (1, 16):
+                used = process_cpu(audit.pid)
+                result = measure_grpc(f"Append, 1 event, c={concurrency}", f"localhost:{port}", files, make_call,
+                                      concurrency)  # fmt: skip
+                # An upper bound: the CPU of measure_grpc's half-second warm-up is counted, its calls are not.
+                per_call = (process_cpu(audit.pid) - used) / max(result.count, 1)
+                print(result.row(), f"audit CPU <= {per_call * 1e3:.2f} ms/call")
 
 
 if __name__ == "__main__":
