@@ -200,7 +200,8 @@ class GroupCommit:
             try:
                 await asyncio.to_thread(_write_group, self.store, group)
             except BaseException as exc:  # the loop is stopping: nobody may wait for an answer
-                for w in group:
+                left, self._loop_queue = self._loop_queue, []
+                for w in group + left:
                     if w.future is not None and not w.future.done():
                         w.future.set_exception(w.error or exc)
                 raise
