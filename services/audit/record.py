@@ -16,14 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ztmesh.audit import canonical
-from ztmesh.audit.canonical import quote
 from ztmesh.audit.errors import InvalidEvent
 from ztmesh.audit.sanitize import canonical_if_unchanged, sanitize, unchanged
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = bytes(32)
 _SCHEMA = str(SCHEMA_VERSION).encode()
-_SCHEMA_TEXT = str(SCHEMA_VERSION)
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SERVICE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -134,29 +132,30 @@ def masked_json(masked: tuple[str, ...]) -> str:
     return canonical.dumps(list(masked), plain=True)
 
 
+def _assembled(event: EventV1, emitter: str, recorded_at: bytes, sequence: bytes) -> bytes:
+    return assemble(
+        quoted(event.action), quoted(event.caller), quoted(event.decision_id), event.details.encode(),
+        quoted(emitter), quoted(event.event_id), masked_json(event.masked).encode(), quoted(event.outcome),
+        recorded_at, quoted(event.resource), sequence, quoted(event.service), quoted(event.subject),
+        quoted(event.time), quoted(event.trace_id),
+    )  # fmt: skip
+
+
+def encode_record(event: EventV1, sequence: int, recorded_at: str, emitter: str) -> bytes:
+    return _assembled(event, emitter, quoted(recorded_at), str(sequence).encode())
+
+
 def record_parts(event: EventV1, emitter: str) -> tuple[bytes, bytes, bytes]:
     """The canonical record of `event` around the two values only the append knows (under its lock):
-    record = before + recorded_at + middle + sequence + after. Encoded once, before the lock is taken."""
-    before = "".join((
-        '{"action":', quote(event.action), ',"caller":', quote(event.caller), ',"decision_id":',
-        quote(event.decision_id), ',"details":', event.details, ',"emitter":', quote(emitter), ',"event_id":"',
-        event.event_id, '","masked":', masked_json(event.masked), ',"outcome":', quote(event.outcome),
-        ',"recorded_at":"',
-    ))  # fmt: skip
-    after = "".join((
-        ',"service":', quote(event.service), ',"subject":', quote(event.subject), ',"time":"', event.time,
-        '","trace_id":', quote(event.trace_id), ',"v":', _SCHEMA_TEXT, "}",
-    ))  # fmt: skip
-    return before.encode(), ('","resource":' + quote(event.resource) + ',"sequence":').encode(), after.encode()
+    record = before + recorded_at + middle + sequence + after. Encoded once, before the lock is taken:
+    the record with a NUL in their place, split there (no encoded JSON value holds a raw NUL)."""
+    before, middle, after = _assembled(event, emitter, b'"\x00"', b"\x00").split(b"\x00")
+    return before, middle, after
 
 
 def join_record(parts: tuple[bytes, bytes, bytes], sequence: int, recorded_at: str) -> bytes:
     before, middle, after = parts
     return b"".join((before, recorded_at.encode(), middle, str(sequence).encode(), after))
-
-
-def encode_record(event: EventV1, sequence: int, recorded_at: str, emitter: str) -> bytes:
-    return join_record(record_parts(event, emitter), sequence, recorded_at)
 
 
 # --- validation ---------------------------------------------------------------------------------------------
