@@ -88,9 +88,9 @@ def _refusal(err: grpc.RpcError, sent: int) -> Exception:
     return SinkUnavailable(f"audit Append: {problem}")
 
 
-def spool_root(settings: MeshSettings, service: str) -> Path:
+def spool_root(settings: MeshSettings, service: str, audit: AuditSettings | None = None) -> Path:
     """The directory holding every spool slot of `service` (each process's, each replica's on a volume)."""
-    audit = load_settings(AuditSettings, section="audit")
+    audit = audit or load_settings(AuditSettings, section="audit")
     return audit.audit_spool_dir or settings.data_dir / "spool" / service
 
 
@@ -100,7 +100,7 @@ def audit_emitter(settings: MeshSettings, service: str, peers: PeerChannels | No
     channels = peers or PeerChannels(settings, service)
     sink = GrpcAuditSink(channels.channel("audit"), aio_channel=lambda: channels.aio_connection("audit"))
     limits = Limits(max_details_bytes=audit.audit_max_details_bytes)
-    base = spool_root(settings, service)
+    base = spool_root(settings, service, audit)
     # One spool per process: with ZTMESH_PROCESSES > 1 each process takes the first free slot, and a
     # restarted process takes over (and replays) the slot its predecessor held. Slots no process holds
     # (fewer processes than before a crash, a volume from a pod of another name) are drained by a live one.
