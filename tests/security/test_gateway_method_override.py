@@ -9,12 +9,8 @@ header, in any letter case, reaches the upstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.support.mesh import Pki
-from tests.support.policy_service import PolicyService, running_policy_service
 from tests.support.tokens import TokenIssuer, clinician
 
 OVERRIDES = ("x-http-method-override", "x-method-override", "x-http-method")
@@ -28,12 +24,6 @@ SENT = {
     "mixed-case": {"x-Http-Method-OVERRIDE": "DELETE"},
     "all-three": {"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "PUT", "X-HTTP-Method": "PATCH"},
 }
-
-
-@pytest.fixture(scope="module")
-def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyService]:
-    with running_policy_service(pki, tmp_path_factory.mktemp("policy")) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

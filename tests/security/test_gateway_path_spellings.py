@@ -10,15 +10,12 @@ labels in the audit record, same answer, same obligations upstream), or it is no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support.gateway import Gateway
-from tests.support.mesh import Pki
-from tests.support.policy_service import PolicyService, running_policy_service
 from tests.support.tokens import TokenIssuer, clinician
 from tests.support.upstream import Upstream
 
@@ -106,12 +103,6 @@ class Answer:
     path: str  # the path finally asked (after following a gateway redirect)
     decision_id: str
     reached: list[tuple[str, str, dict[str, str]]]
-
-
-@pytest.fixture(scope="module")
-def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyService]:
-    with running_policy_service(pki, tmp_path_factory.mktemp("policy")) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Fixtures for tests through the real Envoy gateway (a plugin of the root conftest): a throwaway
-identity provider, the protected upstream's mesh identity, the recording upstream and the gateway
-itself. `gateway` needs a `policy_service` fixture, which each test module or conftest provides with
-the policy settings it tests (e.g. which workloads may call through the gateway)."""
+identity provider, the protected upstream's mesh identity, the recording upstream, the policy service
+the gateway asks (default settings) and the gateway itself. A test module or conftest that tests other
+policy settings (e.g. which workloads may call through the gateway) defines its own `policy_service`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.gateway import Gateway, run_gateway, trust_token_keys
 from tests.support.mesh import Pki
-from tests.support.policy_service import PolicyService
+from tests.support.policy_service import PolicyService, running_policy_service
 from tests.support.tokens import TokenIssuer
 from tests.support.upstream import Upstream, run_upstream
 
@@ -34,6 +34,12 @@ def backend_identity(pki: Pki) -> str:
 def upstream(pki: Pki, backend_identity: str) -> Iterator[Upstream]:
     with run_upstream(pki.files(backend_identity)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def policy_service(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyService]:
+    with running_policy_service(pki, tmp_path_factory.mktemp("policy")) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
