@@ -79,6 +79,15 @@ def count(server: AuditServer, pki) -> int:
     return server.stub(pki, "client").Verify(audit_pb2.VerifyRequest(), timeout=10).records_checked
 
 
+def assert_stored_exactly(server: AuditServer, pki, emitted: list[str]) -> None:
+    """The trail holds each emitted event once, nothing else, and verifies."""
+    operator = server.stub(pki, "client")
+    stored = [r.event.event_id for reply in operator.Query(audit_pb2.QueryRequest(page_size=100), timeout=10)
+              for r in reply.records]  # fmt: skip
+    assert sorted(stored) == sorted(emitted)
+    assert operator.Verify(audit_pb2.VerifyRequest(), timeout=10).ok
+
+
 def test_append_query_verify_and_signed_checkpoints(pki, audit: AuditServer) -> None:
     sink = GrpcAuditSink(pki.channel("policy", audit.port))
     batch = events(25)
@@ -190,11 +199,7 @@ def test_events_emitted_while_audit_is_stopped_are_stored_once_after_restart(
     with audit_service(pki, backend, tmp_path, port=port) as server:
         assert emitter.flush(timeout=60)
         emitter.close()
-        operator = server.stub(pki, "client")
-        stored = [r.event.event_id for reply in operator.Query(audit_pb2.QueryRequest(page_size=100), timeout=10)
-                  for r in reply.records]  # fmt: skip
-        assert sorted(stored) == sorted(emitted)
-        assert operator.Verify(audit_pb2.VerifyRequest(), timeout=10).ok
+        assert_stored_exactly(server, pki, emitted)
 
 
 class CountingLoopSink(GrpcAuditSink):
@@ -246,11 +251,7 @@ def test_events_emitted_on_the_loop_are_grouped_spooled_while_audit_is_away_and_
         emitted += run_on_loop(emit_all(30, "up"))  # straight to audit: 30 concurrent events, one Append
         assert sink.loop_appends == [30] and emitter.pending() == 0
         emitter.close()
-        operator = server.stub(pki, "client")
-        stored = [r.event.event_id for reply in operator.Query(audit_pb2.QueryRequest(page_size=100), timeout=10)
-                  for r in reply.records]  # fmt: skip
-        assert sorted(stored) == sorted(emitted)
-        assert operator.Verify(audit_pb2.VerifyRequest(), timeout=10).ok
+        assert_stored_exactly(server, pki, emitted)
 
 
 def test_grpc_sink_names_the_refused_event(pki, audit: AuditServer) -> None:

@@ -301,7 +301,6 @@ def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships
     tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ztmesh.audit.spoolfile import _scan
-    from ztmesh.audit.store_sqlite import SqliteAuditStore
 
     db = tmp_path / "a.db"
     batch = spooled_unshipped(db, tmp_path / "spool", 100)
@@ -310,11 +309,7 @@ def test_a_corrupt_frame_inside_a_segment_is_set_aside_loudly_and_the_rest_ships
     start = list(_scan(bytes(data)))[50][0]
     data[start + (20 if where == "payload" else 1)] ^= 0x10  # one flipped bit in frame 50
     segment.write_bytes(bytes(data))
-    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
-    assert emitter.flush(timeout=30)
-    damage = damage_records(db)  # recorded by a thread of the shipper's: wait for it before closing
-    emitter.close()
-    stored = set(trail_ids(db))
+    emitter, damage, stored = ship_spool(db, tmp_path)
     assert stored >= {e.event_id for i, e in enumerate(batch) if i != 50}  # the 49 after it shipped too
     assert batch[50].event_id not in stored
     quarantined = list((tmp_path / "spool" / "corrupt").iterdir())
@@ -331,7 +326,6 @@ def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
     """The length now runs past the end of the file, as a torn write's would; but the frame was fsync'd
     and acknowledged, so it must be set aside and reported, not cut off as never acknowledged."""
     from ztmesh.audit.spoolfile import _scan
-    from ztmesh.audit.store_sqlite import SqliteAuditStore
 
     db = tmp_path / "a.db"
     batch = spooled_unshipped(db, tmp_path / "spool", 10)
@@ -341,11 +335,7 @@ def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
     data[start + 1] ^= 0x01  # one bit in frame 9's length: 65536 bytes longer, past the end of the file
     assert int.from_bytes(data[start : start + 4], "big") > len(data) - start
     segment.write_bytes(bytes(data))
-    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
-    assert emitter.flush(timeout=30)
-    damage = damage_records(db)  # recorded by a thread of the shipper's: wait for it before closing
-    emitter.close()
-    stored = set(trail_ids(db))
+    emitter, damage, stored = ship_spool(db, tmp_path)
     assert stored >= {e.event_id for e in batch[:9]} and batch[9].event_id not in stored
     assert segment.read_bytes().startswith(bytes(data))  # kept in place, not truncated
     quarantined = list((tmp_path / "spool" / "corrupt").iterdir())
@@ -355,6 +345,18 @@ def test_a_flipped_bit_in_the_last_frames_length_is_damage_not_a_torn_write(
     assert any("segment 1 frame 9 " in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     assert not any("torn" in r.getMessage() for r in caplog.records)
     assert len(damage) == 1 and '"frame":9' in damage[0].event.details and '"torn":false' in damage[0].event.details
+
+
+def ship_spool(db: Path, tmp_path: Path) -> tuple[SpoolEmitter, list, set[str]]:
+    """Open the spool under `tmp_path` onto the trail at `db` and ship it all: the emitter (closed), the
+    damage records it wrote, and the event ids the trail holds."""
+    from ztmesh.audit.store_sqlite import SqliteAuditStore
+
+    emitter = SpoolEmitter(LocalSink(lambda: SqliteAuditStore(db), POLICY), settings(tmp_path, service="policy"))
+    assert emitter.flush(timeout=30)
+    damage = damage_records(db)  # recorded by a thread of the shipper's: wait for it before closing
+    emitter.close()
+    return emitter, damage, set(trail_ids(db))
 
 
 def damage_records(db: Path, timeout: float = 10.0) -> list:
