@@ -100,8 +100,17 @@ def _link(line: bytes) -> ChainLink:
     return ChainLink(int(seq), unhexlify(prev), unhexlify(digest), body)
 
 
-# Per event of a batch: its record_parts and its COPY text columns event_id..masked.
-_Encoded = dict[str, tuple[tuple[bytes, bytes, bytes], str]]
+class _Encoded:
+    """A batch's events encoded before the append lock, by event id: each record's `record_parts` and its
+    COPY text columns event_id..masked."""
+
+    __slots__ = ("parts", "columns")
+
+    def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
+        self.parts = {e.event_id: record_parts(e, emitter) for e in events}
+        self.columns = {e.event_id: _copy_columns(e, emitter) for e in events}
+
+
 _COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -221,12 +230,12 @@ class PostgresAuditStore:
             return results_for(events, plan, [])
         head = self._head(conn)
         records, leaves = extend_with_leaves(
-            head, plan.new, canonical.format_time(self.clock()), emitter, {k: v[0] for k, v in encoded.items()}
+            head, plan.new, canonical.format_time(self.clock()), emitter, encoded.parts
         )
         self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
         # Under the lock, only what the position in the chain decides; the rest of each row was made before.
         rows = "".join([
-            f"{r.sequence}\t{r.recorded_at}\t{encoded[r.event.event_id][1]}\t\\\\x{r.prev_hash.hex()}\t"
+            f"{r.sequence}\t{r.recorded_at}\t{encoded.columns[r.event.event_id]}\t\\\\x{r.prev_hash.hex()}\t"
             f"\\\\x{r.hash.hex()}\n"
             for r in records
         ])  # fmt: skip
@@ -241,8 +250,7 @@ class PostgresAuditStore:
         return self.append_many([(events, emitter)])[0] if events else []
 
     def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
-        encoded = [{e.event_id: (record_parts(e, emitter), _copy_columns(e, emitter)) for e in events}
-                   for events, emitter in batches]  # fmt: skip
+        encoded = [_Encoded(events, emitter) for events, emitter in batches]
 
         def write(conn: Any) -> list[list[AppendResult]]:
             return [
