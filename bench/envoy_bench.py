@@ -283,7 +283,7 @@ def main() -> int:
                 measure("(a) Envoy, no ext_authz (ceiling)", gw)
             # Every decision is stored by the audit service before Envoy gets its answer, as in production.
             ztmesh_env = {**POLICY_PATHS, "ZTMESH_PROCESSES": "2", "ZTMESH_LOG_LEVEL": "ERROR"}
-            with audit_service(certs) as to_audit:
+            with audit_service(certs) as audit:
                 for name, cache in (
                     ("(b) Envoy -> ztmesh, decision cache off", "false"),
                     ("(c) Envoy -> ztmesh, decision cache warm", "true"),
@@ -291,7 +291,7 @@ def main() -> int:
                     port = free_port()
                     data = str(base / f"data-{cache}")
                     with server_process(
-                        ["ztmesh.cli", "serve", "policy"], certs, port, **ztmesh_env, **to_audit, ZTMESH_DATA_DIR=data,
+                        ["ztmesh.cli", "serve", "policy"], certs, port, **ztmesh_env, **audit.env, ZTMESH_DATA_DIR=data,
                         ZTMESH_DECISION_CACHE=cache,
                     ):  # fmt: skip
                         with gateway(port) as gw:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,20 @@ class Result:
     p50_ms: float
     p99_ms: float
     count: int
+    # CPU per call (microseconds) of the load generator and of each watched process, over the measured calls
+    cpu_us: tuple[tuple[str, float], ...] = ()
 
     def row(self, baseline: Result | None = None) -> str:
         ratio = f"{self.ops / baseline.ops:6.2f}x" if baseline and baseline.ops else "      "
         return f"{self.name:<48} {self.ops:>10.0f}/s {ratio}  p50 {self.p50_ms:7.3f} ms  p99 {self.p99_ms:7.3f} ms"
+
+    @property
+    def cpu_total_us(self) -> float:
+        return sum(us for _, us in self.cpu_us)
+
+    def cpu_row(self) -> str:
+        parts = ", ".join(f"{who} {us:.0f}" for who, us in self.cpu_us)
+        return f"{'  CPU per call, us':<48} {self.cpu_total_us:>10.0f}     = {parts}"
 
 
 def summarize(name: str, latencies: list[float], elapsed: float) -> Result:
@@ -83,10 +94,13 @@ def measure_grpc(
     concurrency: int,
     seconds: float = 3.0,
     connections: int = 1,
+    watch: Mapping[str, int] | None = None,
 ) -> Result:
     """Drive an RPC over mTLS from an asyncio client with `concurrency` calls in flight, spread over
     `connections` TCP connections (one each is what lets several server processes on one port share the
-    load: the kernel hands each connection to one of them)."""
+    load: the kernel hands each connection to one of them). With `watch` (name -> pid), the result also
+    says what each call cost in CPU: this client, and each watched process with its children."""
+    watched = {who: process_tree(pid) for who, pid in (watch or {}).items()}
 
     async def run() -> Result:
         cert, key, ca = files.read()
@@ -97,13 +111,53 @@ def measure_grpc(
         try:
             calls = [make_call(channel) for channel in channels]
             await _drive(calls, concurrency, 0.5)  # warm-up: connections, caches
+            before = _cpu_now(watched)
             latencies, elapsed = await _drive(calls, concurrency, seconds)
+            after = _cpu_now(watched)
         finally:
             for channel in channels:
                 await channel.close()
-        return summarize(name, latencies, elapsed)
+        result = summarize(name, latencies, elapsed)
+        if not watched:
+            return result
+        calls_made = max(len(latencies), 1)
+        cpu = tuple((who, (after[who] - before[who]) / calls_made * 1e6) for who in after)
+        return dataclasses.replace(result, cpu_us=cpu)
 
     return asyncio.run(run())
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU process `pid` has used (user + system, all its threads), from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants now (a server with ZTMESH_PROCESSES > 1 forks its workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, ()))
+    return tree
+
+
+def _cpu_now(watched: Mapping[str, list[int]]) -> dict[str, float]:
+    cpu = {"client": time.process_time()}  # this process: the load generator
+    cpu.update((who, sum(map(process_cpu, pids))) for who, pids in watched.items())
+    return cpu
 
 
 def free_port() -> int:
@@ -164,18 +218,24 @@ def server_process(
             proc.kill()
 
 
+@dataclass(frozen=True)
+class AuditService:
+    env: dict[str, str]  # the settings that point a service at it
+    pid: int
+
+
 @contextlib.contextmanager
-def audit_service(cert_dir: Path) -> Iterator[dict[str, str]]:
-    """An audit service (embedded SQLite) for the services a bench starts, as the settings that point
-    them at it: each of their records is then stored by audit, as in production, instead of being
-    spooled to disk with a warning per retry while the measurement runs."""
+def audit_service(cert_dir: Path) -> Iterator[AuditService]:
+    """An audit service (embedded SQLite) for the services a bench starts: each of their records is then
+    stored by audit, as in production, instead of being spooled to disk with a warning per retry while
+    the measurement runs."""
     port = free_port()
     with (
         tempfile.TemporaryDirectory(prefix="ztmesh-bench-audit-") as data_dir,
         server_process(["ztmesh.cli", "serve", "audit"], cert_dir, port, ZTMESH_DATA_DIR=data_dir,
-                       ZTMESH_LOG_LEVEL="ERROR"),
+                       ZTMESH_LOG_LEVEL="ERROR") as audit,
     ):  # fmt: skip
-        yield {"ZTMESH_AUDIT_ADDR": f"localhost:{port}"}
+        yield AuditService({"ZTMESH_AUDIT_ADDR": f"localhost:{port}"}, audit.pid)
 
 
 RESULTS_ENV = "ZTMESH_BENCH_RESULTS"

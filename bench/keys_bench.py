@@ -97,8 +97,8 @@ def main() -> None:
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
         env = {"ZTMESH_KEK": Kek.generate().to_base64(), "ZTMESH_DATA_DIR": str(Path(work) / "svc")}
         with (
-            audit_service(certs) as to_audit,
-            server_process(["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env, **to_audit),
+            audit_service(certs) as audit,
+            server_process(["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env, **audit.env),
         ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca, key, cert)) as channel:

@@ -78,8 +78,8 @@ def main() -> None:
         print(baseline.row())
         env = {"ZTMESH_DEV_MODE": "true", "ZTMESH_DATA_DIR": work}
         with (
-            audit_service(certs) as to_audit,
-            server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env, **to_audit),
+            audit_service(certs) as audit,
+            server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env, **audit.env),
         ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{plugins_port}", grpc.ssl_channel_credentials(ca, key, cert)) as ch:
