@@ -139,11 +139,16 @@ class DeferringEmitter:
 
 
 class LogAuditEmitter:
-    """Writes each event as a structured log line. Not tamper-evident: for development and for
-    services started without an audit service."""
+    """Writes each event as a structured log line, sanitized as the audit trail would store it (no
+    secrets, client addresses cut to their network: a log is read by more people than the trail).
+    Not tamper-evident: for offline commands and tests that run without an audit service."""
 
     def emit(self, event: AuditEvent) -> None:
-        log.info("audit %s %s", event.action, event.outcome, extra={"audit_event": json.loads(event.to_json())})
+        from ztmesh.audit.record import from_emitted  # the audit core imports this module
+
+        clean = from_emitted(event).to_json()  # raises InvalidEvent, as the audit service would refuse it
+        clean["details"] = json.loads(clean["details"])
+        log.info("audit %s %s", event.action, event.outcome, extra={"audit_event": clean})
 
     async def emit_async(self, event: AuditEvent) -> None:
         self.emit(event)
