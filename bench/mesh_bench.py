@@ -23,12 +23,22 @@ def main() -> None:
     with dev_pki() as certs:
         port = free_port()
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
-        with server_process(["ztmesh.mesh.echo"], certs, port):
+        with server_process(["ztmesh.mesh.echo"], certs, port) as server:
             for concurrency in (1, 16, 64):
-                result = measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call, concurrency)
+                result = measure_grpc(f"echo c={concurrency}", f"localhost:{port}", files, echo_call, concurrency,
+                                      watch={"server": server.pid})  # fmt: skip
                 print(result.row())
                 if concurrency == 16:
+                    print(result.cpu_row())
                     record("echo_16", result.ops)
+                    mesh = result
+        # The floor: the same echo on grpc.aio with none of the mesh stack, same certificates, same client.
+        port = free_port()
+        with server_process(["bench.bare_grpc_echo"], certs, port) as server:
+            bare = measure_grpc("grpc.aio alone (no mesh stack), echo c=16", f"localhost:{port}", files, echo_call, 16,
+                                watch={"server": server.pid})  # fmt: skip
+            print(bare.row(), f"the mesh stack serves {mesh.ops / bare.ops:.2f}x of it")
+            print(bare.cpu_row())
 
 
 if __name__ == "__main__":
