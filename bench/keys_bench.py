@@ -98,7 +98,9 @@ def main() -> None:
         env = {"ZTMESH_KEK": Kek.generate().to_base64(), "ZTMESH_DATA_DIR": str(Path(work) / "svc")}
         with (
             audit_service(certs) as audit,
-            server_process(["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env, **audit.env),
+            server_process(
+                ["ztmesh.cli", "serve", "keys"], certs, port, ZTMESH_PROCESSES="2", **env, **audit.env
+            ) as keys,
         ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca, key, cert)) as channel:
@@ -114,9 +116,11 @@ def main() -> None:
                     envelope_call,
                     concurrency,
                     connections=2 if concurrency > 1 else 1,  # one each to the two processes (SO_REUSEPORT)
+                    watch={"keys": keys.pid, "audit": audit.pid},
                 )
                 print(result.row(local_envelope), f"-> service layer costs {local_envelope.ops / result.ops:.2f}x")
                 if concurrency == 16:
+                    print(result.cpu_row(), f"(in process: {1e6 / local_envelope.ops:.0f} us on one core)")
                     record("keys_cost_16", local_envelope.ops / result.ops)
             print(local_signature.row())
             for concurrency in (1, 16):

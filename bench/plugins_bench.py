@@ -73,13 +73,15 @@ def main() -> None:
     with dev_pki() as certs, tempfile.TemporaryDirectory() as work:
         files = TlsFiles(certs / "client.crt", certs / "client.key", certs / "ca.crt")
         echo_port, plugins_port = free_port(), free_port()
-        with server_process(["ztmesh.mesh.echo"], certs, echo_port):
-            baseline = measure_grpc("bare gRPC echo c=16", f"localhost:{echo_port}", files, echo_call, 16)
+        with server_process(["ztmesh.mesh.echo"], certs, echo_port) as echo:
+            baseline = measure_grpc("bare gRPC echo c=16", f"localhost:{echo_port}", files, echo_call, 16,
+                                    watch={"echo": echo.pid})  # fmt: skip
         print(baseline.row())
+        print(baseline.cpu_row())
         env = {"ZTMESH_DEV_MODE": "true", "ZTMESH_DATA_DIR": work}
         with (
             audit_service(certs) as audit,
-            server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env, **audit.env),
+            server_process(["ztmesh.cli", "serve", "plugins"], certs, plugins_port, **env, **audit.env) as plugins,
         ):
             cert, key, ca = files.read()
             with grpc.secure_channel(f"localhost:{plugins_port}", grpc.ssl_channel_credentials(ca, key, cert)) as ch:
@@ -97,8 +99,10 @@ def main() -> None:
                     timeout=60,
                 )
             target = f"localhost:{plugins_port}"
-            result = measure_grpc("gRPC Execute trivial c=16", target, files, execute_call("echo", "echo", "{}"), 16)
+            result = measure_grpc("gRPC Execute trivial c=16", target, files, execute_call("echo", "echo", "{}"), 16,
+                                  watch={"plugins": plugins.pid, "audit": audit.pid})  # fmt: skip
             print(result.row(baseline), f"-> {result.ops / baseline.ops:.0%} of the bare echo")
+            print(result.cpu_row(), f"(CPU-bound here: {baseline.cpu_total_us / result.cpu_total_us:.2f}x the echo)")
             record("plugins_trivial_16", result.ops / baseline.ops)
             for size, payload in inputs.items():
                 result = measure_grpc(
