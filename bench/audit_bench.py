@@ -331,7 +331,8 @@ def main() -> None:
 
 def round_trip() -> None:
     """What every audited operation waits for: a one-event Append to the audit service (embedded SQLite,
-    as the other benches run it), and the audit process's CPU per call."""
+    as the other benches run it), and the audit process's CPU per call; then a group of 16 in one call -
+    the most an emitter with 16 operations in flight can send at once - and its CPU per event."""
     from bench.harness import dev_pki, free_port, measure_grpc, server_process
     from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
     from ztmesh.audit.servicer import event_to_proto
@@ -339,24 +340,29 @@ def round_trip() -> None:
 
     event = make_event(**raw_event(0))
 
-    def make_call(channel):  # type: ignore[no-untyped-def]
-        stub = audit_pb2_grpc.AuditServiceStub(channel)
+    def appends(events: int):  # type: ignore[no-untyped-def]
+        def make_call(channel):  # type: ignore[no-untyped-def]
+            stub = audit_pb2_grpc.AuditServiceStub(channel)
 
-        async def call() -> None:
-            one = dataclasses.replace(event, event_id=uuid7())
-            await stub.Append(audit_pb2.AppendRequest(events=[event_to_proto(one)]), timeout=30)
+            async def call() -> None:
+                group = [event_to_proto(dataclasses.replace(event, event_id=uuid7())) for _ in range(events)]
+                await stub.Append(audit_pb2.AppendRequest(events=group), timeout=30)
 
-        return call
+            return call
+
+        return make_call
 
     with dev_pki() as certs, tempfile.TemporaryDirectory() as work:
         port = free_port()
         files = TlsFiles(certs / "policy.crt", certs / "policy.key", certs / "ca.crt")
         with server_process(["ztmesh.cli", "serve", "audit"], certs, port, ZTMESH_DATA_DIR=work,
                             ZTMESH_PROCESSES="1", ZTMESH_LOG_LEVEL="ERROR") as audit:  # fmt: skip
-            for concurrency in (1, 16):
-                result = measure_grpc(f"Append, 1 event, c={concurrency}", f"localhost:{port}", files, make_call,
-                                      concurrency, watch={"audit": audit.pid})  # fmt: skip
-                print(result.row(), f"audit CPU {dict(result.cpu_us)['audit'] / 1e3:.2f} ms/call")
+            for events, concurrency in ((1, 1), (1, 16), (16, 1)):
+                result = measure_grpc(f"Append, {events} event{'s' if events > 1 else ''}, c={concurrency}",
+                                      f"localhost:{port}", files, appends(events), concurrency,
+                                      watch={"audit": audit.pid})  # fmt: skip
+                per_call = dict(result.cpu_us)["audit"]
+                print(result.row(), f"audit CPU {per_call / 1e3:.2f} ms/call, {per_call / events:.0f} us/event")
 
 
 if __name__ == "__main__":
