@@ -6,7 +6,8 @@ filter verified (never from an unverified header), else the SPIFFE ID of the mTL
 which counts only as a well-formed ID of the mesh's trust domain on the gateway's workload list; any
 other client certificate is refused (an audited DENY naming what was presented) before the policy;
 the HTTP method as the action (a route may name its own); the resource type and classification
-from the route's `context_extensions`. ALLOW adds `x-ztmesh-decision-id` and `x-ztmesh-trust-score`
+from the route's `context_extensions` (a request naming another method in its query, `?_method=DELETE`,
+is refused: the method judged must be the one that runs). ALLOW adds `x-ztmesh-decision-id` and `x-ztmesh-trust-score`
 upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-up. Incoming
 `x-ztmesh-*` headers are removed so nobody can smuggle a decision upstream.
 """
@@ -19,7 +20,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import grpc
 from cryptography import x509
@@ -61,6 +62,9 @@ METHOD_ACTIONS = {
     "PATCH": "write",
     "DELETE": "delete",
 }
+# Query parameters that upstream frameworks read as the request's real method (Express's method-override,
+# Laravel, Symfony, Rails on POSTs): a GET or POST judged as such would run as a DELETE.
+_METHOD_OVERRIDES = frozenset({"_method"})
 _ASSURANCE = {"aal1": Assurance.LOW, "aal2": Assurance.MEDIUM, "aal3": Assurance.HIGH}
 # An unknown status is no standing at all, as an unspecified one over Decide.
 _REGISTRATION = {
@@ -204,7 +208,8 @@ def check_to_request(request: external_auth_pb2.CheckRequest) -> DecisionRequest
     headers = {k.lower(): v for k, v in http.headers.items()}
     labels = dict(attributes.context_extensions)
     claims = verified_claims(attributes)
-    path = http.path.split("?", 1)[0]
+    path, _, query = http.path.partition("?")
+    _refuse_method_override(query)
     return DecisionRequest(
         subject=_subject(attributes, claims),
         resource=Resource(
@@ -223,6 +228,17 @@ def check_to_request(request: external_auth_pb2.CheckRequest) -> DecisionRequest
         ),
         attributes={"http": {"method": http.method, "path": path, "host": http.host}, "route": labels},
     )
+
+
+def _refuse_method_override(query: str) -> None:
+    """InvalidRequest when a query parameter names the method, however it is spelled: names are compared
+    as a framework reads them - percent-decoded, in any letter case, with or without a `[]` suffix, and
+    split at `;` as well as `&` (older Rack splits at both)."""
+    for name, _ in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
+        if name.strip().casefold().split("[", 1)[0] in _METHOD_OVERRIDES:
+            raise InvalidRequest(
+                "request.http.path", f"the query names a method ({_shown(name, 40)}): method overrides are refused"
+            )
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:

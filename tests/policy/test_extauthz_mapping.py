@@ -47,6 +47,17 @@ def test_method_maps_to_action_unless_the_route_names_one(method, labels, action
     assert decide.action == action
 
 
+@pytest.mark.parametrize("query", ["_method=DELETE", "a=1&%5Fmethod=PUT", "_Method=x", "_method[]=x", "a=1;_method=x"])
+def test_a_query_that_names_the_method_is_refused(query):
+    with pytest.raises(InvalidRequest, match="method overrides are refused"):
+        check_to_request(check_request(method="POST", path=f"/api/patients/42?{query}"))
+
+
+@pytest.mark.parametrize("query", ["", "sort=_method", "method=x", "_methods=x", "x_method=y"])
+def test_a_query_that_does_not_name_the_method_is_judged(query):
+    assert check_to_request(check_request(path=f"/api/patients/42?{query}")).action == "read"
+
+
 def test_route_labels_and_request_context():
     decide = check_to_request(check_request(headers={"user-agent": "curl", "x-processing-purpose": "treatment"}))
     assert (decide.resource.classification, decide.resource.type, decide.resource.id) == (
