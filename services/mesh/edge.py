@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import math
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, ParamSpec, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from ztmesh.mesh.errors import AuditUnavailable, InvalidField, PeerIdentityError
 from ztmesh.mesh.spiffe import SpiffeId
@@ -80,6 +81,31 @@ def timestamp_to_datetime(stamp: timestamp_pb2.Timestamp, field: str) -> datetim
     except (ValueError, OverflowError) as exc:
         problem = str(exc).removeprefix("Timestamp is not valid: ").rstrip(".")
         raise InvalidField(field, f"not a valid time ({problem[:1].lower()}{problem[1:]})") from None
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A protobuf Struct as plain Python values, exactly as `json_format.MessageToDict` gives them
+    (numbers as floats, an unset value as None; NaN and infinities refused with ValueError), for a
+    fraction of its cost: it reads the verified token's claims on every ext_authz Check."""
+    return {key: _plain_value(value) for key, value in struct.fields.items()}
+
+
+def _plain_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise ValueError(f"Struct holds a number JSON cannot: {number}")
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(item) for item in value.list_value.values]
+    return None  # null_value, or nothing set
 
 
 # --- errors -> status codes -------------------------------------------------------------------------

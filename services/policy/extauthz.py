@@ -27,10 +27,9 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
-from ztmesh.mesh.edge import caller_id
+from ztmesh.mesh.edge import caller_id, struct_to_dict
 from ztmesh.mesh.errors import SpiffeIdError
 from ztmesh.mesh.spiffe import SpiffeId
 from ztmesh.policy.decider import PolicyEngine
@@ -152,7 +151,7 @@ def verified_claims(attributes: attribute_context_pb2.AttributeContext) -> dict[
     jwt = attributes.metadata_context.filter_metadata.get(JWT_FILTER)
     if jwt is None:
         return {}
-    payloads = json_format.MessageToDict(jwt)
+    payloads = struct_to_dict(jwt)
     for value in payloads.values():  # one entry, named by the filter's payload_in_metadata
         if isinstance(value, dict) and value.get("sub"):
             return value
@@ -234,6 +233,8 @@ def _refuse_method_override(query: str) -> None:
     """InvalidRequest when a query parameter names the method, however it is spelled: names are compared
     as a framework reads them - percent-decoded, in any letter case, with or without a `[]` suffix, and
     split at `;` as well as `&` (older Rack splits at both)."""
+    if "%" not in query and "method" not in query.casefold():  # the common query: nothing to decode
+        return
     for name, _ in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
         if name.strip().casefold().split("[", 1)[0] in _METHOD_OVERRIDES:
             raise InvalidRequest(

@@ -11,11 +11,11 @@ import dataclasses
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from ztmesh._proto.audit.v1 import audit_pb2
 from ztmesh._proto.policy.v1 import policy_pb2, policy_pb2_grpc
-from ztmesh.mesh.edge import Edge, caller_id, timestamp_to_datetime
+from ztmesh.mesh.edge import Edge, caller_id, struct_to_dict, timestamp_to_datetime
 from ztmesh.mesh.errors import InvalidField
 from ztmesh.policy import headers
 from ztmesh.policy.decider import PolicyEngine
@@ -99,7 +99,7 @@ def request_from_proto(msg: policy_pb2.DecideRequest) -> DecisionRequest:
     at = timestamp_to_datetime(c.time, "context.time") if c.HasField("time") else None
     attributes: dict[str, Any] = {}
     if msg.HasField("attributes"):
-        attributes = json_format.MessageToDict(msg.attributes)
+        attributes = struct_to_dict(msg.attributes)
     return DecisionRequest(
         subject=Subject(s.id, tuple(s.roles), s.auth_method, _enum(_ASSURANCE, s.assurance, "subject.assurance"),
                         registration),

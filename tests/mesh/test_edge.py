@@ -1,19 +1,24 @@
 """The shared gRPC edge over real mTLS: domain errors map to their status most specific first, the mesh's
-errors after the service's, undecodable bytes are INVALID_ARGUMENT, and a bug is INTERNAL logged once."""
+errors after the service's, undecodable bytes are INVALID_ARGUMENT, and a bug is INTERNAL logged once;
+and the edge's conversions (Timestamp, Struct) give what protobuf's own would."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from tests.support.mesh import running, settings_for
 from ztmesh._proto.echo.v1 import echo_pb2, echo_pb2_grpc
 from ztmesh.mesh.echo import ECHO_SERVICE
-from ztmesh.mesh.edge import Edge, caller_id, timestamp_to_datetime
+from ztmesh.mesh.edge import Edge, caller_id, struct_to_dict, timestamp_to_datetime
 from ztmesh.mesh.errors import AuditUnavailable, InvalidField
 from ztmesh.mesh.server import ServiceApp
 from ztmesh.mesh.spiffe import authorize_member_of
@@ -108,3 +113,43 @@ def test_timestamps_no_datetime_holds_name_their_field() -> None:
     for stamp in (timestamp_pb2.Timestamp(seconds=2**62), timestamp_pb2.Timestamp(seconds=0, nanos=-1)):
         with pytest.raises(InvalidField, match=r"^context\.time: not a valid time \("):
             timestamp_to_datetime(stamp, "context.time")
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["str", "int", "float", "bool", "null"] + (["list", "dict"] if depth < 4 else [])
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return rng.choice(["", "dr.ana", "ação", "ключ", "😀", "a\nb", "\u0000", " "]) + str(rng.randrange(99))
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**53, -(2**31), rng.randrange(-10**9, 10**9)])
+    if kind == "float":
+        return rng.choice([0.5, -0.0, 1e-300, 1e300, 91.3, rng.uniform(-1e6, 1e6)])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {f"k{i}{rng.choice(['', '.x', '/y', ' z'])}": _random_json(rng, depth + 1) for i in range(rng.randrange(5))}
+
+
+def test_struct_to_dict_is_what_message_to_dict_gives() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        struct = struct_pb2.Struct()
+        struct.update({f"f{i}": _random_json(rng) for i in range(rng.randrange(6))})
+        ours, theirs = struct_to_dict(struct), json_format.MessageToDict(struct)
+        assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)  # types too: 2.0 is not 2
+    unset = struct_pb2.Struct()
+    unset.fields["nothing"].SetInParent()  # a Value with no kind: None for both
+    assert struct_to_dict(unset) == json_format.MessageToDict(unset) == {"nothing": None}
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_struct_to_dict_refuses_what_json_cannot_hold(number: float) -> None:
+    struct = struct_pb2.Struct()
+    struct.update({"outer": {"list": [1, number]}})
+    with pytest.raises(ValueError):
+        json_format.MessageToDict(struct)
+    with pytest.raises(ValueError):
+        struct_to_dict(struct)
