@@ -5,11 +5,11 @@ Decide's, with no DecideRequest in between): the subject from the claims of a JW
 filter verified (never from an unverified header), else the SPIFFE ID of the mTLS peer Envoy saw —
 which counts only as a well-formed ID of the mesh's trust domain on the gateway's workload list; any
 other client certificate is refused (an audited DENY naming what was presented) before the policy;
-the HTTP method as the action (a route may name its own); the resource type and classification
-from the route's `context_extensions` (a request naming another method in its query, `?_method=DELETE`,
-is refused: the method judged must be the one that runs). ALLOW adds `x-ztmesh-decision-id` and `x-ztmesh-trust-score`
-upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the step-up. Incoming
-`x-ztmesh-*` headers are removed so nobody can smuggle a decision upstream.
+the HTTP method as the action (a route may name its own; a query naming another method, as in
+`?_method=DELETE`, is refused: the method judged must be the one that runs); the resource type and
+classification from the route's `context_extensions`. ALLOW adds `x-ztmesh-decision-id` and
+`x-ztmesh-trust-score` upstream, DENY is a 403 with a short JSON body, CHALLENGE a 401 naming the
+step-up. Incoming `x-ztmesh-*` headers are removed so nobody can smuggle a decision upstream.
 """
 
 from __future__ import annotations
