@@ -39,6 +39,8 @@ def main() -> None:
                                 watch={"server": server.pid})  # fmt: skip
             print(bare.row(), f"the mesh stack serves {mesh.ops / bare.ops:.2f}x of it")
             print(bare.cpu_row())
+            record("floor_bare_server_us", dict(bare.cpu_us)["server"])
+            record("floor_bare_client_us", dict(bare.cpu_us)["client"])
 
 
 if __name__ == "__main__":

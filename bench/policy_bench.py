@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Result, measure_inprocess
+from bench.harness import Result, measure_inprocess, record
 from ztmesh.policy.answer import parse_answer
 from ztmesh.policy.bundle import BundleManager, check_bundle, read_bundle
 from ztmesh.policy.cache import MemoryDecisionCache
@@ -134,6 +134,8 @@ def inprocess_section() -> None:
     for row in rows:
         print(us(row))
     print("   target: in-process decision under 100 us")
+    record("floor_decision_uncached_us", 1e6 / rows[0].ops)  # for the floors `make bench` prints at the end
+    record("floor_decision_cached_us", 1e6 / rows[2].ops)
 
 
 # --- engines side by side -------------------------------------------------------------------------
@@ -337,7 +339,7 @@ def decide_call(channel: Any) -> Callable[[], Any]:
 
 
 def grpc_section() -> None:
-    from bench.harness import audit_service, dev_pki, free_port, measure_grpc, record, server_process
+    from bench.harness import audit_service, dev_pki, free_port, measure_grpc, server_process
     from bench.mesh_bench import echo_call
     from ztmesh.mesh.tls import TlsFiles
 
@@ -367,6 +369,8 @@ def grpc_section() -> None:
                 print(echo[concurrency].row())
                 if concurrency == 16:
                     print(echo[concurrency].cpu_row())
+                    record("floor_echo_us", echo[16].cpu_total_us)
+                    record("floor_load_generator_us", dict(echo[16].cpu_us)["client"])
         with audit_service(certs) as audit:
             for name, measure, args, env in setups:
                 port = free_port()

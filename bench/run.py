@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import RESULTS_ENV  # noqa: E402
-from bench.targets import read_results, table  # noqa: E402
+from bench.targets import floors, read_results, table  # noqa: E402
 
 if __name__ == "__main__":
     failed = []
@@ -26,7 +26,10 @@ if __name__ == "__main__":
                 failed.append(module)
             print(flush=True)
         print("== targets (issue 15): measured in this run, side by side ==")
-        print(table(read_results(results)))
+        values = read_results(results)
+        print(table(values))
+        print()
+        print(floors(values))
         print("where the time goes, measured: docs/serving-stack.md")
     print(f"\nbench: {time.monotonic() - started:.0f} s")
     if failed:

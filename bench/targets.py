@@ -1,5 +1,7 @@
 """The targets of issue 15, each beside the ratio measured in this run of `make bench` and whether it
-is met. Benches report their measured values with `bench.harness.record`; run.py prints the table."""
+is met; then the floors under them - what the cheapest possible call would cost on this machine, from
+rows of the same run. Benches report their measured values with `bench.harness.record`; run.py prints
+both tables."""
 
 from __future__ import annotations
 
@@ -57,4 +59,36 @@ def table(values: dict[str, float]) -> str:
         shown = "-" if value is None else (f"{value:.0f}{t.unit}" if t.unit == "/s" else f"{value:.2f}{t.unit}")
         goal = f"{'>=' if t.at_least else '<='} {t.goal:g}{t.unit}"
         rows.append(f"{t.label:<72} {shown:>10} {goal:>9}  {t.verdict(value)}")
+    return "\n".join(rows)
+
+
+CORES = 2  # what the load generator and every service share on the machine the targets were set for
+
+
+def floors(values: dict[str, float]) -> str:
+    """What the Decide and echo targets ask for beside the least a call could cost here (CPU per call,
+    all processes, microseconds): the load generator's call, grpc.aio serving it with no ztmesh code, the
+    decision in process, and - for Decide - its durable record at the best batching 16 callers allow (all
+    16 in one Append, plus a sixteenth of a bare client call for the emitter). Nothing else of ours is
+    counted, so a floor above its budget is a target no work on our code reaches on this machine."""
+    needed = ("floor_echo_us", "floor_load_generator_us", "floor_bare_server_us", "floor_bare_client_us",
+              "floor_record_us", "floor_decision_cached_us", "floor_decision_uncached_us")  # fmt: skip
+    missing = [name for name in needed if name not in values]
+    if missing:
+        return f"floors: not measured ({', '.join(missing)})"
+    v = values
+    record = v["floor_record_us"] + v["floor_bare_client_us"] / 16
+    rows = [f"{'floor (least CPU a call can cost here, us)':<56} {'floor':>8} {'budget':>8} {'best possible':>14}",
+            "-" * 90]  # fmt: skip
+    for label, decision, goal in (("Decide, cache on", "floor_decision_cached_us", 0.8),
+                                  ("Decide, cache off", "floor_decision_uncached_us", 0.7)):  # fmt: skip
+        floor = v["floor_load_generator_us"] + v["floor_bare_server_us"] + v[decision] + record
+        budget = v["floor_echo_us"] / goal
+        rows.append(f"{label + f' (target >= {goal:g}x echo)':<56} {floor:8.0f} {budget:8.0f} "
+                    f"{v['floor_echo_us'] / floor:13.2f}x")  # fmt: skip
+    echo = v["floor_bare_server_us"] + v["floor_bare_client_us"]
+    rows.append(f"{'bare echo (target >= 4500/s)':<56} {echo:8.0f} {CORES * 1e6 / 4500:8.0f} "
+                f"{CORES * 1e6 / echo:12.0f}/s")  # fmt: skip
+    rows.append(f"{'  ... with a load generator that cost nothing':<56} {v['floor_bare_server_us']:8.0f} "
+                f"{CORES * 1e6 / 4500:8.0f} {CORES * 1e6 / v['floor_bare_server_us']:12.0f}/s")  # fmt: skip
     return "\n".join(rows)
