@@ -8,13 +8,13 @@ lock (PostgreSQL advisory lock, SQLite's write lock), so concurrent appenders ne
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from ztmesh.audit import canonical
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind
+from ztmesh.audit import canonical, merkle
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind, extend_with_leaves
 from ztmesh.audit.errors import DuplicateInBatch, InvalidEvent
 from ztmesh.audit.merkle import NodeId
 from ztmesh.audit.record import AuditRecord, EventV1, masked_json
@@ -196,6 +196,38 @@ def plan_batch(events: Sequence[EventV1], stored: dict[str, tuple[int, EventV1]]
         seen[event.event_id] = event
         new.append(event)
     return BatchPlan(new, {k: v[0] for k, v in stored.items()})
+
+
+class AppendTip:
+    """Where one transaction's appends go next (`AuditStore.append_many`): the chain head, the events already
+    stored among the transaction's ids, and the tree's frontier - each read once, under the store's append
+    lock, and carried from one batch to the next, not read again for every batch of a group."""
+
+    def __init__(
+        self, head: ChainHead, stored: dict[str, tuple[int, EventV1]],
+        read_nodes: Callable[[Sequence[NodeId]], list[bytes]],
+    ) -> None:  # fmt: skip
+        self.head, self.stored = head, stored
+        self._read_nodes = read_nodes
+        self._frontier: merkle.Frontier | None = None  # read when the first new leaf needs it
+
+    def extend(
+        self, events: Sequence[EventV1], recorded_at: str, emitter: str,
+        encoded: Mapping[str, tuple[bytes, bytes, bytes]] | None = None,
+    ) -> tuple[BatchPlan, list[AuditRecord], list[tuple[NodeId, bytes]]]:  # fmt: skip
+        """The batch's plan, its new records after the head and the tree nodes they complete; the tip then
+        stands after them."""
+        plan = plan_batch(events, self.stored)
+        if not plan.new:
+            return plan, [], []
+        records, leaves = extend_with_leaves(self.head, plan.new, recorded_at, emitter, encoded)
+        if self._frontier is None:
+            self._frontier = merkle.frontier_from(self.head.sequence, self._read_nodes)
+        self._frontier, nodes = merkle.append_leaves(self._frontier, leaves)
+        last = records[-1]
+        self.head = ChainHead(last.sequence, last.hash, last.recorded_at)
+        self.stored.update((r.event.event_id, (r.sequence, r.event)) for r in records)
+        return plan, records, nodes
 
 
 def results_for(events: Sequence[EventV1], plan: BatchPlan, records: Sequence[AuditRecord]) -> list[AppendResult]:

@@ -17,7 +17,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ztmesh.audit import canonical, merkle, pg_schema
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend_with_leaves
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint
 from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
 from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, masked_json, quoted, record_parts
 from ztmesh.audit.store import (
@@ -25,13 +25,13 @@ from ztmesh.audit.store import (
     DEFAULT_MIN_RETENTION,
     RECORD_COLUMNS,
     AppendResult,
+    AppendTip,
     Clock,
     PrunePlan,
     QueryFilter,
     checkpoint_from_row,
     checkpoint_params,
     floor_time,
-    plan_batch,
     record_from_row,
     results_for,
     utc_now,
@@ -223,15 +223,12 @@ class PostgresAuditStore:
             conn.execute("SELECT audit_ensure_partition(%s)", (moment,))
             self._partitions.add(start)
 
-    def _append(self, conn: Any, events: Sequence[EventV1], emitter: str, encoded: _Encoded) -> list[AppendResult]:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-        plan = plan_batch(events, self._stored(conn, [e.event_id for e in events]))
-        if not plan.new:
+    def _append(
+        self, conn: Any, tip: AppendTip, events: Sequence[EventV1], emitter: str, encoded: _Encoded
+    ) -> list[AppendResult]:
+        plan, records, nodes = tip.extend(events, canonical.format_time(self.clock()), emitter, encoded.parts)
+        if not records:
             return results_for(events, plan, [])
-        head = self._head(conn)
-        records, leaves = extend_with_leaves(
-            head, plan.new, canonical.format_time(self.clock()), emitter, encoded.parts
-        )
         self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
         # Under the lock, only what the position in the chain decides; the rest of each row was made before.
         rows = "".join([
@@ -241,7 +238,6 @@ class PostgresAuditStore:
         ])  # fmt: skip
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
             copy.write(rows.encode())
-        _, nodes = merkle.append_leaves(merkle.frontier_from(head.sequence, lambda ids: _read_nodes(conn, ids)), leaves)
         with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
             copy.write("".join([f"{level}\t{idx}\t\\\\x{digest.hex()}\n" for (level, idx), digest in nodes]).encode())
         return results_for(events, plan, records)
@@ -253,8 +249,12 @@ class PostgresAuditStore:
         encoded = [_Encoded(events, emitter) for events, emitter in batches]
 
         def write(conn: Any) -> list[list[AppendResult]]:
+            # One lock, one dedup lookup, one head and frontier read for the whole group (AppendTip).
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            ids = [e.event_id for events, _ in batches for e in events]
+            tip = AppendTip(self._head(conn), self._stored(conn, ids), lambda wanted: _read_nodes(conn, wanted))
             return [
-                self._append(conn, events, emitter, codes) if events else []
+                self._append(conn, tip, events, emitter, codes) if events else []
                 for (events, emitter), codes in zip(batches, encoded, strict=True)
             ]
 

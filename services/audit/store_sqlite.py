@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ztmesh.audit import canonical, merkle
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, extend_with_leaves
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint
 from ztmesh.audit.errors import AppendOnlyViolation, StoreError
 from ztmesh.audit.record import AuditRecord, EventV1, assemble, quoted
 from ztmesh.audit.store import (
@@ -24,13 +24,13 @@ from ztmesh.audit.store import (
     DEFAULT_MIN_RETENTION,
     RECORD_COLUMNS,
     AppendResult,
+    AppendTip,
     Clock,
     PrunePlan,
     QueryFilter,
     checkpoint_from_row,
     checkpoint_params,
     floor_time,
-    plan_batch,
     record_from_row,
     record_params,
     results_for,
@@ -228,16 +228,13 @@ class SqliteAuditStore:
                 out[record.event.event_id] = (record.sequence, record.event)
         return out
 
-    def _append_locked(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
-        plan = plan_batch(events, self._stored([e.event_id for e in events]))
-        head = self._head_locked()
-        records, leaves = extend_with_leaves(head, plan.new, canonical.format_time(self.clock()), emitter)
-        self._db.executemany(
-            f"INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
-            [record_params(r) for r in records],
-        )
-        if leaves:
-            _, nodes = merkle.append_leaves(merkle.frontier_from(head.sequence, self._node_reader), leaves)
+    def _append_locked(self, tip: AppendTip, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
+        plan, records, nodes = tip.extend(events, canonical.format_time(self.clock()), emitter)
+        if records:
+            self._db.executemany(
+                f"INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                [record_params(r) for r in records],
+            )
             self._db.executemany("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
                                  [(level, idx, h) for (level, idx), h in nodes])  # fmt: skip
         return results_for(events, plan, records)
@@ -269,7 +266,9 @@ class SqliteAuditStore:
 
     def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
         def write() -> list[list[AppendResult]]:
-            return [self._append_locked(events, emitter) if events else [] for events, emitter in batches]
+            tip = AppendTip(self._head_locked(), self._stored([e.event_id for events, _ in batches for e in events]),
+                            self._node_reader)  # fmt: skip
+            return [self._append_locked(tip, events, emitter) if events else [] for events, emitter in batches]
 
         result: list[list[AppendResult]] = self._write(write)
         return result
