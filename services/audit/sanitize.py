@@ -299,7 +299,7 @@ def _nothing_to_change(text: str) -> bool:
     # An IPv4 address masking would change does not end in .0 (an emitter's cut ones do); one with an
     # octet above 255, which the walk leaves alone, goes to the walk all the same. Only a string with
     # three dots can hold one (a quad never spans two strings), and the regex is the costly part here.
-    quads = (quad for text in strings if text.count(".") >= 3 for quad in _DOTTED_QUAD.findall(text))
+    quads = (quad for string in strings if string.count(".") >= 3 for quad in _DOTTED_QUAD.findall(string))
     if any(quad.rsplit(".", 1)[1] != "0" for quad in quads):
         return False
     return ":" not in lines or all(mask_ips(s) == s for s in strings if ":" in s)  # IPv6 candidates

@@ -146,9 +146,11 @@ class LogAuditEmitter:
     def emit(self, event: AuditEvent) -> None:
         from ztmesh.audit.record import from_emitted  # the audit core imports this module
 
-        clean = from_emitted(event).to_json()  # raises InvalidEvent, as the audit service would refuse it
-        clean["details"] = json.loads(clean["details"])
-        log.info("audit %s %s", event.action, event.outcome, extra={"audit_event": clean})
+        stored = from_emitted(event)  # raises InvalidEvent, as the audit service would refuse it
+        log.info(
+            "audit %s %s", event.action, event.outcome,
+            extra={"audit_event": {**stored.to_json(), "details": stored.details_object()}},
+        )  # fmt: skip
 
     async def emit_async(self, event: AuditEvent) -> None:
         self.emit(event)
