@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -28,11 +28,20 @@ from ztmesh.audit.chain import (
     VerifyReport,
     walk_here,
 )
+from ztmesh.audit.record import SCHEMA_VERSION
 from ztmesh.audit.store import AuditStore
 from ztmesh.audit.trail import verify_store
 
+try:  # native/chainwalk, built by scripts/install-deps.sh and the image; without it the walk is Python's
+    from ztmesh_chainwalk import BinaryWalk
+
+    NATIVE = True
+except ImportError:  # pragma: no cover - where the native walk is not built (CI's tests require it)
+    NATIVE = False
+
 CHUNK_BITS = 14  # stretches end on boundaries of subtrees of 16,384 leaves (records)
 MIN_PARALLEL = 200_000  # below this, starting processes costs more than it saves
+_SCHEMA_TEXT = str(SCHEMA_VERSION).encode()
 
 
 def default_workers(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -115,6 +124,41 @@ def _walk_fast(
     return expected - first, prev, True, roots, tails
 
 
+def native_walk(store: AuditStore) -> bool:
+    """Whether records of `store` are walked by the native walk: PostgreSQL (its binary COPY stream),
+    with ztmesh_chainwalk built."""
+    return NATIVE and hasattr(store, "binary_records")
+
+
+def _walk_native(
+    store: AuditStore,
+    first: int,
+    last: int,
+    anchor: bytes,
+    heads: dict[int, list[bytes]],
+    seed: Sequence[tuple[int, bytes]] | None,
+    sizes: Sequence[int],
+    bits: int,
+) -> tuple[int, bytes, bool, list[bytes], dict[int, list[bytes]]]:
+    """`_walk_fast`'s answer from ztmesh_chainwalk over the binary COPY stream of records first..last:
+    first as they lie on disk (in sequence order unless something moved them), and on the first doubt
+    once more in sequence order from the record in doubt, so only a real problem reaches the Python walk."""
+    walk = BinaryWalk(first, anchor, heads, None if seed is None else list(seed), list(sizes), bits, _SCHEMA_TEXT)
+    for ordered in (False, True):
+        chunks = store.binary_records(walk.next_sequence, last, ordered=ordered)  # type: ignore[attr-defined]
+        try:
+            for chunk in chunks:
+                if not walk.feed(chunk):
+                    break
+        finally:
+            chunks.close()  # stopped early: ends the database's stream
+        count, last_hash, intact, roots, tails = walk.finish()
+        if intact:
+            break
+        walk.restart()
+    return count, last_hash, intact, roots, tails
+
+
 def _walk_stretch(
     address: str,
     first: int,
@@ -134,13 +178,16 @@ def _walk_stretch(
         if anchor is None:
             anchor = store.hash_at(first - 1) or b""
         heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
-        links = store.links(first, last)
-        try:
-            count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
-        finally:
-            close = getattr(links, "close", None)
-            if close is not None:
-                close()  # stopped early: ends the database's stream
+        if native_walk(store):
+            count, last_hash, intact, roots, tails = _walk_native(store, first, last, anchor, heads, seed, sizes, bits)
+        else:
+            links = store.links(first, last)
+            try:
+                count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
+            finally:
+                close = getattr(links, "close", None)
+                if close is not None:
+                    close()  # stopped early: ends the database's stream
     finally:
         store.close()
     doubt = None if intact else Failure(first + count, Problem.NONE, "redo this stretch in one process")
@@ -213,24 +260,35 @@ class ParallelWalk:
     ) -> tuple[int, bytes, Failure | None]:
         stretches = self._stretches(start) if self.workers > 1 and self.end - start + 1 >= self.min_parallel else []
         if len(stretches) < 2:
-            return walk_here(links, start, anchor, checkpoints, tree)
+            if not native_walk(self.store) or start > self.end:
+                return walk_here(links, start, anchor, checkpoints, tree)
+            stretches = [(start, self.end)]  # one process, but the native walk's
         close = getattr(links, "close", None)
         if close is not None:
             close()  # the caller's single stream is not needed (it has not started unless anchoring failed)
         roots = tree.roots if tree is not None else {}
         seed = [(lv, h) for lv, h in tree.frontier.nodes if lv < self.bits] if tree is not None else None
+        first, last = stretches[0]
+        here_args = (
+            self.address, first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
+            sorted(s for s in roots if start <= s <= last), self.bits,
+        )  # fmt: skip
+        if len(stretches) == 1:
+            return self._combine([_walk_stretch(*here_args)], start, anchor, checkpoints, tree)
         jobs: list[Future[_Stretch]] = []
-        with ProcessPoolExecutor(len(stretches) - 1, mp_context=get_context("spawn")) as pool:
+        # The native walk hashes without the GIL, so threads share the work without starting processes
+        # (a spawned one imports for ~0.3 s); the Python walk needs processes.
+        pool: Executor = (
+            ThreadPoolExecutor(len(stretches) - 1) if native_walk(self.store)
+            else ProcessPoolExecutor(len(stretches) - 1, mp_context=get_context("spawn"))
+        )  # fmt: skip
+        with pool:
             for first, last in stretches[1:]:
                 cps = {s: c for s, c in checkpoints.items() if first <= s <= last}
                 sizes = sorted(s for s in roots if first <= s <= last)
                 jobs.append(pool.submit(_walk_stretch, self.address, first, last, None, cps, [] if seed is not None
                                         else None, sizes, self.bits))  # fmt: skip
-            first, last = stretches[0]
-            here = _walk_stretch(
-                self.address, first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
-                sorted(s for s in roots if start <= s <= last), self.bits,
-            )  # fmt: skip
+            here = _walk_stretch(*here_args)
             done = [here, *(job.result() for job in jobs)]
         return self._combine(done, start, anchor, checkpoints, tree)
 

@@ -43,7 +43,14 @@ _VERIFY_COLUMNS = (
     "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
     "decision_id, trace_id, encode(prev_hash, 'hex'), encode(hash, 'hex'), masked, details"
 )
+# What the native walk (native/chainwalk, ztmesh_chainwalk) reads, in this order, as binary COPY: raw
+# bytea and timestamps cost PostgreSQL ~2 us a row less to send than their text forms.
+BINARY_VERIFY_COLUMNS = (
+    "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
+    "decision_id, trace_id, prev_hash, hash, masked, details"
+)
 SCHEMA_TEXT = str(SCHEMA_VERSION).encode()
+_BINARY_CHUNK = 1 << 20  # bytes of the binary COPY stream handed to the native walk at a time
 _COPY_ESCAPE = re.compile(rb"\\(.)")
 _COPY_UNESCAPE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"\\": b"\\"}
 
@@ -287,13 +294,25 @@ class PostgresAuditStore:
     def links(self, start: int, end: int) -> Iterator[ChainLink]:
         """Stream start..end through COPY, read straight from libpq: PostgreSQL sends one message per
         row, and per-row driver overhead would otherwise cost more than hashing the record."""
+        for line in self._copy_out(f"SELECT {_VERIFY_COLUMNS}", start, end, " ORDER BY sequence) TO STDOUT"):
+            yield _link(bytes(line[:-1]) if line[-1:] == b"\n" else bytes(line))
+
+    def binary_records(self, start: int, end: int, *, ordered: bool = True) -> Iterator[bytes]:
+        """Records start..end as PostgreSQL's binary COPY stream of BINARY_VERIFY_COLUMNS (header, one
+        tuple per record, trailer), about a megabyte at a time: what the native walk reads. Unordered,
+        PostgreSQL sends them as they lie on disk (~1 us a row cheaper than an index walk): in sequence
+        order unless something moved them, which the reader must notice."""
+        order = " ORDER BY sequence" if ordered else ""
+        yield from self._copy_out(f"SELECT {BINARY_VERIFY_COLUMNS}", start, end, f"{order}) TO STDOUT (FORMAT binary)",
+                                  _BINARY_CHUNK)  # fmt: skip
+
+    def _copy_out(self, select: str, start: int, end: int, then: str, chunk: int = 0) -> Iterator[Any]:
         query = (
-            f"COPY (SELECT {_VERIFY_COLUMNS} FROM audit_records WHERE sequence BETWEEN {int(start)} "
-            f"AND {int(end)} ORDER BY sequence) TO STDOUT"
+            f"COPY ({select} FROM audit_records WHERE sequence BETWEEN {int(start)} AND {int(end)}{then}"
         ).encode()
         try:
             with self.pool.connection() as conn, conn.transaction():
-                yield from _copy_out_lines(conn, query)
+                yield from _copy_out_messages(conn, query, chunk)
         except psycopg.Error as exc:
             raise StoreError(f"audit database: {_first_line(exc)}") from None
 
@@ -401,7 +420,10 @@ def _read_nodes(conn: Any, ids: Sequence[merkle.NodeId]) -> list[bytes]:
     return merkle.nodes_in_order(ids, {(level, idx): bytes(h) for level, idx, h in rows})
 
 
-def _copy_out_lines(conn: psycopg.Connection[Any], query: bytes) -> Iterator[ChainLink]:
+def _copy_out_messages(conn: psycopg.Connection[Any], query: bytes, chunk: int = 0) -> Iterator[Any]:
+    """The CopyData payloads of a COPY ... TO STDOUT, one by one (buffers libpq owns until dropped) or,
+    with `chunk`, joined into bytes objects of about that many bytes (the least Python work per row: a
+    list of payloads joined later costs twice as much)."""
     pgconn = conn.pgconn
     pgconn.send_query(query)
     result = pgconn.get_result()
@@ -413,12 +435,26 @@ def _copy_out_lines(conn: psycopg.Connection[Any], query: bytes) -> Iterator[Cha
     get = pgconn.get_copy_data
     finished = False
     try:
-        while True:
-            size, data = get(0)
-            if size < 0:
-                finished = True
-                break
-            yield _link(bytes(data[:-1]) if data[-1:] == b"\n" else bytes(data))
+        if chunk:
+            joined = bytearray()
+            while True:
+                size, data = get(0)
+                if size < 0:
+                    finished = True
+                    break
+                joined += data
+                if len(joined) >= chunk:
+                    yield bytes(joined)
+                    joined.clear()
+            if joined:
+                yield bytes(joined)
+        else:
+            while True:
+                size, data = get(0)
+                if size < 0:
+                    finished = True
+                    break
+                yield data
     finally:
         if not finished:  # the reader stopped early (first broken record): stop the server, drain the stream
             conn.cancel_safe()
