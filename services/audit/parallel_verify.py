@@ -1,6 +1,8 @@
 """Full verification on every core: the sequence range is cut into stretches aligned to Merkle subtrees
-of 2^k leaves, each process walks its stretch from the stored hash before it and returns the roots of
-its subtrees, and the roots are combined into the tree's root at every signed size.
+of 2^k leaves, each worker walks its stretch from the stored hash before it and returns the roots of
+its subtrees, and the roots are combined into the tree's root at every signed size. From PostgreSQL the
+walk is native (ztmesh_chainwalk, over the binary COPY stream) and the workers are threads; otherwise it
+is `_walk_fast` in spawned processes.
 
 The answer is the single-process walk's: when any stretch finds a problem, the walk is redone in this
 process from the start of that stretch (on the chain and tree state the intact stretches before it
