@@ -3,13 +3,14 @@
 //!
 //! It answers one question — are these records intact (sequence, chain link, content hash, signed head
 //! hashes) — and builds the Merkle subtrees their leaves close. It never explains a failure: on the first
-//! doubt it stops, and the Python walk (`chain._walk`) redoes the stretch and names the record and problem.
+//! doubt it stops; the caller reads on in sequence order from there (`restart`), and if the doubt stands
+//! the Python walk (`chain._walk`) redoes the stretch and names the record and problem.
 //! So anything this code does not handle exactly (a NULL, a year outside 1000..9999, bytes that are not
 //! UTF-8) is a doubt, never a guess. The canonical record it hashes is the one `record.assemble` builds;
 //! tests/audit/test_native_walk.py holds the two to the same bytes.
 //!
 //! Why native: the data comes from a database an attacker may have written to, so it is parsed in a
-//! memory-safe language, and per record Python spends ~8 us decoding and hashing where this spends ~1.
+//! memory-safe language, and per record Python spends ~8 us decoding and hashing where this spends ~2.
 
 use std::collections::{HashMap, HashSet};
 
@@ -179,6 +180,7 @@ fn assemble(out: &mut Vec<u8>, row: &Row, schema: &[u8]) -> Option<i64> {
         *row;
     let sequence = be_i64(sequence)?;
     out.clear();
+    // Key by key in sorted order; each block ends with a value that may be unspellable (then: None).
     let ok = {
         out.extend_from_slice(b"{\"action\":");
         push_quoted(out, action)
