@@ -155,7 +155,7 @@ def _walk_native(
         finally:
             chunks.close()  # stopped early: ends the database's stream
         count, last_hash, intact, roots, tails = walk.finish()
-        if intact:
+        if intact or ordered:
             break
         walk.restart()
     return count, last_hash, intact, roots, tails
@@ -264,7 +264,7 @@ class ParallelWalk:
         if len(stretches) < 2:
             if not native_walk(self.store) or start > self.end:
                 return walk_here(links, start, anchor, checkpoints, tree)
-            stretches = [(start, self.end)]  # one process, but the native walk's
+            stretches = [(start, self.end)]  # one worker, here: the native walk
         close = getattr(links, "close", None)
         if close is not None:
             close()  # the caller's single stream is not needed (it has not started unless anchoring failed)
