@@ -30,7 +30,7 @@ from ztmesh.audit.parallel_verify import default_workers, native_walk, verify_st
 from ztmesh.audit.record import EventV1, make_event  # noqa: E402
 from ztmesh.audit.signing import LocalMlDsaSigner  # noqa: E402
 from ztmesh.audit.store import RECORD_COLUMNS, record_params  # noqa: E402
-from ztmesh.audit.store_postgres import BINARY_VERIFY_COLUMNS, PostgresAuditStore  # noqa: E402
+from ztmesh.audit.store_postgres import BINARY_VERIFY_COLUMNS, PostgresAuditStore, verify_copy_query  # noqa: E402
 from ztmesh.audit.store_sqlite import SqliteAuditStore  # noqa: E402
 from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store  # noqa: E402
 from ztmesh.mesh.auditing import uuid7  # noqa: E402
@@ -138,8 +138,7 @@ def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> N
 def copy_out_rate(store: PostgresAuditStore, last: int) -> float:
     """Rows/s PostgreSQL sends the native walk's binary COPY stream at (as the records lie on disk),
     received and dropped: its share of verify."""
-    query = (f"COPY (SELECT {BINARY_VERIFY_COLUMNS} FROM audit_records WHERE sequence BETWEEN 1 AND {last}) "
-             "TO STDOUT (FORMAT binary)").encode()  # fmt: skip
+    query = verify_copy_query(BINARY_VERIFY_COLUMNS, 1, last, ordered=False, binary=True)
     with store.pool.connection() as conn, conn.transaction():
         pgconn, rows = conn.pgconn, 0
         start = time.perf_counter()

@@ -39,16 +39,14 @@ from ztmesh.audit.store import (
 
 # pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
 APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
-_VERIFY_COLUMNS = (
-    "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
-    "decision_id, trace_id, encode(prev_hash, 'hex'), encode(hash, 'hex'), masked, details"
-)
 # What the native walk (native/chainwalk, ztmesh_chainwalk) reads, in this order, as binary COPY: raw
 # bytea and timestamps cost PostgreSQL ~2 us a row less to send than their text forms.
 BINARY_VERIFY_COLUMNS = (
     "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "
     "decision_id, trace_id, prev_hash, hash, masked, details"
 )
+# What `_link` reads as text COPY: the same, the hashes as plain hex.
+_VERIFY_COLUMNS = BINARY_VERIFY_COLUMNS.replace("prev_hash, hash", "encode(prev_hash, 'hex'), encode(hash, 'hex')")
 SCHEMA_TEXT = str(SCHEMA_VERSION).encode()
 _BINARY_CHUNK = 1 << 20  # bytes of the binary COPY stream handed to the native walk at a time
 _COPY_ESCAPE = re.compile(rb"\\(.)")
@@ -294,7 +292,7 @@ class PostgresAuditStore:
     def links(self, start: int, end: int) -> Iterator[ChainLink]:
         """Stream start..end through COPY, read straight from libpq: PostgreSQL sends one message per
         row, and per-row driver overhead would otherwise cost more than hashing the record."""
-        for line in self._copy_out(f"SELECT {_VERIFY_COLUMNS}", start, end, " ORDER BY sequence) TO STDOUT"):
+        for line in self._copy_out(verify_copy_query(_VERIFY_COLUMNS, start, end)):
             yield _link(bytes(line[:-1]) if line[-1:] == b"\n" else bytes(line))
 
     def binary_records(self, start: int, end: int, *, ordered: bool = True) -> Iterator[bytes]:
@@ -302,14 +300,10 @@ class PostgresAuditStore:
         tuple per record, trailer), about a megabyte at a time: what the native walk reads. Unordered,
         PostgreSQL sends them as they lie on disk (~1 us a row cheaper than an index walk): in sequence
         order unless something moved them, which the reader must notice."""
-        order = " ORDER BY sequence" if ordered else ""
-        yield from self._copy_out(f"SELECT {BINARY_VERIFY_COLUMNS}", start, end, f"{order}) TO STDOUT (FORMAT binary)",
-                                  _BINARY_CHUNK)  # fmt: skip
+        query = verify_copy_query(BINARY_VERIFY_COLUMNS, start, end, ordered=ordered, binary=True)
+        yield from self._copy_out(query, _BINARY_CHUNK)
 
-    def _copy_out(self, select: str, start: int, end: int, then: str, chunk: int = 0) -> Iterator[Any]:
-        query = (
-            f"COPY ({select} FROM audit_records WHERE sequence BETWEEN {int(start)} AND {int(end)}{then}"
-        ).encode()
+    def _copy_out(self, query: bytes, chunk: int = 0) -> Iterator[Any]:
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield from _copy_out_messages(conn, query, chunk)
@@ -420,6 +414,14 @@ def _read_nodes(conn: Any, ids: Sequence[merkle.NodeId]) -> list[bytes]:
     return merkle.nodes_in_order(ids, {(level, idx): bytes(h) for level, idx, h in rows})
 
 
+def verify_copy_query(columns: str, start: int, end: int, *, ordered: bool = True, binary: bool = False) -> bytes:
+    """COPY TO STDOUT of `columns` of records start..end, in sequence order or as the rows lie on disk."""
+    return (
+        f"COPY (SELECT {columns} FROM audit_records WHERE sequence BETWEEN {int(start)} AND {int(end)}"
+        f"{' ORDER BY sequence' if ordered else ''}) TO STDOUT{' (FORMAT binary)' if binary else ''}"
+    ).encode()
+
+
 def _copy_out_messages(conn: psycopg.Connection[Any], query: bytes, chunk: int = 0) -> Iterator[Any]:
     """The CopyData payloads of a COPY ... TO STDOUT, one by one (buffers libpq owns until dropped) or,
     with `chunk`, joined into bytes objects of about that many bytes (the least Python work per row: a
@@ -434,27 +436,22 @@ def _copy_out_messages(conn: psycopg.Connection[Any], query: bytes, chunk: int =
         raise StoreError(f"audit database: reading records failed: {message.strip()}")
     get = pgconn.get_copy_data
     finished = False
+    joined = bytearray()
     try:
-        if chunk:
-            joined = bytearray()
-            while True:
-                size, data = get(0)
-                if size < 0:
-                    finished = True
-                    break
-                joined += data
-                if len(joined) >= chunk:
-                    yield bytes(joined)
-                    joined.clear()
-            if joined:
-                yield bytes(joined)
-        else:
-            while True:
-                size, data = get(0)
-                if size < 0:
-                    finished = True
-                    break
+        while True:
+            size, data = get(0)
+            if size < 0:
+                finished = True
+                break
+            if not chunk:
                 yield data
+                continue
+            joined += data
+            if len(joined) >= chunk:
+                yield bytes(joined)
+                joined.clear()
+        if joined:
+            yield bytes(joined)
     finally:
         if not finished:  # the reader stopped early (first broken record): stop the server, drain the stream
             conn.cancel_safe()
