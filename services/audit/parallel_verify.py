@@ -171,27 +171,41 @@ def _walk_stretch(
     sizes: list[int],
     bits: int,
 ) -> _Stretch:
-    """One process's share: walk records first..last (chain, signed head hashes) and build their subtrees.
-    `anchor` None: read the stored hash of record first-1; `seed` None: no tree to build."""
+    """Another worker's share (`_prove_stretch`), over its own connection to the database at `address`."""
     from ztmesh.audit.offline import open_for_reading
 
     store = open_for_reading(address)
     try:
-        if anchor is None:
-            anchor = store.hash_at(first - 1) or b""
-        heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
-        if native_walk(store):
-            count, last_hash, intact, roots, tails = _walk_native(store, first, last, anchor, heads, seed, sizes, bits)
-        else:
-            links = store.links(first, last)
-            try:
-                count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
-            finally:
-                close = getattr(links, "close", None)
-                if close is not None:
-                    close()  # stopped early: ends the database's stream
+        return _prove_stretch(store, first, last, anchor, checkpoints, seed, sizes, bits)
     finally:
         store.close()
+
+
+def _prove_stretch(
+    store: AuditStore,
+    first: int,
+    last: int,
+    anchor: bytes | None,
+    checkpoints: dict[int, list[Checkpoint]],
+    seed: list[tuple[int, bytes]] | None,
+    sizes: list[int],
+    bits: int,
+) -> _Stretch:
+    """One worker's share: walk records first..last (chain, signed head hashes) and build their subtrees.
+    `anchor` None: read the stored hash of record first-1; `seed` None: no tree to build."""
+    if anchor is None:
+        anchor = store.hash_at(first - 1) or b""
+    heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
+    if native_walk(store):
+        count, last_hash, intact, roots, tails = _walk_native(store, first, last, anchor, heads, seed, sizes, bits)
+    else:
+        links = store.links(first, last)
+        try:
+            count, last_hash, intact, roots, tails = _walk_fast(links, first, anchor, heads, seed, sizes, bits)
+        finally:
+            close = getattr(links, "close", None)
+            if close is not None:
+                close()  # stopped early: ends the database's stream
     doubt = None if intact else Failure(first + count, Problem.NONE, "redo this stretch in one process")
     return _Stretch(first, last, count, last_hash, doubt, anchor, roots, tails)
 
@@ -261,8 +275,9 @@ class ParallelWalk:
         tree: TreeCheck | None,
     ) -> tuple[int, bytes, Failure | None]:
         stretches = self._stretches(start) if self.workers > 1 and self.end - start + 1 >= self.min_parallel else []
+        native = native_walk(self.store)
         if len(stretches) < 2:
-            if not native_walk(self.store) or start > self.end:
+            if not native or start > self.end:
                 return walk_here(links, start, anchor, checkpoints, tree)
             stretches = [(start, self.end)]  # one worker, here: the native walk
         close = getattr(links, "close", None)
@@ -272,16 +287,17 @@ class ParallelWalk:
         seed = [(lv, h) for lv, h in tree.frontier.nodes if lv < self.bits] if tree is not None else None
         first, last = stretches[0]
         here_args = (
-            self.address, first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
+            first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
             sorted(s for s in roots if start <= s <= last), self.bits,
         )  # fmt: skip
+        # This process's stretch reads through the caller's store; only the other workers open their own.
         if len(stretches) == 1:
-            return self._combine([_walk_stretch(*here_args)], start, anchor, checkpoints, tree)
+            return self._combine([_prove_stretch(self.store, *here_args)], start, anchor, checkpoints, tree)
         jobs: list[Future[_Stretch]] = []
         # The native walk hashes without the GIL, so threads share the work without starting processes
         # (a spawned one imports for ~0.3 s); the Python walk needs processes.
         pool: Executor = (
-            ThreadPoolExecutor(len(stretches) - 1) if native_walk(self.store)
+            ThreadPoolExecutor(len(stretches) - 1) if native
             else ProcessPoolExecutor(len(stretches) - 1, mp_context=get_context("spawn"))
         )  # fmt: skip
         with pool:
@@ -290,7 +306,7 @@ class ParallelWalk:
                 sizes = sorted(s for s in roots if first <= s <= last)
                 jobs.append(pool.submit(_walk_stretch, self.address, first, last, None, cps, [] if seed is not None
                                         else None, sizes, self.bits))  # fmt: skip
-            here = _walk_stretch(*here_args)
+            here = _prove_stretch(self.store, *here_args)
             done = [here, *(job.result() for job in jobs)]
         return self._combine(done, start, anchor, checkpoints, tree)
 
