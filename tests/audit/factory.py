@@ -1,5 +1,6 @@
-"""Builders shared by the audit tests: events, a settable clock, and a trail database (SQLite or
-PostgreSQL) with the superuser back door a malicious DBA would use to tamper with it."""
+"""Builders shared by the audit tests: events, a settable clock, a trail database (SQLite or
+PostgreSQL) with the superuser back door a malicious DBA would use to tamper with it, and a trail over
+it that the verifiers' tests check."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ztmesh.audit.record import EventV1, make_event
+from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.store import AuditStore
 from ztmesh.audit.store_sqlite import SCHEMA, SqliteAuditStore
+from ztmesh.audit.trail import AuditTrail, TrailSettings
 from ztmesh.mesh.auditing import uuid7
 
 _counter = itertools.count(1)
@@ -123,3 +126,10 @@ def event(i: int = 0, **overrides: Any) -> EventV1:
 
 def events(n: int, start: int = 0) -> list[EventV1]:
     return [event(i) for i in range(start, start + n)]
+
+
+def verifiable_trail(backend: Backend, signer: LocalMlDsaSigner, clock: Clock | None = None) -> AuditTrail:
+    """A trail over `backend` that signs a checkpoint every 7 records and keeps 45 days (a 30-day floor)."""
+    store = backend.store(clock or Clock(), min_retention=timedelta(days=30))
+    return AuditTrail(store, signer, signer, TrailSettings(checkpoint_every=7, retention=timedelta(days=45)),
+                      clock or Clock())  # fmt: skip

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.audit.factory import POLICY, Backend, Clock, event, events
+from tests.audit.factory import POLICY, Backend, event, events, verifiable_trail
 from tests.support.servers import _missing
 from ztmesh.audit import canonical
 from ztmesh.audit.chain import Problem
@@ -22,7 +22,7 @@ from ztmesh.audit.parallel_verify import _walk_fast, _walk_native, native_walk, 
 from ztmesh.audit.record import GENESIS_HASH, SCHEMA_VERSION, assemble, quoted
 from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.store_postgres import PostgresAuditStore
-from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store
+from ztmesh.audit.trail import verify_store
 
 SCHEMA = str(SCHEMA_VERSION).encode()
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -120,11 +120,6 @@ def test_null_and_cut_tuples_are_doubts(chainwalk: ModuleType) -> None:
     assert not chainwalk.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA).feed(b"PGCOPY\n\xff\r\n\x01" + bytes(8))
 
 
-def _trail(backend: Backend, signer: LocalMlDsaSigner) -> AuditTrail:
-    store = backend.store(Clock(), min_retention=timedelta(days=30))
-    return AuditTrail(store, signer, signer, TrailSettings(checkpoint_every=7, retention=timedelta(days=45)), Clock())
-
-
 @pytest.fixture
 def pg_backend(request: pytest.FixtureRequest, chainwalk: ModuleType) -> Backend:
     name = "native_" + request.node.name.split("[")[0][-40:]
@@ -134,12 +129,12 @@ def pg_backend(request: pytest.FixtureRequest, chainwalk: ModuleType) -> Backend
 
 
 def test_postgresql_is_walked_natively(pg_backend: Backend, signer: LocalMlDsaSigner) -> None:
-    trail = _trail(pg_backend, signer)
+    trail = verifiable_trail(pg_backend, signer)
     assert isinstance(trail.store, PostgresAuditStore) and native_walk(trail.store)
 
 
 def test_frontiers_and_roots_are_the_python_walks(pg_backend: Backend, signer: LocalMlDsaSigner) -> None:
-    trail = _trail(pg_backend, signer)
+    trail = verifiable_trail(pg_backend, signer)
     odd = [event(i, subject='o"brien\\', details={"note": 'a\nb\t"c"\\ \u0001 ü 😀'}) for i in range(5)]
     trail.append(events(9) + odd + events(12), POLICY)
     store = trail.store
@@ -154,7 +149,7 @@ def test_frontiers_and_roots_are_the_python_walks(pg_backend: Backend, signer: L
 def test_rows_moved_on_disk_are_read_again_in_order(pg_backend: Backend, signer: LocalMlDsaSigner) -> None:
     """An UPDATE that changes nothing still writes a new row version at the end of the table: the walk
     meets record 5 last, reads on in sequence order from there, and finds the log intact."""
-    trail = _trail(pg_backend, signer)
+    trail = verifiable_trail(pg_backend, signer)
     trail.append(events(20), POLICY)
     pg_backend.tamper("UPDATE audit_records SET subject = subject WHERE sequence IN (5, 12)")
     store = trail.store
@@ -186,7 +181,7 @@ DAMAGE = [
 def test_damage_is_reported_as_the_python_walk_reports_it(
     pg_backend: Backend, signer: LocalMlDsaSigner, statement: str, problem: Problem
 ) -> None:
-    trail = _trail(pg_backend, signer)
+    trail = verifiable_trail(pg_backend, signer)
     for _ in range(12):
         trail.append(events(7), POLICY)
     pg_backend.tamper(statement)
@@ -199,6 +194,6 @@ def test_damage_is_reported_as_the_python_walk_reports_it(
 def test_a_stretch_of_sqlite_is_walked_in_python(tmp_path: Path, signer: LocalMlDsaSigner) -> None:
     backend = Backend("sqlite", str(tmp_path / "audit.db"))
     try:
-        assert not native_walk(_trail(backend, signer).store)
+        assert not native_walk(verifiable_trail(backend, signer).store)
     finally:
         backend.close()

@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit.factory import POLICY, Backend, Clock, event, events
+from tests.audit.factory import POLICY, Backend, Clock, event, events, verifiable_trail
 from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import Problem
 from ztmesh.audit.parallel_verify import default_workers, verify_store_parallel
 from ztmesh.audit.signing import LocalMlDsaSigner
-from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store
+from ztmesh.audit.trail import AuditTrail, verify_store
 
 SMALL = {"workers": 2, "bits": 3, "min_parallel": 1}  # subtrees of 8 records, every range in 2 processes
-
-
-def _trail(backend: Backend, signer: LocalMlDsaSigner, clock: Clock | None = None) -> AuditTrail:
-    store = backend.store(clock or Clock(), min_retention=timedelta(days=30))
-    return AuditTrail(store, signer, signer, TrailSettings(checkpoint_every=7, retention=timedelta(days=45)),
-                      clock or Clock())  # fmt: skip
 
 
 def _both(trail: AuditTrail, signer: LocalMlDsaSigner, **kwargs) -> tuple:
@@ -35,7 +29,7 @@ def _both(trail: AuditTrail, signer: LocalMlDsaSigner, **kwargs) -> tuple:
 def test_intact_and_pruned_logs_agree(backend: Backend, signer: LocalMlDsaSigner) -> None:
     clock = Clock()
     now = clock.now
-    trail = _trail(backend, signer, clock)
+    trail = verifiable_trail(backend, signer, clock)
     clock.now = now - timedelta(days=90)
     for _ in range(3):
         trail.append(events(7), POLICY)
@@ -67,7 +61,7 @@ DAMAGE = [
 
 
 def _damaged_agree(backend: Backend, signer: LocalMlDsaSigner, statement: str, problem: Problem) -> None:
-    trail = _trail(backend, signer)
+    trail = verifiable_trail(backend, signer)
     for _ in range(12):
         trail.append(events(7), POLICY)
     backend.tamper(statement)
@@ -104,7 +98,7 @@ def test_postgresql_assembles_each_record_exactly(request: pytest.FixtureRequest
 
     backend = Backend("postgres", request.getfixturevalue("postgres").new_database("audit_parallel_bytes"))
     try:
-        trail = _trail(backend, signer)
+        trail = verifiable_trail(backend, signer)
         odd = [
             event(i, subject='o"brien\\', resource="patient/ü/😀", details={"note": 'a\nb\t"c"\\ \u0001 ü 😀'})
             for i in range(6)
