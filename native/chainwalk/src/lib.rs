@@ -174,58 +174,57 @@ fn push_quoted(out: &mut Vec<u8>, column: &[u8]) -> bool {
     true
 }
 
+/// How one column is spelled in the canonical record.
+enum Value<'a> {
+    Text(&'a [u8]), // a JSON string (push_quoted)
+    Json(&'a [u8]), // stored canonical JSON, as it is (details, masked)
+    Uuid(&'a [u8]),
+    Time(&'a [u8]),
+    Number(i64),
+}
+
 /// The canonical record (record.assemble: keys in sorted order) from one row; None if it cannot be spelled.
 fn assemble(out: &mut Vec<u8>, row: &Row, schema: &[u8]) -> Option<i64> {
+    use Value::{Json, Number, Text, Time, Uuid};
     let [sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, decision_id, trace_id, _prev, _hash, masked, details] =
         *row;
     let sequence = be_i64(sequence)?;
+    let fields: [(&[u8], Value); 15] = [
+        (b"{\"action\":", Text(action)),
+        (b",\"caller\":", Text(caller)),
+        (b",\"decision_id\":", Text(decision_id)),
+        (b",\"details\":", Json(details)),
+        (b",\"emitter\":", Text(emitter)),
+        (b",\"event_id\":", Uuid(event_id)),
+        (b",\"masked\":", Json(masked)),
+        (b",\"outcome\":", Text(outcome)),
+        (b",\"recorded_at\":", Time(recorded_at)),
+        (b",\"resource\":", Text(resource)),
+        (b",\"sequence\":", Number(sequence)),
+        (b",\"service\":", Text(service)),
+        (b",\"subject\":", Text(subject)),
+        (b",\"time\":", Time(time)),
+        (b",\"trace_id\":", Text(trace_id)),
+    ];
     out.clear();
-    // Key by key in sorted order; each block ends with a value that may be unspellable (then: None).
-    let ok = {
-        out.extend_from_slice(b"{\"action\":");
-        push_quoted(out, action)
-    } && {
-        out.extend_from_slice(b",\"caller\":");
-        push_quoted(out, caller)
-    } && {
-        out.extend_from_slice(b",\"decision_id\":");
-        push_quoted(out, decision_id)
-    } && {
-        out.extend_from_slice(b",\"details\":");
-        out.extend_from_slice(details);
-        out.extend_from_slice(b",\"emitter\":");
-        push_quoted(out, emitter)
-    } && {
-        out.extend_from_slice(b",\"event_id\":");
-        push_uuid(out, event_id)
-    } && {
-        out.extend_from_slice(b",\"masked\":");
-        out.extend_from_slice(masked);
-        out.extend_from_slice(b",\"outcome\":");
-        push_quoted(out, outcome)
-    } && {
-        out.extend_from_slice(b",\"recorded_at\":");
-        push_time(out, recorded_at)
-    } && {
-        out.extend_from_slice(b",\"resource\":");
-        push_quoted(out, resource)
-    } && {
-        out.extend_from_slice(b",\"sequence\":");
-        out.extend_from_slice(sequence.to_string().as_bytes());
-        out.extend_from_slice(b",\"service\":");
-        push_quoted(out, service)
-    } && {
-        out.extend_from_slice(b",\"subject\":");
-        push_quoted(out, subject)
-    } && {
-        out.extend_from_slice(b",\"time\":");
-        push_time(out, time)
-    } && {
-        out.extend_from_slice(b",\"trace_id\":");
-        push_quoted(out, trace_id)
-    };
-    if !ok {
-        return None;
+    for (key, value) in fields {
+        out.extend_from_slice(key);
+        let spelled = match value {
+            Text(text) => push_quoted(out, text),
+            Json(json) => {
+                out.extend_from_slice(json);
+                true
+            }
+            Uuid(id) => push_uuid(out, id),
+            Time(moment) => push_time(out, moment),
+            Number(n) => {
+                out.extend_from_slice(n.to_string().as_bytes());
+                true
+            }
+        };
+        if !spelled {
+            return None;
+        }
     }
     out.extend_from_slice(b",\"v\":");
     out.extend_from_slice(schema);
