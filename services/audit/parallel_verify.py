@@ -58,7 +58,7 @@ def default_workers(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 def store_address(store: AuditStore) -> str | None:
-    """What another process opens to read the same database (offline.open_for_reading), if anything."""
+    """What another worker opens to read the same database (offline.open_for_reading), if anything."""
     dsn = getattr(store, "dsn", None)
     if isinstance(dsn, str):
         return dsn
@@ -68,7 +68,7 @@ def store_address(store: AuditStore) -> str | None:
 
 @dataclass
 class _Stretch:
-    """What one process proved about records first..last (leaves first-1 .. last-1)."""
+    """What one worker proved about records first..last (leaves first-1 .. last-1)."""
 
     first: int
     last: int
@@ -243,7 +243,7 @@ class _Prefix:
 
 
 class ParallelWalk:
-    """A `chain.Walk` over records start..end of the database at `address`, in `workers` processes."""
+    """A `chain.Walk` over records start..end of the database at `address`, in `workers` workers."""
 
     def __init__(
         self, store: AuditStore, address: str, end: int, workers: int, bits: int = CHUNK_BITS,
@@ -382,7 +382,7 @@ def verify_store_parallel(
     bits: int = CHUNK_BITS,
     min_parallel: int = MIN_PARALLEL,
 ) -> VerifyReport:
-    """`trail.verify_store` with the walk spread over `workers` processes (0: one per core). Stores
+    """`trail.verify_store` with the walk spread over `workers` workers (0: one per core). Stores
     another process cannot open (SQLite in memory) and small ranges are walked here."""
     address = store_address(store)
     count = workers or default_workers()
