@@ -28,11 +28,12 @@ z = zipfile.ZipFile(io.BytesIO(data)); \
  for i in z.infolist() if not i.is_dir()]" \
     "https://proxy.golang.org/golang.org/toolchain/@v/${GO_TOOLCHAIN}.zip" "${GO_TOOLCHAIN_SHA256}" \
  && mv "/opt/gotc/golang.org/toolchain@${GO_TOOLCHAIN}" /opt/go && rm -rf /opt/gotc
-# The audit verifier's native walk (native/chainwalk) as an abi3 wheel, built with Rust's standalone
-# toolchain from static.rust-lang.org, pinned by hash (its crates are pinned in Cargo.lock).
+# The audit service's native code (native/audit: the verifier's walk, the event check) as an abi3
+# wheel, built with Rust's standalone toolchain from static.rust-lang.org, pinned by hash (its crates
+# are pinned in Cargo.lock).
 ARG RUST_TOOLCHAIN=rust-1.95.0-x86_64-unknown-linux-gnu
 ARG RUST_TOOLCHAIN_SHA256=2e0338f18ecbaa4a0f631b9e80e8b8e26bb6fe77dd5454fba8a70cf96c1e84a1
-COPY native/chainwalk ./chainwalk
+COPY native/audit ./audit-native
 RUN python -c "import hashlib, sys, urllib.request; \
 data = urllib.request.urlopen(sys.argv[1], timeout=600).read(); \
 assert hashlib.sha256(data).hexdigest() == sys.argv[2], 'Rust toolchain hash mismatch'; \
@@ -41,7 +42,7 @@ open('/tmp/rust.tar.xz', 'wb').write(data)" \
  && mkdir /tmp/rust && tar -xJf /tmp/rust.tar.xz -C /tmp/rust --strip-components=1 \
  && /tmp/rust/install.sh --prefix=/opt/rust --components=rustc,cargo,rust-std-x86_64-unknown-linux-gnu >/dev/null \
  && python -m venv /opt/maturin && /opt/maturin/bin/pip install -q maturin==1.9.4 \
- && cd chainwalk && PATH=/opt/rust/bin:$PATH CARGO_HOME=/tmp/cargo \
+ && cd audit-native && PATH=/opt/rust/bin:$PATH CARGO_HOME=/tmp/cargo \
     /opt/maturin/bin/maturin build --release --locked --out /wheels \
  && rm -rf /tmp/rust /tmp/rust.tar.xz /tmp/cargo /opt/rust /opt/maturin target
 COPY services/policy/opa_shim ./opa_shim
@@ -52,7 +53,7 @@ RUN cd opa_shim \
 # Only what the package needs (see .dockerignore): dependency pins live in pyproject.toml.
 COPY pyproject.toml README.md ./
 COPY services ./services
-RUN /opt/ztmesh/bin/pip install . /wheels/ztmesh_chainwalk-*.whl \
+RUN /opt/ztmesh/bin/pip install . /wheels/ztmesh_audit_native-*.whl \
  && /opt/ztmesh/bin/pip uninstall --yes pip setuptools \
  && /opt/ztmesh/bin/python -m compileall -q -j 0 /opt/ztmesh/lib
 

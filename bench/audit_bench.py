@@ -305,7 +305,7 @@ def main() -> None:
               target(over_grpc >= 0.4 * copy_rate, ">= 0.40x"))  # fmt: skip
     print(row("Append path in-process, 1 thread: validate+sanitize+chain+COPY", ingest, copy_rate))
     print(row("  of which validation + sanitization alone", validate))
-    walk = "native walk" if native_walk(verify_store_) else "Python walk: ztmesh_chainwalk not built"
+    walk = "native walk" if native_walk(verify_store_) else "Python walk: ztmesh_audit_native not built"
     print(row(f"verify from PostgreSQL, 1 worker ({VERIFY_N} records: chain, tree, signatures; {walk})", verify_pg))
     print(row(f"verify from PostgreSQL, {workers} workers (parallel_verify, same log)", verify_parallel, verify_pg),
           target(verify_parallel >= 200_000, ">= 200000 records/s"))  # fmt: skip

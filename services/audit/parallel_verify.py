@@ -1,7 +1,7 @@
 """Full verification on every core: the sequence range is cut into stretches aligned to Merkle subtrees
 of 2^k leaves, each worker walks its stretch from the stored hash before it and returns the roots of
 its subtrees, and the roots are combined into the tree's root at every signed size. From PostgreSQL the
-walk is native (ztmesh_chainwalk, over the binary COPY stream) and the workers are threads; otherwise it
+walk is native (ztmesh_audit_native, over the binary COPY stream) and the workers are threads; otherwise it
 is `_walk_fast` in spawned processes.
 
 The answer is the single-process walk's: when any stretch finds a problem, the walk is redone in this
@@ -34,8 +34,8 @@ from ztmesh.audit.record import SCHEMA_VERSION
 from ztmesh.audit.store import AuditStore
 from ztmesh.audit.trail import verify_store
 
-try:  # native/chainwalk, built by scripts/install-deps.sh and the image; without it the walk is Python's
-    from ztmesh_chainwalk import BinaryWalk
+try:  # native/audit, built by scripts/install-deps.sh and the image; without it the walk is Python's
+    from ztmesh_audit_native import BinaryWalk
 
     NATIVE = True
 except ImportError:  # pragma: no cover - where the native walk is not built (CI's tests require it)
@@ -128,7 +128,7 @@ def _walk_fast(
 
 def native_walk(store: AuditStore) -> bool:
     """Whether records of `store` are walked by the native walk: PostgreSQL (its binary COPY stream),
-    with ztmesh_chainwalk built."""
+    with ztmesh_audit_native built."""
     return NATIVE and hasattr(store, "binary_records")
 
 
@@ -142,7 +142,7 @@ def _walk_native(
     sizes: Sequence[int],
     bits: int,
 ) -> tuple[int, bytes, bool, list[bytes], dict[int, list[bytes]]]:
-    """`_walk_fast`'s answer from ztmesh_chainwalk over the binary COPY stream of records first..last:
+    """`_walk_fast`'s answer from ztmesh_audit_native over the binary COPY stream of records first..last:
     first as they lie on disk (in sequence order unless something moved them), and on the first doubt
     once more in sequence order from the record in doubt, so only a real problem reaches the Python walk."""
     walk = BinaryWalk(first, anchor, heads, None if seed is None else list(seed), list(sizes), bits, _SCHEMA_TEXT)

@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
 from ztmesh.audit import canonical, errors
 from ztmesh.audit.chain import Checkpoint, CheckpointKind, Problem
-from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, Limits, make_event
+from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, Limits, checked_event, make_event
 from ztmesh.audit.store import QueryFilter
 from ztmesh.audit.trail import AuditTrail
 from ztmesh.mesh.edge import Edge, current_caller, timestamp_to_datetime
@@ -73,13 +73,23 @@ def timestamp(text: str) -> timestamp_pb2.Timestamp:
 def event_from_proto(message: audit_pb2.AuditEvent, limits: Limits, index: int) -> EventV1:
     if message.schema_version not in (0, SCHEMA_VERSION):
         raise errors.InvalidEvent(f"events[{index}].schema_version", f"{message.schema_version} is not 1")
+    details = message.details_json or "{}"
+    if not message.masked_paths and message.HasField("time"):  # what emitters send: natively checked
+        stamp = message.time
+        sure = checked_event(
+            message.event_id, stamp.seconds, stamp.nanos, message.service, message.action, message.outcome,
+            message.caller_spiffe_id, message.subject, message.resource, details, message.decision_id,
+            message.trace_id, limits,
+        )  # fmt: skip
+        if sure is not None:
+            return sure
     at = timestamp_to_datetime(message.time, f"events[{index}].time") if message.HasField("time") else None
     try:
         return make_event(
             event_id=message.event_id, time=at,
             service=message.service, action=message.action, outcome=message.outcome,
             caller=message.caller_spiffe_id, subject=message.subject, resource=message.resource,
-            details=message.details_json or "{}", masked=list(message.masked_paths),
+            details=details, masked=list(message.masked_paths),
             decision_id=message.decision_id, trace_id=message.trace_id, limits=limits,
         )  # fmt: skip
     except errors.InvalidEvent as exc:

@@ -39,7 +39,7 @@ from ztmesh.audit.store import (
 
 # pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
 APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
-# What the native walk (native/chainwalk, ztmesh_chainwalk) reads, in this order, as binary COPY: raw
+# What the native walk (native/audit, ztmesh_audit_native) reads, in this order, as binary COPY: raw
 # bytea and timestamps cost PostgreSQL ~2 us a row less to send than their text forms.
 BINARY_VERIFY_COLUMNS = (
     "sequence, recorded_at, event_id, time, service, emitter, caller, subject, action, resource, outcome, "

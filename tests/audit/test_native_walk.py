@@ -1,4 +1,4 @@
-"""The native walk (native/chainwalk) against the Python code it stands in for: the canonical record it
+"""The native walk (native/audit) against the Python code it stands in for: the canonical record it
 builds from a binary COPY tuple is `record.assemble`'s, byte for byte, on random values (every kind of
 JSON escaping, all four-digit years); it refuses what it cannot spell; and over PostgreSQL it reaches the
 same answers as the Python walk — intact, rows moved on disk, damage, and its subtree frontiers."""
@@ -15,7 +15,6 @@ from types import ModuleType
 import pytest
 
 from tests.audit.factory import POLICY, Backend, event, events, verifiable_trail
-from tests.support.servers import _missing
 from ztmesh.audit import canonical
 from ztmesh.audit.chain import Problem
 from ztmesh.audit.parallel_verify import _walk_fast, _walk_native, native_walk, verify_store_parallel
@@ -26,15 +25,6 @@ from ztmesh.audit.trail import verify_store
 
 SCHEMA = str(SCHEMA_VERSION).encode()
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def chainwalk() -> ModuleType:
-    try:
-        import ztmesh_chainwalk
-    except ImportError as exc:
-        _missing("the audit verifier's native walk (ztmesh_chainwalk, native/chainwalk)", exc)
-    return ztmesh_chainwalk
 
 
 def _field(value: bytes) -> bytes:
@@ -81,11 +71,11 @@ def _random_values(rng: random.Random) -> dict:
     }  # fmt: skip
 
 
-def test_the_canonical_record_is_assembles_on_random_values(chainwalk: ModuleType) -> None:
+def test_the_canonical_record_is_assembles_on_random_values(native: ModuleType) -> None:
     rng = random.Random(20261201)
     for _ in range(3000):
         values = _random_values(rng)
-        assert chainwalk.canonical_record(_tuple(values), SCHEMA) == _expected(values), values
+        assert native.canonical_record(_tuple(values), SCHEMA) == _expected(values), values
 
 
 @pytest.mark.parametrize(
@@ -97,31 +87,31 @@ def test_the_canonical_record_is_assembles_on_random_values(chainwalk: ModuleTyp
     ],
     ids=["year 999", "year 1", "not UTF-8"],
 )
-def test_what_it_cannot_spell_is_a_doubt_not_a_guess(chainwalk: ModuleType, change: dict) -> None:
+def test_what_it_cannot_spell_is_a_doubt_not_a_guess(native: ModuleType, change: dict) -> None:
     values = {**_random_values(random.Random(1)), **change}
     if "subject" in change:
         row = _tuple({**values, "subject": "x"}).replace(_field(b"x"), _field(b"\xed\xb3\xbf"), 1)
     else:
         row = _tuple(values)
-    assert chainwalk.canonical_record(row, SCHEMA) is None
+    assert native.canonical_record(row, SCHEMA) is None
 
 
-def test_null_and_cut_tuples_are_doubts(chainwalk: ModuleType) -> None:
+def test_null_and_cut_tuples_are_doubts(native: ModuleType) -> None:
     row = _tuple(_random_values(random.Random(2)))
-    assert chainwalk.canonical_record(row[:-1], SCHEMA) is None  # cut short
+    assert native.canonical_record(row[:-1], SCHEMA) is None  # cut short
     null = struct.pack(">h", 17) + struct.pack(">i", -1) + row[6:]
-    assert chainwalk.canonical_record(null, SCHEMA) is None
+    assert native.canonical_record(null, SCHEMA) is None
     header = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-    walk = chainwalk.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA)
+    walk = native.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA)
     assert walk.feed(header + row[:40])  # the rest of the tuple may come in the next chunk ...
     assert walk.finish()[:3] == (0, GENESIS_HASH, False)  # ... but a stream that ends so is not intact
-    walk = chainwalk.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA)
+    walk = native.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA)
     assert walk.feed(header) and not walk.finish()[2]  # no trailer
-    assert not chainwalk.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA).feed(b"PGCOPY\n\xff\r\n\x01" + bytes(8))
+    assert not native.BinaryWalk(1, GENESIS_HASH, {}, None, [], 3, SCHEMA).feed(b"PGCOPY\n\xff\r\n\x01" + bytes(8))
 
 
 @pytest.fixture
-def pg_backend(request: pytest.FixtureRequest, chainwalk: ModuleType) -> Backend:
+def pg_backend(request: pytest.FixtureRequest, native: ModuleType) -> Backend:
     name = "native_" + request.node.name.split("[")[0][-40:]
     backend = Backend("postgres", request.getfixturevalue("postgres").new_database(name.lower()))
     request.addfinalizer(backend.close)

@@ -237,8 +237,8 @@ fn to_hash(bytes: &[u8]) -> PyResult<Hash> {
 }
 
 /// A walk over records first.. of one stretch, fed the binary COPY stream in chunks of whole messages.
-#[pyclass(module = "ztmesh_chainwalk")]
-struct BinaryWalk {
+#[pyclass(module = "ztmesh_audit_native")]
+pub struct BinaryWalk {
     first: i64,
     expected: i64,
     prev: Vec<u8>,
@@ -452,7 +452,7 @@ impl BinaryWalk {
 
 /// The canonical record of one binary COPY tuple (no header), or None: for the differential tests.
 #[pyfunction]
-fn canonical_record<'py>(py: Python<'py>, tuple: &[u8], schema: &[u8]) -> Option<Bound<'py, PyBytes>> {
+pub fn canonical_record<'py>(py: Python<'py>, tuple: &[u8], schema: &[u8]) -> Option<Bound<'py, PyBytes>> {
     match parse_tuple(tuple) {
         Parsed::Row(row, used) if used == tuple.len() => {
             let mut body = Vec::new();
@@ -460,11 +460,4 @@ fn canonical_record<'py>(py: Python<'py>, tuple: &[u8], schema: &[u8]) -> Option
         }
         _ => None,
     }
-}
-
-#[pymodule]
-fn ztmesh_chainwalk(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<BinaryWalk>()?;
-    module.add_function(wrap_pyfunction!(canonical_record, module)?)?;
-    Ok(())
 }

@@ -1,0 +1,19 @@
+//! The audit service's hot paths in native code, each the stand-in for Python code that stays the
+//! reference and the fallback, and each answering only "sure" or "in doubt" (a doubt goes to Python):
+//!
+//! - `walk`: the verifier's walk over PostgreSQL's binary COPY stream (parallel_verify._walk_fast);
+//! - `event`: the Append path's check of an incoming event (record.make_event).
+
+use pyo3::prelude::*;
+
+mod event;
+mod walk;
+
+#[pymodule]
+fn ztmesh_audit_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<walk::BinaryWalk>()?;
+    module.add_function(wrap_pyfunction!(walk::canonical_record, module)?)?;
+    module.add_function(wrap_pyfunction!(event::check_event, module)?)?;
+    module.add_function(wrap_pyfunction!(event::details_sure, module)?)?;
+    Ok(())
+}

@@ -1,0 +1,40 @@
+"""The audit service's native code (src/lib.rs). The walk (src/walk.rs): services/audit/parallel_verify.py
+is its only caller; the event check (src/event.rs): record.checked_event is."""
+
+class BinaryWalk:
+    def __init__(
+        self,
+        first: int,
+        anchor: bytes,
+        heads: dict[int, list[bytes]],
+        seed: list[tuple[int, bytes]] | None,
+        sizes: list[int],
+        bits: int,
+        schema: bytes,
+    ) -> None: ...
+    @property
+    def next_sequence(self) -> int: ...
+    def feed(self, data: bytes) -> bool: ...
+    def restart(self) -> None: ...
+    def finish(self) -> tuple[int, bytes, bool, list[bytes], dict[int, list[bytes]]]: ...
+
+def canonical_record(tuple: bytes, schema: bytes) -> bytes | None: ...
+
+def check_event(
+    event_id: str,
+    seconds: int,
+    nanos: int,
+    service: str,
+    action: str,
+    outcome: str,
+    caller: str,
+    subject: str,
+    resource: str,
+    details: str,
+    decision_id: str,
+    trace_id: str,
+    max_details_bytes: int,
+    max_text_chars: int,
+    max_id_chars: int,
+) -> tuple[str, str] | None: ...
+def details_sure(text: str, max_bytes: int) -> bool: ...
