@@ -209,11 +209,14 @@ class PostgresAuditStore:
         return ChainHead(anchor[0], bytes(anchor[1]), "") if anchor else ChainHead()
 
     @staticmethod
-    def _stored(conn: Any, ids: list[str]) -> dict[str, tuple[int, EventV1]]:
+    def _stored(conn: Any, ids: list[str], after: ChainHead | None = None) -> dict[str, tuple[int, EventV1]]:
+        """The records of these event ids already stored, or only those appended after `after`."""
         # One array literal, not a list for the driver to adapt item by item: ids are validated UUIDs.
-        rows = conn.execute(
-            f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id = ANY(%s::uuid[])", ("{" + ",".join(ids) + "}",)
-        ).fetchall()
+        where, params = "event_id = ANY(%s::uuid[])", ["{" + ",".join(ids) + "}"]
+        if after is not None:  # a range of the primary key, and of the partitions when the time is known
+            where += " AND sequence > %s" + (" AND recorded_at >= %s" if after.recorded_at else "")
+            params += [after.sequence, after.recorded_at] if after.recorded_at else [after.sequence]
+        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE {where}", params).fetchall()
         out = {}
         for row in rows:
             record = record_from_row(_times(row, 1, 3))
@@ -253,11 +256,21 @@ class PostgresAuditStore:
     def append_many(self, batches: Sequence[tuple[Sequence[EventV1], str]]) -> list[list[AppendResult]]:
         encoded = [_Encoded(events, emitter) for events, emitter in batches]
 
+        # One lock, one dedup lookup, one head and frontier read for the whole group (AppendTip). The lookup
+        # over the whole log runs before the lock, in a transaction of its own (one holding table locks while
+        # it waits for the append lock would deadlock with a holder creating a partition), so the other
+        # audit processes append meanwhile; under the lock, only the records appended since are looked at.
+        # Each statement sees every commit before it, and appends commit in sequence order, so the lookup
+        # saw every record up to `seen`.
+        ids = [e.event_id for events, _ in batches for e in events]
+        seen, stored = self._run(lambda conn: (self._head(conn), self._stored(conn, ids)))
+
         def write(conn: Any) -> list[list[AppendResult]]:
-            # One lock, one dedup lookup, one head and frontier read for the whole group (AppendTip).
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            ids = [e.event_id for events, _ in batches for e in events]
-            tip = AppendTip(self._head(conn), self._stored(conn, ids), lambda wanted: _read_nodes(conn, wanted))
+            head = self._head(conn)
+            if head.sequence > seen.sequence:
+                stored.update(self._stored(conn, ids, after=seen))
+            tip = AppendTip(head, stored, lambda wanted: _read_nodes(conn, wanted))
             return [
                 self._append(conn, tip, events, emitter, codes) if events else []
                 for (events, emitter), codes in zip(batches, encoded, strict=True)

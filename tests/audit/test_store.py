@@ -202,6 +202,56 @@ def test_concurrent_appenders_never_fork_the_chain(backend: Backend, signer: Loc
     assert trail.verify().ok
 
 
+def test_concurrent_retries_of_the_same_events_store_each_once(backend: Backend, signer: LocalMlDsaSigner) -> None:
+    """An emitter's retry may reach another audit process while its first try is being written: whichever
+    writes first stores the events, the other is told they are duplicates, with the same sequences (the
+    PostgreSQL store looks most ids up before taking the append lock, and the rest under it)."""
+    stores = [backend.store() for _ in range(3)]
+    batches = [events(25) for _ in range(12)]
+    start = threading.Barrier(len(stores))
+    answers: list[list] = [[] for _ in stores]
+    errors: list[BaseException] = []
+
+    def work(store, answer: list) -> None:
+        try:
+            start.wait()
+            for batch in batches:
+                answer.extend(store.append(batch, POLICY))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s, a)) for s, a in zip(stores, answers, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert stores[0].bounds() == (1, 300)  # each event once
+    by_id: dict[str, set[int]] = {}
+    for answer in answers:
+        for result in answer:
+            by_id.setdefault(result.event_id, set()).add(result.sequence)
+    assert len(by_id) == 300 and all(len(sequences) == 1 for sequences in by_id.values())
+    assert sum(not r.duplicate for answer in answers for r in answer) == 300
+    assert AuditTrail(stores[0], signer, signer).verify().ok
+
+
+def test_audit_processes_sharing_a_log_sign_one_checkpoint_per_interval(
+    backend: Backend, signer: LocalMlDsaSigner
+) -> None:
+    """Two trails on one database (two audit processes): a checkpoint is due `checkpoint_every` records
+    after the log's newest one, whichever process signed it."""
+    clock = Clock()
+    first, second = (
+        AuditTrail(backend.store(clock), signer, signer, TrailSettings(checkpoint_every=10), clock) for _ in range(2)
+    )
+    first.append(events(10), POLICY)  # signs at 10
+    second.append(events(5), POLICY)  # 15: only 5 after the newest checkpoint
+    assert [cp.sequence for cp in first.store.checkpoints()] == [10]
+    second.append(events(5), POLICY)
+    assert [cp.sequence for cp in first.store.checkpoints()] == [10, 20]
+
+
 def test_retention_prunes_old_partitions_and_verify_still_passes(
     backend: Backend, signer: LocalMlDsaSigner, tmp_path: Path
 ) -> None:
