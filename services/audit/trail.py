@@ -248,7 +248,7 @@ class AuditTrail:
             raise BatchTooLarge(len(events), self.settings.max_batch)
         results = self._commits.append(events, emitter)
         if self._checkpoint_due(results):
-            self._checkpoint_after_append()
+            self._checkpoint_after_append(results)
         return results
 
     async def append_async(self, events: Sequence[EventV1], emitter: str = "") -> list[AppendResult]:
@@ -257,14 +257,22 @@ class AuditTrail:
             raise BatchTooLarge(len(events), self.settings.max_batch)
         results = await self._commits.append_async(events, emitter)
         if self._checkpoint_due(results):
-            await asyncio.to_thread(self._checkpoint_after_append)
+            await asyncio.to_thread(self._checkpoint_after_append, results)
         return results
 
     def _checkpoint_due(self, results: Sequence[AppendResult]) -> bool:
         newest = max((r.sequence for r in results), default=0)
         return newest - self._checkpointed >= self.settings.checkpoint_every
 
-    def _checkpoint_after_append(self) -> None:
+    def _checkpoint_after_append(self, results: Sequence[AppendResult]) -> None:
+        # Every audit process on the database counts from the log's newest checkpoint, not only its own:
+        # otherwise each of them signs one per `checkpoint_every` records. (Trusted ones only: a forged row
+        # must not stop the signing.)
+        latest = self.latest_checkpoint()
+        if latest is not None and latest.sequence > self._checkpointed:
+            self._checkpointed = latest.sequence
+            if not self._checkpoint_due(results):
+                return
         try:
             self.checkpoint()
         except CheckpointError as exc:  # the records are stored; the background job signs later
