@@ -58,8 +58,9 @@ def append_requests(count: int) -> list:
 
     from ztmesh._proto.audit.v1 import audit_pb2
 
-    # What emitters send: details they sanitized and encoded as canonical JSON (SpoolEmitter, from_emitted).
-    details = make_event(**raw_event(0)).details
+    # What emitters send: details they sanitized and encoded as canonical JSON, and the paths sanitizing
+    # masked (SpoolEmitter, from_emitted, event_to_proto).
+    sanitized = make_event(**raw_event(0))
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     requests = []
@@ -68,12 +69,35 @@ def append_requests(count: int) -> list:
             audit_pb2.AuditEvent(
                 event_id=uuid7(), time=stamp, service="policy", action="decide", outcome="ALLOW",
                 caller_spiffe_id="spiffe://ztmesh.local/ns/ztmesh/sa/envoy", subject=f"user-{i % 97}",
-                resource=f"patient/{n}-{i}", decision_id=uuid7(), details_json=details,
+                resource=f"patient/{n}-{i}", decision_id=uuid7(), details_json=sanitized.details,
+                masked_paths=sanitized.masked,
             )
             for i in range(BATCH)
         ]  # fmt: skip
         requests.append(audit_pb2.AppendRequest(events=events))
     return requests
+
+
+def receive_rates() -> tuple[float, float]:
+    """Events/s the audit service turns received AuditEvents into EventV1s at: as Append does (the native
+    check, make_event when in doubt), and through make_event alone, over the same events."""
+    from ztmesh.audit.record import DEFAULT_LIMITS
+    from ztmesh.audit.servicer import event_from_proto
+
+    received = [event for request in append_requests(20) for event in request.events]
+    start = time.perf_counter()
+    [event_from_proto(m, DEFAULT_LIMITS, i) for i, m in enumerate(received)]
+    native = len(received) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    [
+        make_event(
+            event_id=m.event_id, time=m.time.ToDatetime(tzinfo=UTC), service=m.service, action=m.action,
+            outcome=m.outcome, caller=m.caller_spiffe_id, subject=m.subject, resource=m.resource,
+            details=m.details_json, masked=list(m.masked_paths), decision_id=m.decision_id, trace_id=m.trace_id,
+        )  # fmt: skip
+        for m in received
+    ]
+    return native, len(received) / (time.perf_counter() - start)
 
 
 def grpc_ingest(dsn: str, seconds: float = 5.0) -> float:
@@ -276,6 +300,7 @@ def main() -> None:
         for _ in range(3):
             [make_event(**r) for r in raws[:10_000]]
         validate = 30_000 / (time.perf_counter() - start)
+        received_native, received_python = receive_rates()
         store.close()
         ceiling_store.close()
         if args.proofs_10m:
@@ -305,6 +330,8 @@ def main() -> None:
               target(over_grpc >= 0.4 * copy_rate, ">= 0.40x"))  # fmt: skip
     print(row("Append path in-process, 1 thread: validate+sanitize+chain+COPY", ingest, copy_rate))
     print(row("  of which validation + sanitization alone", validate))
+    print(row("Append's check of emitters' events: native, make_event if in doubt", received_native, received_python))
+    print(row("  the same events through make_event alone (no native check)", received_python))
     walk = "native walk" if native_walk(verify_store_) else "Python walk: ztmesh_audit_native not built"
     print(row(f"verify from PostgreSQL, 1 worker ({VERIFY_N} records: chain, tree, signatures; {walk})", verify_pg))
     print(row(f"verify from PostgreSQL, {workers} workers (parallel_verify, same log)", verify_parallel, verify_pg),

@@ -31,10 +31,12 @@ def check_event(
     subject: str,
     resource: str,
     details: str,
+    masked: list[str],
     decision_id: str,
     trace_id: str,
     max_details_bytes: int,
     max_text_chars: int,
     max_id_chars: int,
-) -> tuple[str, str] | None: ...
+    max_masked: int,
+) -> tuple[str, str, list[str]] | None: ...
 def details_sure(text: str, max_bytes: int) -> bool: ...

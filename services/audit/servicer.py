@@ -74,11 +74,12 @@ def event_from_proto(message: audit_pb2.AuditEvent, limits: Limits, index: int) 
     if message.schema_version not in (0, SCHEMA_VERSION):
         raise errors.InvalidEvent(f"events[{index}].schema_version", f"{message.schema_version} is not 1")
     details = message.details_json or "{}"
-    if not message.masked_paths and message.HasField("time"):  # what emitters send: natively checked
+    masked = list(message.masked_paths)
+    if message.HasField("time"):  # what emitters send is checked natively; make_event decides the rest
         stamp = message.time
         sure = checked_event(
             message.event_id, stamp.seconds, stamp.nanos, message.service, message.action, message.outcome,
-            message.caller_spiffe_id, message.subject, message.resource, details, message.decision_id,
+            message.caller_spiffe_id, message.subject, message.resource, details, masked, message.decision_id,
             message.trace_id, limits,
         )  # fmt: skip
         if sure is not None:
@@ -89,7 +90,7 @@ def event_from_proto(message: audit_pb2.AuditEvent, limits: Limits, index: int) 
             event_id=message.event_id, time=at,
             service=message.service, action=message.action, outcome=message.outcome,
             caller=message.caller_spiffe_id, subject=message.subject, resource=message.resource,
-            details=details, masked=list(message.masked_paths),
+            details=details, masked=masked,
             decision_id=message.decision_id, trace_id=message.trace_id, limits=limits,
         )  # fmt: skip
     except errors.InvalidEvent as exc:

@@ -30,7 +30,7 @@ DECISION_DETAILS = canonical.dumps({
 BASE = {
     "event_id": "0192f0c4-7a8e-7c3b-9d2e-5f6a7b8c9d0e", "seconds": 1_764_590_400, "nanos": 123_456_789,
     "service": "policy", "action": "decide", "outcome": "ALLOW", "caller": "spiffe://ztmesh.local/ns/ztmesh/sa/envoy",
-    "subject": "user-7", "resource": "patient/42", "details": DECISION_DETAILS,
+    "subject": "user-7", "resource": "patient/42", "details": DECISION_DETAILS, "masked": ["/client_ip"],
     "decision_id": "0192f0c4-7a8e-7c3b-9d2e-5f6a7b8c9d0f", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
 }  # fmt: skip
 
@@ -46,8 +46,8 @@ def reference(fields: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> EventV
         return make_event(
             event_id=fields["event_id"], time=stamp, service=fields["service"], action=fields["action"],
             outcome=fields["outcome"], caller=fields["caller"], subject=fields["subject"],
-            resource=fields["resource"], details=fields["details"], masked=[], decision_id=fields["decision_id"],
-            trace_id=fields["trace_id"], limits=limits,
+            resource=fields["resource"], details=fields["details"], masked=fields["masked"],
+            decision_id=fields["decision_id"], trace_id=fields["trace_id"], limits=limits,
         )  # fmt: skip
     except InvalidEvent as exc:
         return exc
@@ -81,6 +81,7 @@ def test_an_emitters_decision_event_is_sure_and_the_same(native: ModuleType) -> 
         {"seconds": 0, "nanos": 0}, {"seconds": LAST_SECOND - 1, "nanos": 999_999_999}, {"nanos": 999},
         {"caller": "", "subject": "", "resource": "", "decision_id": "", "trace_id": ""},
         {"details": "{}"}, {"subject": "ü" * 1024}, {"action": "keys.encrypt/v1:rotate-x_y"},
+        {"masked": []}, {"masked": ["/b", "/a", "/a", "", "/ü", "/z"]}, {"masked": ["/" + "x" * 1023] * 1000},
     ],
 )  # fmt: skip
 def test_edges_it_is_sure_of_agree(native: ModuleType, change: dict) -> None:
@@ -107,6 +108,8 @@ def test_edges_it_is_sure_of_agree(native: ModuleType, change: dict) -> None:
         {"details": '{"n":1.0}'}, {"details": '{"n":-0}'}, {"details": '{"n":1e5}'}, {"details": '{"n":0.00001}'},
         {"details": '{"n":1234567890123456}'}, {"details": '{"n":0.1000}'}, {"details": '{"n":01}'},
         {"details": '{"a":"x\x7f"}'}, {"details": '{"key_id":"k1"}'}, {"details": ""},
+        {"masked": ["a"]}, {"masked": ["/a\n"]}, {"masked": ["/a"] * 1001}, {"masked": ["/" + "x" * 1024]},
+        {"masked": [7]}, {"masked": ["/\ud800"]},
     ],
 )  # fmt: skip
 def test_what_it_is_not_sure_of_goes_to_make_event(native: ModuleType, change: dict) -> None:
@@ -214,9 +217,11 @@ def test_random_text_fields_agree(native: ModuleType) -> None:
     sure = 0
     for _ in range(6000):
         name = rng.choice(["event_id", "service", "action", "outcome", "caller", "subject", "resource", "decision_id",
-                           "trace_id"])  # fmt: skip
+                           "trace_id", "masked"])  # fmt: skip
         length = rng.choice([0, 1, 5, 36, 63, 64, 127, 128, 129, 1024, 1025])
-        value = "".join(rng.choice(alphabet) for _ in range(length))
+        value: Any = "".join(rng.choice(alphabet) for _ in range(length))
+        if name == "masked":
+            value = [rng.choice(["", "/", "/a"]) + value[: rng.randrange(0, 1030)] for _ in range(rng.randrange(0, 4))]
         if name == "caller" and rng.random() < 0.5:
             value = "spiffe://" + value
         if name == "event_id" and rng.random() < 0.5:

@@ -12,7 +12,7 @@
 //! need sanitizing (`sanitize.unchanged`); this answers in ~1-2 us.
 
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyList, PyString};
 
 // record.py's patterns, over ASCII only (Python's \w also takes other scripts' letters: a doubt here).
 const SERVICE_MAX: usize = 63; // ^[a-z][a-z0-9-]{0,62}$
@@ -310,13 +310,33 @@ pub fn details_unchanged(text: &str, max_bytes: usize) -> bool {
     reader.object() && reader.at == b.len()
 }
 
-/// `record.make_event`'s event id and time for an event it would accept as sent, or None (a doubt: call
-/// make_event). `fields` are an AuditEvent's: event_id, time as seconds and nanos, service, action,
-/// outcome, caller, subject, resource, details text, decision_id, trace_id; no masked paths.
+/// make_event's masked paths from the ones the emitter reports it masked: each a JSON Pointer or empty
+/// (dropped), sorted and without repeats; None for anything else.
+fn masked_paths(masked: &Bound<'_, PyList>, limit: usize, most: usize) -> Option<Vec<String>> {
+    if masked.len() > most {
+        return None;
+    }
+    let mut paths = Vec::with_capacity(masked.len());
+    for item in masked.iter() {
+        let path = text(&item)?;
+        if !plain(path, limit) || !(path.is_empty() || path.starts_with('/')) {
+            return None;
+        }
+        if !path.is_empty() {
+            paths.push(path.to_owned());
+        }
+    }
+    paths.sort_unstable(); // UTF-8 byte order is code point order: Python's sorted()
+    paths.dedup();
+    Some(paths)
+}
+
+/// `record.make_event`'s event id, time and masked paths for an event it would accept as sent, or None
+/// (a doubt: call make_event). The fields are an AuditEvent's, the time as a Timestamp's seconds and nanos.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (event_id, seconds, nanos, service, action, outcome, caller, subject, resource, details,
-                    decision_id, trace_id, max_details_bytes, max_text_chars, max_id_chars))]
+                    masked, decision_id, trace_id, max_details_bytes, max_text_chars, max_id_chars, max_masked))]
 pub fn check_event(
     event_id: &Bound<'_, PyAny>,
     seconds: i64,
@@ -328,12 +348,14 @@ pub fn check_event(
     subject: &Bound<'_, PyAny>,
     resource: &Bound<'_, PyAny>,
     details: &Bound<'_, PyAny>,
+    masked: &Bound<'_, PyList>,
     decision_id: &Bound<'_, PyAny>,
     trace_id: &Bound<'_, PyAny>,
     max_details_bytes: usize,
     max_text_chars: usize,
     max_id_chars: usize,
-) -> Option<(String, String)> {
+    max_masked: usize,
+) -> Option<(String, String, Vec<String>)> {
     let id = lowercase_event_id(text(event_id)?)?;
     let when = time(seconds, nanos)?;
     let names = name(text(service)?, SERVICE_MAX, is_lower, service_char)
@@ -346,7 +368,10 @@ pub fn check_event(
         && plain(text(resource)?, max_text_chars)
         && plain(text(decision_id)?, max_id_chars)
         && plain(text(trace_id)?, max_id_chars);
-    (names && texts && details_unchanged(text(details)?, max_details_bytes)).then_some((id, when))
+    if !(names && texts && details_unchanged(text(details)?, max_details_bytes)) {
+        return None;
+    }
+    Some((id, when, masked_paths(masked, max_text_chars, max_masked)?))
 }
 
 /// `details_unchanged` on its own: for the differential tests.
