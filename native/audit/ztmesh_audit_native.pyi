@@ -1,5 +1,9 @@
 """The audit service's native code (src/lib.rs). The walk (src/walk.rs): services/audit/parallel_verify.py
-is its only caller; the event check (src/event.rs): record.checked_event is."""
+is its only caller; the event check (src/event.rs): record.checked_event is; the append step
+(src/append.rs): chain.extend_into_tree and store_postgres._Encoded are."""
+
+from collections.abc import Sequence
+from typing import Any
 
 class BinaryWalk:
     def __init__(
@@ -40,3 +44,13 @@ def check_event(
     max_masked: int,
 ) -> tuple[str, str, list[str]] | None: ...
 def details_sure(text: str, max_bytes: int) -> bool: ...
+def append_records(
+    prev: bytes,
+    sequence: int,
+    recorded_at: str,
+    parts: list[tuple[bytes, bytes, bytes]],
+    frontier: list[tuple[int, bytes]],
+) -> tuple[list[bytes], list[tuple[tuple[int, int], bytes]], list[tuple[int, bytes]]]: ...
+def encode_records(
+    events: Sequence[Any], emitter: str, schema: bytes
+) -> list[tuple[bytes, bytes, bytes, str] | None]: ...

@@ -18,6 +18,11 @@ from ztmesh.audit import merkle, note
 from ztmesh.audit.merkle import leaf_hash
 from ztmesh.audit.record import GENESIS_HASH, AuditRecord, EventV1, chain_hash, join_record, record_parts
 
+try:  # native/audit, built by scripts/install-deps.sh and the image; without it the hashing is Python's
+    from ztmesh_audit_native import append_records as native_append_records
+except ImportError:  # pragma: no cover - the tests require the module under CI
+    native_append_records = None  # type: ignore[assignment]
+
 CHECKPOINT_TYPE = "ztmesh.audit.checkpoint.v1"
 _REORDER_LOOKAHEAD = 4096  # how far ahead a misplaced record's predecessor is searched for
 
@@ -59,6 +64,26 @@ def extend_with_leaves(
         leaves.append(leaf_hash(body))
         prev = digest
     return records, leaves
+
+
+def extend_into_tree(
+    head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str,
+    encoded: Mapping[str, tuple[bytes, bytes, bytes]], frontier: merkle.Frontier,
+) -> tuple[list[AuditRecord], merkle.Frontier, list[tuple[merkle.NodeId, bytes]]]:  # fmt: skip
+    """`extend_with_leaves` and `merkle.append_leaves` in one step: the records, the tree's new frontier
+    and the nodes their leaves complete. Hashed natively (native/audit/src/append.rs, without the GIL)
+    when the module is built: this runs under the store's append lock."""
+    if native_append_records is None:
+        records, leaves = extend_with_leaves(head, events, recorded_at, emitter, encoded)
+        frontier, nodes = merkle.append_leaves(frontier, leaves)
+        return records, frontier, nodes
+    when = max(recorded_at, head.recorded_at)
+    hashes, nodes, edge = native_append_records(
+        head.hash, head.sequence, when, [encoded[e.event_id] for e in events], list(frontier.nodes)
+    )
+    links = zip(events, [head.hash, *hashes], hashes, strict=False)
+    records = [AuditRecord(e, head.sequence + i, when, emitter, p, h) for i, (e, p, h) in enumerate(links, 1)]
+    return records, merkle.Frontier(frontier.size + len(events), tuple(edge)), nodes
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The schema lives in pg_schema.py; the service's role needs only INSERT and SELEC
 
 from __future__ import annotations
 
+import itertools
 import re
 from binascii import unhexlify
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,11 @@ from ztmesh.audit.store import (
     results_for,
     utc_now,
 )
+
+try:  # native/audit, built by scripts/install-deps.sh and the image; without it records are encoded in Python
+    from ztmesh_audit_native import encode_records as native_encode_records
+except ImportError:  # pragma: no cover - the tests require the module under CI
+    native_encode_records = None  # type: ignore[assignment]
 
 # pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
 APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
@@ -107,13 +113,23 @@ def _link(line: bytes) -> ChainLink:
 
 class _Encoded:
     """A batch's events encoded before the append lock, by event id: each record's `record_parts` and its
-    COPY text columns event_id..masked."""
+    COPY text columns event_id..masked - natively when the module is built (native/audit/src/append.rs;
+    ~1 us an event where these take ~6), in Python for what it leaves to Python."""
 
     __slots__ = ("parts", "columns")
 
     def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
-        self.parts = {e.event_id: record_parts(e, emitter) for e in events}
-        self.columns = {e.event_id: _copy_columns(e, emitter) for e in events}
+        self.parts: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self.columns: dict[str, str] = {}
+        natively = native_encode_records(list(events), emitter, SCHEMA_TEXT) if native_encode_records is not None else []
+        for event, encoded in itertools.zip_longest(events, natively):
+            if encoded is None:
+                self.parts[event.event_id], self.columns[event.event_id] = (
+                    record_parts(event, emitter), _copy_columns(event, emitter)
+                )  # fmt: skip
+            else:
+                before, middle, after, self.columns[event.event_id] = encoded
+                self.parts[event.event_id] = (before, middle, after)
 
 
 _COPY_TEXT_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

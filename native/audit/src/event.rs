@@ -105,9 +105,7 @@ fn time(seconds: i64, nanos: i64) -> Option<String> {
 
 /// Whether a string of the details would pass `sanitize._nothing_to_change` untouched, or may not.
 fn string_is_plain(s: &[u8], key: bool) -> bool {
-    let lower = s.to_ascii_lowercase();
-    let holds = |hint: &&[u8]| lower.windows(hint.len()).any(|w| w == *hint);
-    if (key && KEY_HINTS.iter().any(holds)) || VALUE_HINTS.iter().any(holds) {
+    if (key && holds_hint(s, &KEY_HINTS, &KEY_STARTS)) || holds_hint(s, &VALUE_HINTS, &VALUE_STARTS) {
         return false;
     }
     // An IPv6 candidate (sanitize._IPV6) holds two colons with at most four hex digits between them.
@@ -134,6 +132,33 @@ fn string_is_plain(s: &[u8], key: bool) -> bool {
         }
     }
     true
+}
+
+/// Which bytes start a hint, in either case.
+const fn first_bytes(hints: &[&[u8]]) -> [bool; 256] {
+    let mut starts = [false; 256];
+    let mut i = 0;
+    while i < hints.len() {
+        starts[hints[i][0] as usize] = true;
+        starts[hints[i][0].to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    starts
+}
+
+const KEY_STARTS: [bool; 256] = first_bytes(&KEY_HINTS);
+const VALUE_STARTS: [bool; 256] = first_bytes(&VALUE_HINTS);
+
+/// Whether `s`, lowercased, holds one of `hints` (lowercase): compared only where a hint's first byte is.
+fn holds_hint(s: &[u8], hints: &[&[u8]], starts: &[bool; 256]) -> bool {
+    (0..s.len()).any(|i| {
+        let first = s[i].to_ascii_lowercase();
+        starts[s[i] as usize] && hints.iter().any(|hint| {
+            hint[0] == first
+                && s.len() - i >= hint.len()
+                && s[i..i + hint.len()].iter().zip(hint.iter()).all(|(a, b)| a.to_ascii_lowercase() == *b)
+        })
+    })
 }
 
 /// The last number of `\d+\.\d+\.\d+\.\d+` at the start of `s` (greedy, as the regex takes it), if it is there.
@@ -286,6 +311,16 @@ impl<'a> Details<'a> {
         }
         if token.ends_with(b".0") || token.windows(5).any(|w| w == b".0000") {
             return false;
+        }
+        if token.ends_with(b"0") {
+            return false; // a trailing zero: never the shortest spelling
+        }
+        // Up to 15 significant digits, every decimal reads as a double no other decimal of as few digits
+        // reads as, so it is that double's shortest spelling; beyond, ask the formatter.
+        let significant = token.iter().filter(|b| b.is_ascii_digit()).count()
+            - token.iter().filter(|b| b.is_ascii_digit()).take_while(|b| **b == b'0').count();
+        if significant <= 15 {
+            return true;
         }
         let spelled = std::str::from_utf8(token).expect("ASCII");
         spelled.parse::<f64>().is_ok_and(|v| v.is_finite() && v.to_string() == spelled)

@@ -2,10 +2,13 @@
 //! reference and the fallback, and each answering only "sure" or "in doubt" (a doubt goes to Python):
 //!
 //! - `walk`: the verifier's walk over PostgreSQL's binary COPY stream (parallel_verify._walk_fast);
-//! - `event`: the Append path's check of an incoming event (record.make_event).
+//! - `event`: the Append path's check of an incoming event (record.make_event);
+//! - `append`: an append's record encoding (record.record_parts) and its chain and tree hashing under
+//!   the append lock (chain.extend_with_leaves, merkle.append_leaves).
 
 use pyo3::prelude::*;
 
+mod append;
 mod event;
 mod walk;
 
@@ -15,5 +18,7 @@ fn ztmesh_audit_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(walk::canonical_record, module)?)?;
     module.add_function(wrap_pyfunction!(event::check_event, module)?)?;
     module.add_function(wrap_pyfunction!(event::details_sure, module)?)?;
+    module.add_function(wrap_pyfunction!(append::encode_records, module)?)?;
+    module.add_function(wrap_pyfunction!(append::append_records, module)?)?;
     Ok(())
 }

@@ -146,7 +146,7 @@ fn push_uuid(out: &mut Vec<u8>, column: &[u8]) -> bool {
 
 /// A text column as a JSON string literal, escaped as CPython's `json.encoder.encode_basestring` does
 /// (canonical.quote): `"` and `\`, \b \f \n \r \t, other controls as \u00xx; everything else as UTF-8.
-fn push_quoted(out: &mut Vec<u8>, column: &[u8]) -> bool {
+pub(crate) fn push_quoted(out: &mut Vec<u8>, column: &[u8]) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     if std::str::from_utf8(column).is_err() {
         return false;
