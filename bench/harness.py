@@ -136,6 +136,23 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _listening_processes(pid: int, port: int) -> int:
+    """How many processes of `pid`'s tree listen on TCP `port` (SO_REUSEPORT: each has its own socket)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    count = 0
+    for member in process_tree(pid):
+        try:
+            count += any(os.readlink(fd) in sockets for fd in Path(f"/proc/{member}/fd").iterdir())
+        except OSError:  # gone, or a descriptor closed meanwhile
+            continue
+    return count
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants now (a server with ZTMESH_PROCESSES > 1 forks its workers)."""
     parents: dict[int, list[int]] = {}
@@ -209,6 +226,13 @@ def server_process(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{args} not SERVING after 60 s")
                 time.sleep(0.1)
+        # The first copy to answer is not all of them: connections made before the others listen all go
+        # to it, and the run measures one process where it meant several.
+        processes = int(full_env.get("ZTMESH_PROCESSES", "1"))
+        while _listening_processes(proc.pid, port) < processes:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{args}: not all {processes} processes listen on port {port} after 60 s")
+            time.sleep(0.1)
         yield proc
     finally:
         proc.terminate()
