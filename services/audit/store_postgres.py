@@ -121,7 +121,7 @@ class _Encoded:
     def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
         self.parts: dict[str, tuple[bytes, bytes, bytes]] = {}
         self.columns: dict[str, str] = {}
-        natively = native_encode_records(list(events), emitter, SCHEMA_TEXT) if native_encode_records is not None else []
+        natively = [] if native_encode_records is None else native_encode_records(list(events), emitter, SCHEMA_TEXT)
         for event, encoded in itertools.zip_longest(events, natively):
             if encoded is None:
                 self.parts[event.event_id], self.columns[event.event_id] = (
