@@ -60,6 +60,7 @@ SECRET_KEY_HINTS = ("author", "cookie", "token", "pass", "pwd", "secret", "crede
                     "session", "csrf", "xsrf", "pin", "cvv")  # fmt: skip
 # Substrings one of which every value `is_secret_value` accepts contains, lowercased.
 SECRET_VALUE_HINTS = ("bearer", "basic", "digest", "negotiate", "eyj", "-----begin")
+_SEPARATORS = re.compile(r"[^a-z0-9\n]+")  # what is_secret_key splits a lowercased key's words on
 # Each run of four dot-separated numbers: every address _IPV4 finds is the start of one.
 _DOTTED_QUAD = re.compile(r"\d+\.\d+\.\d+\.\d+")
 
@@ -290,7 +291,9 @@ def _nothing_to_change(text: str) -> bool:
     strings = parts[1::2]
     lines = "\n".join(strings)  # JSON strings hold no raw newline
     lowered = lines.lower()
-    if any(map(lowered.__contains__, SECRET_KEY_HINTS)):
+    # is_secret_key also joins a key's words ("to-ken" is a token), so the hints are looked for in the
+    # letters and digits alone.
+    if any(map(_SEPARATORS.sub("", lowered).__contains__, SECRET_KEY_HINTS)):
         after = parts[2::2]  # canonical JSON: a key is followed by its colon, a value is not
         if any(map(is_secret_key, [k for k, a in zip(strings, after, strict=True) if a[:1] == ":"])):
             return False

@@ -117,6 +117,19 @@ def test_what_it_is_not_sure_of_goes_to_make_event(native: ModuleType, change: d
     assert checked(fields) is None, change
 
 
+def test_secret_words_split_by_a_separator_are_doubts(native: ModuleType) -> None:
+    """is_secret_key joins a key's words: "to-ken" is a token, and make_event erases it."""
+    keys = [word[:cut] + sep + word[cut:] for word in sanitize.SECRET_WORDS for cut in (1, len(word) // 2)
+            for sep in "-_."]  # fmt: skip
+    secret = [key for key in keys if sanitize.is_secret_key(key)]
+    assert len(secret) > 50
+    for key in secret:
+        fields = {**BASE, "details": canonical.dumps({key: "x", "n": 1})}
+        assert checked(fields) is None, key
+        made = reference(fields)
+        assert isinstance(made, EventV1) and made.details == '{"n":1}'
+
+
 def test_limits_are_the_ones_configured(native: ModuleType) -> None:
     tight = Limits(max_details_bytes=len(DECISION_DETAILS) - 1, max_text_chars=5, max_id_chars=40)
     assert checked(BASE, tight) is None  # details one byte over
@@ -148,7 +161,7 @@ def _number(rng: random.Random) -> Any:
 
 
 KEYS = ["a", "b", "score", "client_ip", "token", "key_id", "password", "note", "pin", "shipping", "A", "_", "",
-        "authorization", "session_id", "ünï", "x y", "apiKey"]  # fmt: skip
+        "authorization", "session_id", "ünï", "x y", "apiKey", "to-ken", "se_cret", "pass.word", "c-v-v"]  # fmt: skip
 STRINGS = ["", "ok", "10.1.2.0", "10.1.2.3", "1.2.3.4.5", "v120.0.6099.129", "2001:db8::1", "::1", "fe80::1%eth0",
            "12:30", "12:30:45", "spiffe://ztmesh.local/ns/x/sa/y", "https://example.org:8443/a", "Bearer abc",
            "basic", "eyJhbGciOiJI.eyJzdWIiOiIx.c2ln", "-----BEGIN PRIVATE KEY-----", "a\\b", 'q"uote', "tab\t",

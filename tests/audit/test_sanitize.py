@@ -154,7 +154,7 @@ def test_unchanged_agrees_with_the_walk_on_random_documents() -> None:
     '{"a":1,":password":2}', '{"a":"x","b":{"token":"t"}}', '{"ip":"10.1.2.3"}', '{"v":"Bearer abc"}',
     '{"n":2.0}', '{"n":1e-05}', '{"n":0.00001}', '{"n":9007199254740993}', '{"n":NaN}', '{"b":1,"a":2}',
     '{"a":1,"a":1}', '{"a": 1}', '{"k":"\\u0000"}', '{"s":"\\ud800"}', '["not an object"]',
-    "{" * 33 + "}" * 33, '{"é":1}',
+    "{" * 33 + "}" * 33, '{"é":1}', '{"to-ken":"t"}', '{"se_cret":"s"}', '{"a_u_t_h_o_r_i_z_a_t_i_o_n":"x"}',
 ])  # fmt: skip
 def test_unchanged_refuses_what_the_walk_would_change_or_refuse(text: str) -> None:
     assert not unchanged(text)
@@ -226,6 +226,20 @@ def test_the_hints_name_a_part_of_every_secret_the_walk_knows() -> None:
     values = ["Bearer x", "basic x", "Digest x", "Negotiate x", "eyJhbGciOi.eyJzdWIiOi.sig",
               "-----BEGIN PRIVATE KEY-----"]
     assert all(is_secret_value(v) and any(hint in v.lower() for hint in SECRET_VALUE_HINTS) for v in values)
+
+
+def test_secret_words_split_by_a_separator_do_not_take_the_fast_path() -> None:
+    """is_secret_key joins a key's words, so "to-ken" names a token as much as "token": the fast path must
+    not keep what the walk erases (it did, until the hints were looked for in the letters alone)."""
+    from ztmesh.audit.sanitize import SECRET_WORDS
+
+    keys = [word[:cut] + sep + word[cut:] for word in SECRET_WORDS for cut in (1, len(word) // 2) for sep in "-_."]
+    secret = [key for key in keys if is_secret_key(key)]
+    assert len(secret) > 50
+    for key in secret:
+        text = canonical.dumps({key: "x", "n": 1})
+        assert not unchanged(text), key
+        assert sanitize({key: "x", "n": 1}).details == {"n": 1}
 
 
 def test_integral_floats_are_written_as_the_walk_stores_them() -> None:

@@ -105,7 +105,10 @@ fn time(seconds: i64, nanos: i64) -> Option<String> {
 
 /// Whether a string of the details would pass `sanitize._nothing_to_change` untouched, or may not.
 fn string_is_plain(s: &[u8], key: bool) -> bool {
-    if (key && holds_hint(s, &KEY_HINTS, &KEY_STARTS)) || holds_hint(s, &VALUE_HINTS, &VALUE_STARTS) {
+    // is_secret_key also joins a key's words ("to-ken" is a token): the key hints are looked for in its
+    // letters and digits alone.
+    let letters: Vec<u8> = if key { s.iter().copied().filter(u8::is_ascii_alphanumeric).collect() } else { Vec::new() };
+    if (key && holds_hint(&letters, &KEY_HINTS, &KEY_STARTS)) || holds_hint(s, &VALUE_HINTS, &VALUE_STARTS) {
         return false;
     }
     // An IPv6 candidate (sanitize._IPV6) holds two colons with at most four hex digits between them.
