@@ -39,6 +39,7 @@ from ztmesh.audit.errors import (
     InvalidRange,
     PruneRefused,
     RecordNotFound,
+    StoreError,
 )
 from ztmesh.audit.proofs import ConsistencyProof, InclusionProof
 from ztmesh.audit.record import EventV1
@@ -268,14 +269,14 @@ class AuditTrail:
         # Every audit process on the database counts from the log's newest checkpoint, not only its own:
         # otherwise each of them signs one per `checkpoint_every` records. (Trusted ones only: a forged row
         # must not stop the signing.)
-        latest = self.latest_checkpoint()
-        if latest is not None and latest.sequence > self._checkpointed:
-            self._checkpointed = latest.sequence
-            if not self._checkpoint_due(results):
-                return
         try:
+            latest = self.latest_checkpoint()
+            if latest is not None and latest.sequence > self._checkpointed:
+                self._checkpointed = latest.sequence
+                if not self._checkpoint_due(results):
+                    return
             self.checkpoint()
-        except CheckpointError as exc:  # the records are stored; the background job signs later
+        except (CheckpointError, StoreError) as exc:  # the records are stored; the background job signs later
             log.warning("audit checkpoint postponed: %s", exc)
 
     def checkpoint(self, *, only_if_new: bool = True) -> Checkpoint | None:
