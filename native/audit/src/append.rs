@@ -24,14 +24,25 @@ fn leaf_hash(record: &[u8]) -> Hash {
 }
 
 fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new().chain_update([1u8]).chain_update(left).chain_update(right).finalize().into()
+    Sha256::new()
+        .chain_update([1u8])
+        .chain_update(left)
+        .chain_update(right)
+        .finalize()
+        .into()
 }
 
 fn hash_of(bytes: &[u8]) -> PyResult<Hash> {
-    bytes.try_into().map_err(|_| pyo3::exceptions::PyValueError::new_err("a hash is 32 bytes"))
+    bytes
+        .try_into()
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err("a hash is 32 bytes"))
 }
 
-type Appended<'py> = (Vec<Bound<'py, PyBytes>>, Vec<((u32, u64), Bound<'py, PyBytes>)>, Vec<(u32, Bound<'py, PyBytes>)>);
+type Appended<'py> = (
+    Vec<Bound<'py, PyBytes>>,
+    Vec<((u32, u64), Bound<'py, PyBytes>)>,
+    Vec<(u32, Bound<'py, PyBytes>)>,
+);
 
 /// The chain hashes of records `sequence + 1`.. (each `before + recorded_at + middle + sequence + after`,
 /// linked from `prev`), every tree node their leaves complete as ((level, index), hash), and the tree's
@@ -46,7 +57,10 @@ pub fn append_records<'py>(
     frontier: Vec<(u32, Vec<u8>)>,
 ) -> PyResult<Appended<'py>> {
     let mut prev = hash_of(prev)?;
-    let mut edge: Vec<(u32, Hash)> = frontier.iter().map(|(l, h)| Ok((*l, hash_of(h)?))).collect::<PyResult<_>>()?;
+    let mut edge: Vec<(u32, Hash)> = frontier
+        .iter()
+        .map(|(l, h)| Ok((*l, hash_of(h)?)))
+        .collect::<PyResult<_>>()?;
     let (hashes, nodes) = py.detach(|| {
         let mut hashes = Vec::with_capacity(parts.len());
         let mut nodes = Vec::with_capacity(parts.len() * 2);
@@ -112,8 +126,20 @@ pub fn encode_records<'py>(
     emitter: &str,
     schema: &[u8],
 ) -> Vec<Encoded<'py>> {
-    let names = ["event_id", "time", "service", "caller", "subject", "action", "resource", "outcome", "decision_id",
-        "trace_id", "details"].map(|n| PyString::intern(py, n));
+    let names = [
+        "event_id",
+        "time",
+        "service",
+        "caller",
+        "subject",
+        "action",
+        "resource",
+        "outcome",
+        "decision_id",
+        "trace_id",
+        "details",
+    ]
+    .map(|n| PyString::intern(py, n));
     events
         .iter()
         .map(|event| {
@@ -124,11 +150,22 @@ pub fn encode_records<'py>(
             }
             let masked = event.getattr(intern!(py, "masked")).ok()?;
             let masked = masked.cast::<PyTuple>().ok()?;
-            let paths: Vec<Bound<'py, PyString>> =
-                masked.iter().map(|p| p.cast_into::<PyString>().ok()).collect::<Option<_>>()?;
+            let paths: Vec<Bound<'py, PyString>> = masked
+                .iter()
+                .map(|p| p.cast_into::<PyString>().ok())
+                .collect::<Option<_>>()?;
             let (id, time, service, caller, subject, action, resource, outcome, decision, trace, details) = (
-                text(&id)?, text(&time)?, text(&service)?, text(&caller)?, text(&subject)?, text(&action)?,
-                text(&resource)?, text(&outcome)?, text(&decision)?, text(&trace)?, text(&details)?,
+                text(&id)?,
+                text(&time)?,
+                text(&service)?,
+                text(&caller)?,
+                text(&subject)?,
+                text(&action)?,
+                text(&resource)?,
+                text(&outcome)?,
+                text(&decision)?,
+                text(&trace)?,
+                text(&details)?,
             );
             let mut masked_json = Vec::from(b"[".as_slice());
             for (i, path) in paths.iter().enumerate() {
@@ -168,14 +205,35 @@ pub fn encode_records<'py>(
             after.push(b'}');
             let mut columns = String::with_capacity(200 + details.len());
             let masked_text = std::str::from_utf8(&masked_json).expect("built from str");
-            for (i, column) in [id, time, service, emitter, caller, subject, action, resource, outcome, decision, trace,
-                details, masked_text].iter().enumerate() {
+            for (i, column) in [
+                id,
+                time,
+                service,
+                emitter,
+                caller,
+                subject,
+                action,
+                resource,
+                outcome,
+                decision,
+                trace,
+                details,
+                masked_text,
+            ]
+            .iter()
+            .enumerate()
+            {
                 if i > 0 {
                     columns.push('\t');
                 }
                 push_copy_text(&mut columns, column);
             }
-            Some((PyBytes::new(py, &before), PyBytes::new(py, &middle), PyBytes::new(py, &after), columns))
+            Some((
+                PyBytes::new(py, &before),
+                PyBytes::new(py, &middle),
+                PyBytes::new(py, &after),
+                columns,
+            ))
         })
         .collect()
 }

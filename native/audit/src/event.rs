@@ -20,10 +20,24 @@ const ACTION_MAX: usize = 128; // ^[A-Za-z/][\w./:-]{0,127}$
 const OUTCOME_MAX: usize = 32; // ^[A-Z][A-Z0-9_]{0,31}$
 const LAST_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z, record._LATEST
 const MAX_CONTAINERS: usize = 32; // sanitize.MAX_DEPTH: `_nothing_to_change` counts every { and [
-// sanitize.SECRET_KEY_HINTS and SECRET_VALUE_HINTS: a string holding one goes to Python, which looks closer.
+                                  // sanitize.SECRET_KEY_HINTS and SECRET_VALUE_HINTS: a string holding one goes to Python, which looks closer.
 const KEY_HINTS: [&[u8]; 16] = [
-    b"author", b"cookie", b"token", b"pass", b"pwd", b"secret", b"credential", b"jwt", b"otp", b"key",
-    b"bearer", b"session", b"csrf", b"xsrf", b"pin", b"cvv",
+    b"author",
+    b"cookie",
+    b"token",
+    b"pass",
+    b"pwd",
+    b"secret",
+    b"credential",
+    b"jwt",
+    b"otp",
+    b"key",
+    b"bearer",
+    b"session",
+    b"csrf",
+    b"xsrf",
+    b"pin",
+    b"cvv",
 ];
 const VALUE_HINTS: [&[u8]; 6] = [b"bearer", b"basic", b"digest", b"negotiate", b"eyj", b"-----begin"];
 
@@ -73,7 +87,11 @@ fn outcome_char(b: u8) -> bool {
 
 /// record._text: no control character, at most `limit` characters.
 fn plain(value: &str, limit: usize) -> bool {
-    let short = if value.is_ascii() { value.len() <= limit } else { value.chars().count() <= limit };
+    let short = if value.is_ascii() {
+        value.len() <= limit
+    } else {
+        value.chars().count() <= limit
+    };
     short && !value.bytes().any(|b| b < 0x20 || b == 0x7f)
 }
 
@@ -107,7 +125,11 @@ fn time(seconds: i64, nanos: i64) -> Option<String> {
 fn string_is_plain(s: &[u8], key: bool) -> bool {
     // is_secret_key also joins a key's words ("to-ken" is a token): the key hints are looked for in its
     // letters and digits alone.
-    let letters: Vec<u8> = if key { s.iter().copied().filter(u8::is_ascii_alphanumeric).collect() } else { Vec::new() };
+    let letters: Vec<u8> = if key {
+        s.iter().copied().filter(u8::is_ascii_alphanumeric).collect()
+    } else {
+        Vec::new()
+    };
     if (key && holds_hint(&letters, &KEY_HINTS, &KEY_STARTS)) || holds_hint(s, &VALUE_HINTS, &VALUE_STARTS) {
         return false;
     }
@@ -156,11 +178,15 @@ const VALUE_STARTS: [bool; 256] = first_bytes(&VALUE_HINTS);
 fn holds_hint(s: &[u8], hints: &[&[u8]], starts: &[bool; 256]) -> bool {
     (0..s.len()).any(|i| {
         let first = s[i].to_ascii_lowercase();
-        starts[s[i] as usize] && hints.iter().any(|hint| {
-            hint[0] == first
-                && s.len() - i >= hint.len()
-                && s[i..i + hint.len()].iter().zip(hint.iter()).all(|(a, b)| a.to_ascii_lowercase() == *b)
-        })
+        starts[s[i] as usize]
+            && hints.iter().any(|hint| {
+                hint[0] == first
+                    && s.len() - i >= hint.len()
+                    && s[i..i + hint.len()]
+                        .iter()
+                        .zip(hint.iter())
+                        .all(|(a, b)| a.to_ascii_lowercase() == *b)
+            })
     })
 }
 
@@ -321,12 +347,18 @@ impl<'a> Details<'a> {
         // Up to 15 significant digits, every decimal reads as a double no other decimal of as few digits
         // reads as, so it is that double's shortest spelling; beyond, ask the formatter.
         let significant = token.iter().filter(|b| b.is_ascii_digit()).count()
-            - token.iter().filter(|b| b.is_ascii_digit()).take_while(|b| **b == b'0').count();
+            - token
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .take_while(|b| **b == b'0')
+                .count();
         if significant <= 15 {
             return true;
         }
         let spelled = std::str::from_utf8(token).expect("ASCII");
-        spelled.parse::<f64>().is_ok_and(|v| v.is_finite() && v.to_string() == spelled)
+        spelled
+            .parse::<f64>()
+            .is_ok_and(|v| v.is_finite() && v.to_string() == spelled)
     }
 
     fn digits(&mut self) -> usize {
@@ -344,7 +376,11 @@ pub fn details_unchanged(text: &str, max_bytes: usize) -> bool {
     if b.len() > max_bytes || !text.is_ascii() || b.contains(&b'\\') || b.first() != Some(&b'{') {
         return false;
     }
-    let mut reader = Details { b, at: 0, containers: 0 };
+    let mut reader = Details {
+        b,
+        at: 0,
+        containers: 0,
+    };
     reader.object() && reader.at == b.len()
 }
 

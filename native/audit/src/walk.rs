@@ -166,7 +166,14 @@ pub(crate) fn push_quoted(out: &mut Vec<u8>, column: &[u8]) -> bool {
             b'\t' => out.extend_from_slice(b"\\t"),
             0x08 => out.extend_from_slice(b"\\b"),
             0x0c => out.extend_from_slice(b"\\f"),
-            0..=0x1f => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]]),
+            0..=0x1f => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(byte >> 4) as usize],
+                HEX[(byte & 15) as usize],
+            ]),
             _ => out.push(byte),
         }
     }
@@ -233,7 +240,9 @@ fn assemble(out: &mut Vec<u8>, row: &Row, schema: &[u8]) -> Option<i64> {
 }
 
 fn to_hash(bytes: &[u8]) -> PyResult<Hash> {
-    bytes.try_into().map_err(|_| PyValueError::new_err(format!("a tree hash is 32 bytes, not {}", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| PyValueError::new_err(format!("a tree hash is 32 bytes, not {}", bytes.len())))
 }
 
 /// A walk over records first.. of one stretch, fed the binary COPY stream in chunks of whole messages.
@@ -277,7 +286,9 @@ impl BinaryWalk {
     }
 
     fn check(&mut self, row: &Row) -> bool {
-        let Some(sequence) = assemble(&mut self.body, row, &self.schema) else { return false };
+        let Some(sequence) = assemble(&mut self.body, row, &self.schema) else {
+            return false;
+        };
         let (prev_hash, digest) = (row[13], row[14]);
         if sequence != self.expected || prev_hash != self.prev.as_slice() {
             return false;
