@@ -14,6 +14,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
+use crate::walk::civil_date;
+
 // record.py's patterns, over ASCII only (Python's \w also takes other scripts' letters: a doubt here).
 const SERVICE_MAX: usize = 63; // ^[a-z][a-z0-9-]{0,62}$
 const ACTION_MAX: usize = 128; // ^[A-Za-z/][\w./:-]{0,127}$
@@ -102,16 +104,7 @@ fn time(seconds: i64, nanos: i64) -> Option<String> {
         return None;
     }
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_date(days);
     Some(format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
         of_day / 3600,

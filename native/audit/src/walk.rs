@@ -89,13 +89,10 @@ fn push_digits(out: &mut Vec<u8>, value: i64, width: usize) {
     out[start..].reverse();
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (canonical.format_time) in quotes; false for years it does not spell so.
-fn push_time(out: &mut Vec<u8>, column: &[u8]) -> bool {
-    let Some(micros) = be_i64(column) else { return false };
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    let in_day = micros.rem_euclid(MICROS_PER_DAY);
-    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
-    let z = days + PG_EPOCH_UNIX_DAYS + 719_468;
+/// (year, month, day) of a count of days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
+/// Algorithms": civil_from_days).
+pub(crate) fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -103,7 +100,15 @@ fn push_time(out: &mut Vec<u8>, column: &[u8]) -> bool {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (canonical.format_time) in quotes; false for years it does not spell so.
+fn push_time(out: &mut Vec<u8>, column: &[u8]) -> bool {
+    let Some(micros) = be_i64(column) else { return false };
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let in_day = micros.rem_euclid(MICROS_PER_DAY);
+    let (year, month, day) = civil_date(days + PG_EPOCH_UNIX_DAYS);
     if !(1000..=9999).contains(&year) {
         return false;
     }
