@@ -28,9 +28,9 @@ z = zipfile.ZipFile(io.BytesIO(data)); \
  for i in z.infolist() if not i.is_dir()]" \
     "https://proxy.golang.org/golang.org/toolchain/@v/${GO_TOOLCHAIN}.zip" "${GO_TOOLCHAIN_SHA256}" \
  && mv "/opt/gotc/golang.org/toolchain@${GO_TOOLCHAIN}" /opt/go && rm -rf /opt/gotc
-# The audit service's native code (native/audit: the verifier's walk, the event check) as an abi3
-# wheel, built with Rust's standalone toolchain from static.rust-lang.org, pinned by hash (its crates
-# are pinned in Cargo.lock).
+# The audit service's native code (native/audit: the verifier's walk; Append's event check, record
+# encoding and hashing) as an abi3 wheel, built with Rust's standalone toolchain from
+# static.rust-lang.org, pinned by hash (its crates are pinned in Cargo.lock).
 ARG RUST_TOOLCHAIN=rust-1.95.0-x86_64-unknown-linux-gnu
 ARG RUST_TOOLCHAIN_SHA256=2e0338f18ecbaa4a0f631b9e80e8b8e26bb6fe77dd5454fba8a70cf96c1e84a1
 COPY native/audit ./audit-native

@@ -137,7 +137,7 @@ else
   step "opa in process: built in $(elapsed "$t0")"
 fi
 
-# --- the audit service's native code (native/audit: Rust, PyO3): the verifier's walk, the event check ------
+# --- the audit service's native code (native/audit: Rust, PyO3): the verifier's walk, Append's hot path -----
 # Built with the machine's cargo from crates.io (versions pinned in Cargo.toml and Cargo.lock) and installed
 # into this Python as the ztmesh_audit_native module; rebuilt only when its sources change (hash in a stamp file).
 # Without it the audit service still works, in Python: `audit verify` at a third of the speed, Append at about
