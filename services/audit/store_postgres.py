@@ -225,19 +225,25 @@ class PostgresAuditStore:
         return ChainHead(anchor[0], bytes(anchor[1]), "") if anchor else ChainHead()
 
     @staticmethod
-    def _stored(conn: Any, ids: list[str], after: ChainHead | None = None) -> dict[str, tuple[int, EventV1]]:
-        """The records of these event ids already stored, or only those appended after `after`."""
+    def _stored(conn: Any, ids: list[str]) -> dict[str, tuple[int, EventV1]]:
         # One array literal, not a list for the driver to adapt item by item: ids are validated UUIDs.
-        where, params = "event_id = ANY(%s::uuid[])", ["{" + ",".join(ids) + "}"]
-        if after is not None:  # a range of the primary key, and of the partitions when the time is known
-            where += " AND sequence > %s" + (" AND recorded_at >= %s" if after.recorded_at else "")
-            params += [after.sequence, after.recorded_at] if after.recorded_at else [after.sequence]
-        rows = conn.execute(f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE {where}", params).fetchall()
+        rows = conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM audit_records WHERE event_id = ANY(%s::uuid[])", ("{" + ",".join(ids) + "}",)
+        ).fetchall()
         out = {}
         for row in rows:
             record = record_from_row(_times(row, 1, 3))
             out[record.event.event_id] = (record.sequence, record.event)
         return out
+
+    @staticmethod
+    def _appended_since(conn: Any, seen: ChainHead, head: ChainHead) -> set[str]:
+        """The event ids of records seen.sequence+1..head.sequence: a range of the primary key (and of the
+        partitions, when the time is known) - cheaper under the lock than filtering it by the batch's ids."""
+        where, params = "sequence > %s AND sequence <= %s", [seen.sequence, head.sequence]
+        if seen.recorded_at:
+            where, params = where + " AND recorded_at >= %s", [*params, seen.recorded_at]
+        return {row[0] for row in conn.execute(f"SELECT event_id::text FROM audit_records WHERE {where}", params)}
 
     def _ensure_partition(self, conn: Any, moment: datetime) -> None:
         if self.partition_unit == "timescaledb":
@@ -285,7 +291,10 @@ class PostgresAuditStore:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             head = self._head(conn)
             if head.sequence > seen.sequence:
-                stored.update(self._stored(conn, ids, after=seen))
+                appended = self._appended_since(conn, seen, head)
+                raced = [i for i in ids if i in appended]  # a retry another process stored meanwhile (rare)
+                if raced:
+                    stored.update(self._stored(conn, raced))
             tip = AppendTip(head, stored, lambda wanted: _read_nodes(conn, wanted))
             return [
                 self._append(conn, tip, events, emitter, codes) if events else []
