@@ -66,6 +66,21 @@ def store_address(store: AuditStore) -> str | None:
     return path if isinstance(path, str) and path != ":memory:" else None
 
 
+@dataclass(frozen=True)
+class _Share:
+    """One worker's share of the walk: records first..last, the signed heads among them, and the tree
+    sizes whose frontier it reports. `anchor` None: read the stored hash of record first-1; `seed` None:
+    no tree to build."""
+
+    first: int
+    last: int
+    anchor: bytes | None
+    checkpoints: dict[int, list[Checkpoint]]
+    seed: list[tuple[int, bytes]] | None
+    sizes: list[int]
+    bits: int
+
+
 @dataclass
 class _Stretch:
     """What one worker proved about records first..last (leaves first-1 .. last-1)."""
@@ -161,41 +176,22 @@ def _walk_native(
     return count, last_hash, intact, roots, tails
 
 
-def _walk_stretch(
-    address: str,
-    first: int,
-    last: int,
-    anchor: bytes | None,
-    checkpoints: dict[int, list[Checkpoint]],
-    seed: list[tuple[int, bytes]] | None,
-    sizes: list[int],
-    bits: int,
-) -> _Stretch:
+def _walk_stretch(address: str, share: _Share) -> _Stretch:
     """Another worker's share (`_prove_stretch`), over its own connection to the database at `address`."""
     from ztmesh.audit.offline import open_for_reading
 
     store = open_for_reading(address)
     try:
-        return _prove_stretch(store, first, last, anchor, checkpoints, seed, sizes, bits)
+        return _prove_stretch(store, share)
     finally:
         store.close()
 
 
-def _prove_stretch(
-    store: AuditStore,
-    first: int,
-    last: int,
-    anchor: bytes | None,
-    checkpoints: dict[int, list[Checkpoint]],
-    seed: list[tuple[int, bytes]] | None,
-    sizes: list[int],
-    bits: int,
-) -> _Stretch:
-    """One worker's share: walk records first..last (chain, signed head hashes) and build their subtrees.
-    `anchor` None: read the stored hash of record first-1; `seed` None: no tree to build."""
-    if anchor is None:
-        anchor = store.hash_at(first - 1) or b""
-    heads = {s: [cp.head_hash for cp in cps] for s, cps in checkpoints.items()}
+def _prove_stretch(store: AuditStore, share: _Share) -> _Stretch:
+    """One worker's share: walk records first..last (chain, signed head hashes) and build their subtrees."""
+    first, last, seed, sizes, bits = share.first, share.last, share.seed, share.sizes, share.bits
+    anchor = (store.hash_at(first - 1) or b"") if share.anchor is None else share.anchor
+    heads = {s: [cp.head_hash for cp in cps] for s, cps in share.checkpoints.items()}
     if native_walk(store):
         count, last_hash, intact, roots, tails = _walk_native(store, first, last, anchor, heads, seed, sizes, bits)
     else:
@@ -286,13 +282,13 @@ class ParallelWalk:
         roots = tree.roots if tree is not None else {}
         seed = [(lv, h) for lv, h in tree.frontier.nodes if lv < self.bits] if tree is not None else None
         first, last = stretches[0]
-        here_args = (
+        here = _Share(
             first, last, anchor, {s: c for s, c in checkpoints.items() if s <= last}, seed,
             sorted(s for s in roots if start <= s <= last), self.bits,
         )  # fmt: skip
         # This process's stretch reads through the caller's store; only the other workers open their own.
         if len(stretches) == 1:
-            return self._combine([_prove_stretch(self.store, *here_args)], start, anchor, checkpoints, tree)
+            return self._combine([_prove_stretch(self.store, here)], start, anchor, checkpoints, tree)
         jobs: list[Future[_Stretch]] = []
         # The native walk hashes without the GIL, so threads share the work without starting processes
         # (a spawned one imports for ~0.3 s); the Python walk needs processes.
@@ -302,12 +298,12 @@ class ParallelWalk:
         )  # fmt: skip
         with pool:
             for first, last in stretches[1:]:
-                cps = {s: c for s, c in checkpoints.items() if first <= s <= last}
-                sizes = sorted(s for s in roots if first <= s <= last)
-                jobs.append(pool.submit(_walk_stretch, self.address, first, last, None, cps, [] if seed is not None
-                                        else None, sizes, self.bits))  # fmt: skip
-            here = _prove_stretch(self.store, *here_args)
-            done = [here, *(job.result() for job in jobs)]
+                share = _Share(
+                    first, last, None, {s: c for s, c in checkpoints.items() if first <= s <= last},
+                    [] if seed is not None else None, sorted(s for s in roots if first <= s <= last), self.bits,
+                )  # fmt: skip
+                jobs.append(pool.submit(_walk_stretch, self.address, share))
+            done = [_prove_stretch(self.store, here), *(job.result() for job in jobs)]
         return self._combine(done, start, anchor, checkpoints, tree)
 
     def _combine(

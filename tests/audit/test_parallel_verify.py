@@ -94,7 +94,7 @@ def test_damage_read_from_postgresql_is_reported_the_same(
 def test_postgresql_assembles_each_record_exactly(request: pytest.FixtureRequest, signer: LocalMlDsaSigner) -> None:
     """A worker's fast walk accepts records read from PostgreSQL that need every kind of JSON and COPY
     escaping (it falls back to the exact walk only on doubt), and its subtree roots are the tree's."""
-    from ztmesh.audit.parallel_verify import _walk_stretch
+    from ztmesh.audit.parallel_verify import _Share, _walk_stretch
 
     backend = Backend("postgres", request.getfixturevalue("postgres").new_database("audit_parallel_bytes"))
     try:
@@ -104,7 +104,7 @@ def test_postgresql_assembles_each_record_exactly(request: pytest.FixtureRequest
             for i in range(6)
         ]
         trail.append(events(5) + odd + events(5), POLICY)
-        stretch = _walk_stretch(backend.dsn, 1, 16, bytes(32), {}, [], [16], 3)
+        stretch = _walk_stretch(backend.dsn, _Share(1, 16, bytes(32), {}, [], [16], 3))
         assert stretch.failure is None and stretch.count == 16
         assert len(stretch.chunk_roots) == 2  # two subtrees of 8, whose parent is the tree of 16
         assert merkle.node_hash(*stretch.chunk_roots) == merkle.tree_root(16, trail.store)
