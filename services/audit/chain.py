@@ -68,12 +68,12 @@ def extend_with_leaves(
 
 def extend_into_tree(
     head: ChainHead, events: Sequence[EventV1], recorded_at: str, emitter: str,
-    encoded: Mapping[str, tuple[bytes, bytes, bytes]], frontier: merkle.Frontier,
+    encoded: Mapping[str, tuple[bytes, bytes, bytes]] | None, frontier: merkle.Frontier,
 ) -> tuple[list[AuditRecord], merkle.Frontier, list[tuple[merkle.NodeId, bytes]]]:  # fmt: skip
     """`extend_with_leaves` and `merkle.append_leaves` in one step: the records, the tree's new frontier
     and the nodes their leaves complete. Hashed natively (native/audit/src/append.rs, without the GIL)
-    when the module is built: this runs under the store's append lock."""
-    if native_append_records is None:
+    when the module is built and the records come encoded: this runs under the store's append lock."""
+    if native_append_records is None or encoded is None:
         records, leaves = extend_with_leaves(head, events, recorded_at, emitter, encoded)
         frontier, nodes = merkle.append_leaves(frontier, leaves)
         return records, frontier, nodes

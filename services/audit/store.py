@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from ztmesh.audit import canonical, merkle
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind, extend_into_tree, extend_with_leaves
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind, extend_into_tree
 from ztmesh.audit.errors import DuplicateInBatch, InvalidEvent
 from ztmesh.audit.merkle import NodeId
 from ztmesh.audit.record import AuditRecord, EventV1, masked_json
@@ -222,13 +222,9 @@ class AppendTip:
             return plan, [], []
         if self._frontier is None:
             self._frontier = merkle.frontier_from(self.head.sequence, self._read_nodes)
-        if encoded is None:
-            records, leaves = extend_with_leaves(self.head, plan.new, recorded_at, emitter)
-            self._frontier, nodes = merkle.append_leaves(self._frontier, leaves)
-        else:
-            records, self._frontier, nodes = extend_into_tree(
-                self.head, plan.new, recorded_at, emitter, encoded, self._frontier
-            )
+        records, self._frontier, nodes = extend_into_tree(
+            self.head, plan.new, recorded_at, emitter, encoded, self._frontier
+        )
         last = records[-1]
         self.head = ChainHead(last.sequence, last.hash, last.recorded_at)
         self.stored.update((r.event.event_id, (r.sequence, r.event)) for r in records)
