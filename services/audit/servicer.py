@@ -75,7 +75,8 @@ def event_from_proto(message: audit_pb2.AuditEvent, limits: Limits, index: int) 
         raise errors.InvalidEvent(f"events[{index}].schema_version", f"{message.schema_version} is not 1")
     details = message.details_json or "{}"
     masked = list(message.masked_paths)
-    if message.HasField("time"):  # what emitters send is checked natively; make_event decides the rest
+    timed = message.HasField("time")
+    if timed:  # what emitters send is checked natively; make_event decides the rest
         stamp = message.time
         sure = checked_event(
             message.event_id, stamp.seconds, stamp.nanos, message.service, message.action, message.outcome,
@@ -84,7 +85,7 @@ def event_from_proto(message: audit_pb2.AuditEvent, limits: Limits, index: int) 
         )  # fmt: skip
         if sure is not None:
             return sure
-    at = timestamp_to_datetime(message.time, f"events[{index}].time") if message.HasField("time") else None
+    at = timestamp_to_datetime(message.time, f"events[{index}].time") if timed else None
     try:
         return make_event(
             event_id=message.event_id, time=at,
