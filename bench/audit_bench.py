@@ -30,8 +30,15 @@ from ztmesh.audit.parallel_verify import default_workers, native_walk, verify_st
 from ztmesh.audit.record import EventV1, make_event  # noqa: E402
 from ztmesh.audit.signing import LocalMlDsaSigner  # noqa: E402
 from ztmesh.audit.store import RECORD_COLUMNS, record_params  # noqa: E402
-from ztmesh.audit.store_postgres import BINARY_VERIFY_COLUMNS, PostgresAuditStore, verify_copy_query  # noqa: E402
+from ztmesh.audit.store_postgres import (  # noqa: E402
+    BINARY_VERIFY_COLUMNS,
+    PostgresAuditStore,
+    copy_tiles,
+    tile_edge,
+    verify_copy_query,
+)
 from ztmesh.audit.store_sqlite import SqliteAuditStore  # noqa: E402
+from ztmesh.audit.tiles import TILE_HEIGHT, TILE_WIDTH  # noqa: E402
 from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store  # noqa: E402
 from ztmesh.mesh.auditing import uuid7  # noqa: E402
 
@@ -139,9 +146,10 @@ def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> N
     """`count` records after the head, chained and with their tree nodes, written by COPY as the store
     writes them (the bench needs a big log fast; Append's own speed is measured above)."""
     head = store.head()
-    frontier = merkle.frontier_from(head.sequence, store)
     when = canonical.format_time(datetime.now(UTC))
     with store.pool.connection() as conn:
+        edge = tile_edge(conn, head.sequence)
+        frontier = merkle.frontier_from(head.sequence, edge)
         for start in range(0, count, 10_000):
             batch = [
                 dataclasses.replace(template, event_id=uuid7(), resource=f"patient/{start + i}", subject=f"u-{i % 97}")
@@ -152,9 +160,7 @@ def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> N
             with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
                 for record in records:
                     copy.write_row(record_params(record))
-            with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
-                for (level, idx), digest in nodes:
-                    copy.write_row((level, idx, digest))
+            copy_tiles(conn, edge.extend(nodes))
             conn.commit()
             head = ChainHead(records[-1].sequence, records[-1].hash, records[-1].recorded_at)
 
@@ -189,39 +195,50 @@ def proof_latencies(store: PostgresAuditStore, size: int, samples: int = 2000) -
 
 
 def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int, int, float]:  # type: ignore[no-untyped-def]
-    """A bench database whose audit_tree holds every complete subtree of `size` synthetic leaves
-    (merkle's storage model), built 2^18 leaves at a time and COPYed as text; no records (a proof reads
-    only the tree). Returns the store, the tree size, the rows written and the seconds it took."""
-    bits = 18
+    """A bench database whose audit_tiles holds the tree of `size` synthetic leaves as the store keeps it
+    (tiles.py), built 2^16 leaves at a time and COPYed as text, each tile at its full width once; no
+    records (a proof reads only the tree). Returns the store, the tree size, the rows written and the
+    seconds it took."""
+    bits = 16  # a block's levels 0, 4, 8 and 12 fill whole tiles; level 16 and up are built from the blocks'
     start = time.perf_counter()
     store = PostgresAuditStore(pg.new_database("bench_tree_10m"), pool_size=1)
     rows = 0
-    tops: list[bytes] = []  # the root of each complete 2^bits block
+    tops: list[bytes] = []  # the root of each complete 2^bits block: the level-16 hashes
+
+    def tile_text(level: list[bytes], depth: int, first: int) -> str:
+        return "".join(
+            f"{depth // TILE_HEIGHT}\t{(first + i) // TILE_WIDTH}\t{len(level[i : i + TILE_WIDTH])}\t"
+            f"\\\\x{b''.join(level[i : i + TILE_WIDTH]).hex()}\n"
+            for i in range(0, len(level), TILE_WIDTH)
+        )
+
     with store.pool.connection() as conn:
-        conn.execute("ALTER TABLE audit_tree DROP CONSTRAINT audit_tree_pkey")  # index once, after the load
-        with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
+        conn.execute("ALTER TABLE audit_tiles DROP CONSTRAINT audit_tiles_pkey")  # index once, after the load
+        with conn.cursor().copy("COPY audit_tiles (level, tile, width, hashes) FROM STDIN") as copy:
             for block in range(0, size, 1 << bits):
-                leaves = [hashlib.sha256(b"\x00" + i.to_bytes(8, "big")).digest()
-                          for i in range(block, min(size, block + (1 << bits)))]  # fmt: skip
-                level, depth, first = leaves, 0, block
+                level = [hashlib.sha256(b"\x00" + i.to_bytes(8, "big")).digest()
+                         for i in range(block, min(size, block + (1 << bits)))]  # fmt: skip
+                depth, first = 0, block
                 while level:  # every complete node inside the block, the block's root last
-                    copy.write("".join(f"{depth}\t{first + i}\t\\\\x{h.hex()}\n" for i, h in enumerate(level)))
-                    rows += len(level)
                     if depth == bits:
                         tops.append(level[0])
                         break
+                    if depth % TILE_HEIGHT == 0:
+                        copy.write(tile_text(level, depth, first))
+                        rows += -(-len(level) // TILE_WIDTH)
                     level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
                              for i in range(0, len(level) - 1, 2)]  # fmt: skip
                     depth, first = depth + 1, first // 2
             level, depth = tops, bits
-            while len(level) > 1:  # the complete nodes above the blocks
+            while level:  # the complete nodes above the blocks
+                if depth % TILE_HEIGHT == 0:
+                    copy.write(tile_text(level, depth, 0))
+                    rows += -(-len(level) // TILE_WIDTH)
                 level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
                          for i in range(0, len(level) - 1, 2)]  # fmt: skip
                 depth += 1
-                copy.write("".join(f"{depth}\t{i}\t\\\\x{h.hex()}\n" for i, h in enumerate(level)))
-                rows += len(level)
-        conn.execute("ALTER TABLE audit_tree ADD PRIMARY KEY (level, idx)")
-        conn.execute("ANALYZE audit_tree")
+        conn.execute("ALTER TABLE audit_tiles ADD PRIMARY KEY (level, tile, width)")
+        conn.execute("ANALYZE audit_tiles")
         conn.commit()
     return store, size, rows, time.perf_counter() - start
 
@@ -348,7 +365,7 @@ def main() -> None:
             f"p99 {sorted(big_proofs)[int(len(big_proofs) * 0.99)] * 1e3:7.3f} ms",
             target(big_p50 < 1.0, "< 1 ms p50"),
         )
-        print(f"  (tree: {big_rows} node rows for 10M synthetic leaves, generated and COPYed in {built:.0f} s)")
+        print(f"  (tree: {big_rows} tile rows for 10M synthetic leaves, generated and COPYed in {built:.0f} s)")
     else:
         print("inclusion proof on 10,000,000 leaves: `python -m bench.audit_bench --proofs-10m` (builds it, minutes)")
     print(row("verify core over records in memory (canonical bytes + SHA-256 chain)", verify_core))

@@ -234,7 +234,10 @@ def _migrate(args: argparse.Namespace) -> int:
                                   min_retention=args.min_retention or pg_schema.DEFAULT_MIN_RETENTION)  # fmt: skip
                 print(f"installed the audit schema (version {pg_schema.SCHEMA_VERSION})")
             else:
-                print(f"audit schema version {version} already installed")
+                if pg_schema.upgrade(conn, version):
+                    print(f"upgraded the audit schema from version {version} to {pg_schema.SCHEMA_VERSION}")
+                else:
+                    print(f"audit schema version {version} already installed")
                 pg_schema.refresh_functions(conn)  # function bodies fixed since install (CREATE OR REPLACE)
                 if args.grant:
                     pg_schema.grant_service_role(conn, args.grant)

@@ -16,11 +16,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-SCHEMA_VERSION = "2"  # 2: the Merkle tree (audit_tree)
+SCHEMA_VERSION = "3"  # 2: the Merkle tree (audit_tree); 3: the tree as tiles (audit_tiles)
 # The floor no retention run may go below, whatever the service role asks or inserts: the product's
 # default retention (AuditSettings.audit_retention_days, 7 years). Only the owner lowers it.
 DEFAULT_MIN_RETENTION = "2557 days"
 INSTALL_LOCK = 0x7A746D6573686169  # serializes installers: several processes may start on an empty database
+# pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
+APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
 
 _TABLES = """
 CREATE TABLE audit_meta (name text PRIMARY KEY, value text NOT NULL);
@@ -45,11 +47,6 @@ CREATE TABLE audit_checkpoints (
 CREATE INDEX audit_checkpoints_sequence ON audit_checkpoints (sequence, time);
 CREATE TABLE audit_partitions (name text PRIMARY KEY, lower_bound timestamptz NOT NULL,
     upper_bound timestamptz NOT NULL);
--- Every complete subtree of the Merkle tree over the records (merkle.py); never pruned, so the records
--- that retention keeps stay provable against every checkpoint.
-CREATE TABLE audit_tree (level smallint NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL,
-    PRIMARY KEY (level, idx));
-
 CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit trail is append-only: % on % refused', TG_OP, TG_TABLE_NAME
@@ -59,13 +56,22 @@ CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_record
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
 CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
     FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
-CREATE TRIGGER audit_tree_append_only BEFORE UPDATE OR DELETE ON audit_tree
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
-CREATE TRIGGER audit_tree_no_truncate BEFORE TRUNCATE ON audit_tree
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
 CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
 CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+"""
+
+# The Merkle tree over the records as tiles of height 4 (tiles.py: a row holds W hashes of tree level 4·level,
+# a wider row of the same tile supersedes it); never pruned, so the records that retention keeps stay
+# provable against every checkpoint.
+_TILES = """
+CREATE TABLE audit_tiles (level smallint NOT NULL, tile bigint NOT NULL, width smallint NOT NULL,
+    hashes bytea NOT NULL CHECK (length(hashes) = 32 * width AND width BETWEEN 1 AND 16),
+    PRIMARY KEY (level, tile, width));
+CREATE TRIGGER audit_tiles_append_only BEFORE UPDATE OR DELETE ON audit_tiles
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+CREATE TRIGGER audit_tiles_no_truncate BEFORE TRUNCATE ON audit_tiles
     FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
 """
 
@@ -183,7 +189,7 @@ def install(
             if service_role:
                 grant_service_role(conn, service_role)
             return
-        conn.execute(_TABLES.format(partitioning="" if hyper else "PARTITION BY RANGE (recorded_at)"))
+        conn.execute(_TABLES.format(partitioning="" if hyper else "PARTITION BY RANGE (recorded_at)") + _TILES)
         if hyper:
             conn.execute(
                 "SELECT create_hypertable('audit_records', 'recorded_at', chunk_time_interval => %s::interval)",
@@ -196,7 +202,7 @@ def install(
             (SCHEMA_VERSION, "timescaledb" if hyper else partition_unit, min_retention),
         )
         conn.execute(
-            "REVOKE ALL ON audit_meta, audit_records, audit_checkpoints, audit_partitions, audit_tree FROM PUBLIC"
+            "REVOKE ALL ON audit_meta, audit_records, audit_checkpoints, audit_partitions, audit_tiles FROM PUBLIC"
         )
         conn.execute("REVOKE ALL ON FUNCTION audit_ensure_partition(timestamptz), "
                      "audit_drop_partitions(timestamptz) FROM PUBLIC")  # fmt: skip
@@ -245,7 +251,7 @@ def grant_service_role(conn: Any, role: str) -> None:
     schema = sql.Identifier(conn.execute("SELECT current_schema()").fetchone()[0])
     for stmt in (
         "GRANT USAGE ON SCHEMA {schema} TO {role}",
-        "GRANT SELECT, INSERT ON audit_records, audit_checkpoints, audit_tree TO {role}",
+        "GRANT SELECT, INSERT ON audit_records, audit_checkpoints, audit_tiles TO {role}",
         "GRANT SELECT ON audit_meta, audit_partitions TO {role}",
         "GRANT EXECUTE ON FUNCTION audit_ensure_partition(timestamptz), audit_drop_partitions(timestamptz) TO {role}",
     ):
@@ -258,3 +264,39 @@ def check_version(conn: Any) -> str | None:
         return None
     row = conn.execute("SELECT value FROM audit_meta WHERE name = 'schema_version'").fetchone()
     return row[0] if row else None
+
+
+def upgrade(conn: Any, version: str) -> bool:
+    """Bring a schema installed at an older version to SCHEMA_VERSION, in one transaction, as the owner and
+    holding the append lock (an appender of the old version fails after it, never writes half of each);
+    False when there was nothing to do. Version 2 kept one row per tree node (`audit_tree`): its nodes
+    become tiles, the roles that could write it may write those, and the node table goes."""
+    if version == SCHEMA_VERSION:
+        return False
+    if version != "2":
+        raise ValueError(f"audit schema version {version} cannot be upgraded to {SCHEMA_VERSION}")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        if check_version(conn) == SCHEMA_VERSION:  # another migrator just did
+            return False
+        writers = [row[0] for row in conn.execute(
+            "SELECT DISTINCT grantee FROM information_schema.role_table_grants WHERE table_name = 'audit_tree' "
+            "AND table_schema = current_schema() AND privilege_type = 'INSERT' AND grantee <> current_user"
+        )]  # fmt: skip
+        gap = conn.execute(
+            "SELECT level, idx / 16 FROM audit_tree WHERE level % 4 = 0 GROUP BY level, idx / 16 "
+            "HAVING count(*) <> max(idx % 16) + 1 LIMIT 1"
+        ).fetchone()
+        if gap:  # a tile from it would shift every hash after the hole
+            raise ValueError(f"audit_tree has a hole in tile {tuple(gap)}: verify the log before migrating")
+        conn.execute(_TILES)
+        conn.execute(
+            "INSERT INTO audit_tiles (level, tile, width, hashes) SELECT level / 4, idx / 16, count(*), "
+            "string_agg(hash, ''::bytea ORDER BY idx) FROM audit_tree WHERE level % 4 = 0 GROUP BY level / 4, idx / 16"
+        )
+        conn.execute("DROP TABLE audit_tree")
+        conn.execute("REVOKE ALL ON audit_tiles FROM PUBLIC")
+        for role in writers:
+            conn.execute(sql.SQL("GRANT SELECT, INSERT ON audit_tiles TO {}").format(sql.Identifier(role)))
+        conn.execute("UPDATE audit_meta SET value = %s WHERE name = 'schema_version'", (SCHEMA_VERSION,))
+    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from binascii import unhexlify
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ztmesh.audit import canonical, merkle, pg_schema
+from ztmesh.audit import canonical, merkle, pg_schema, tiles
 from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint
 from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
 from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, masked_json, quoted, record_parts
@@ -43,8 +43,7 @@ try:  # native/audit, built by scripts/install-deps.sh and the image; without it
 except ImportError:  # pragma: no cover - the tests require the module under CI
     native_encode_records = None  # type: ignore[assignment]
 
-# pg_advisory_xact_lock key: every appender of this database takes it before reading the head.
-APPEND_LOCK = 0x7A746D6573686175  # "ztmeshau"
+APPEND_LOCK = pg_schema.APPEND_LOCK
 # What the native walk (native/audit, ztmesh_audit_native) reads, in this order, as binary COPY: raw
 # bytea and timestamps cost PostgreSQL ~2 us a row less to send than their text forms.
 BINARY_VERIFY_COLUMNS = (
@@ -189,7 +188,10 @@ class PostgresAuditStore:
                     except psycopg.errors.InsufficientPrivilege:
                         raise SchemaMissing(_missing_schema_message()) from None
                 elif version != pg_schema.SCHEMA_VERSION:
-                    raise SchemaMissing(f"audit schema version {version} is not {pg_schema.SCHEMA_VERSION}")
+                    raise SchemaMissing(
+                        f"audit schema version {version} is not {pg_schema.SCHEMA_VERSION}; as the owner run "
+                        "`ztmesh audit migrate --dsn <owner DSN>` to upgrade it"
+                    )
                 unit = conn.execute("SELECT value FROM audit_meta WHERE name = 'partition_unit'").fetchone()
                 self.partition_unit = unit[0] if unit else partition_unit
         except (psycopg.Error, PoolTimeout) as exc:
@@ -254,8 +256,9 @@ class PostgresAuditStore:
             self._partitions.add(start)
 
     def _append(
-        self, conn: Any, tip: AppendTip, events: Sequence[EventV1], emitter: str, encoded: _Encoded
-    ) -> list[AppendResult]:
+        self, conn: Any, tip: AppendTip, edge: tiles.TileEdge, events: Sequence[EventV1], emitter: str,
+        encoded: _Encoded,
+    ) -> list[AppendResult]:  # fmt: skip
         plan, records, nodes = tip.extend(events, canonical.format_time(self.clock()), emitter, encoded.parts)
         if not records:
             return results_for(events, plan, [])
@@ -268,8 +271,7 @@ class PostgresAuditStore:
         ])  # fmt: skip
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
             copy.write(rows.encode())
-        with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
-            copy.write("".join([f"{level}\t{idx}\t\\\\x{digest.hex()}\n" for (level, idx), digest in nodes]).encode())
+        copy_tiles(conn, edge.extend(nodes))
         return results_for(events, plan, records)
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
@@ -295,9 +297,10 @@ class PostgresAuditStore:
                 raced = [i for i in ids if i in appended]  # a retry another process stored meanwhile (rare)
                 if raced:
                     stored.update(self._stored(conn, raced))
-            tip = AppendTip(head, stored, lambda wanted: _read_nodes(conn, wanted))
+            edge = tile_edge(conn, head.sequence)
+            tip = AppendTip(head, stored, edge.read_nodes)
             return [
-                self._append(conn, tip, events, emitter, codes) if events else []
+                self._append(conn, tip, edge, events, emitter, codes) if events else []
                 for (events, emitter), codes in zip(batches, encoded, strict=True)
             ]
 
@@ -440,16 +443,36 @@ class PostgresAuditStore:
             pool.close()
 
 
+def tile_edge(conn: Any, size: int) -> tiles.TileEdge:
+    """An appender's edge of the tree of `size` leaves, read through `conn` when first needed."""
+    return tiles.TileEdge(size, lambda wanted: _read_tiles(conn, wanted, exact=True))
+
+
+def copy_tiles(conn: Any, rows: Sequence[tiles.TileRow]) -> None:
+    with conn.cursor().copy("COPY audit_tiles (level, tile, width, hashes) FROM STDIN") as copy:
+        copy.write(
+            "".join(
+                [f"{level}\t{tile}\t{width}\t\\\\x{hashes.hex()}\n" for level, tile, width, hashes in rows]
+            ).encode()
+        )
+
+
 def _read_nodes(conn: Any, ids: Sequence[merkle.NodeId]) -> list[bytes]:
-    """One indexed query for all the tree nodes a proof or an append needs."""
-    if not ids:
-        return []
+    return tiles.read_nodes(ids, lambda wanted: _read_tiles(conn, wanted))
+
+
+def _read_tiles(conn: Any, wanted: Mapping[tiles.TileId, int], *, exact: bool = False) -> dict[tiles.TileId, bytes]:
+    """One indexed query for the tiles a proof needs - the widest row of each, at least as wide as asked -
+    or, for an appender's edge, the row exactly as wide as the tree's size implies."""
+    keys = list(wanted)
     rows = conn.execute(
-        "SELECT t.level, t.idx, t.hash FROM audit_tree t JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
-        "ON t.level = w.level AND t.idx = w.idx",
-        ([level for level, _ in ids], [idx for _, idx in ids]),
+        "SELECT DISTINCT ON (t.level, t.tile) t.level, t.tile, t.hashes FROM audit_tiles t "
+        "JOIN unnest(%s::smallint[], %s::bigint[], %s::smallint[]) AS w(level, tile, width) "
+        f"ON t.level = w.level AND t.tile = w.tile AND t.width {'=' if exact else '>='} w.width "
+        "ORDER BY t.level, t.tile, t.width DESC",
+        ([level for level, _ in keys], [tile for _, tile in keys], [wanted[k] for k in keys]),
     ).fetchall()
-    return merkle.nodes_in_order(ids, {(level, idx): bytes(h) for level, idx, h in rows})
+    return {(level, tile): bytes(hashes) for level, tile, hashes in rows}
 
 
 def verify_copy_query(columns: str, start: int, end: int, *, ordered: bool = True, binary: bool = False) -> bytes:

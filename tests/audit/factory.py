@@ -15,6 +15,7 @@ from ztmesh.audit.record import EventV1, make_event
 from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.store import AuditStore
 from ztmesh.audit.store_sqlite import SCHEMA, SqliteAuditStore
+from ztmesh.audit.tiles import tile_rows
 from ztmesh.audit.trail import AuditTrail, TrailSettings
 from ztmesh.mesh.auditing import uuid7
 
@@ -51,6 +52,19 @@ class Backend:
             made = PostgresAuditStore(self.dsn, clock=clock or Clock(), **kwargs)
         self.stores.append(made)
         return made
+
+    @property
+    def tree_table(self) -> str:
+        """Where the store keeps the Merkle tree: a row per node (SQLite), tiles (PostgreSQL, tiles.py)."""
+        return "audit_tree" if self.kind == "sqlite" else "audit_tiles"
+
+    def tree_inserts(self, nodes: dict[tuple[int, int], bytes]) -> list[tuple[str, tuple[Any, ...]]]:
+        """INSERT statements (for `tamper`) that store a whole tree's nodes as this backend keeps them."""
+        if self.kind == "sqlite":
+            return [("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)", (level, idx, h))
+                    for (level, idx), h in nodes.items()]  # fmt: skip
+        return [("INSERT INTO audit_tiles (level, tile, width, hashes) VALUES (?, ?, ?, ?)", row)
+                for row in tile_rows(nodes)]  # fmt: skip
 
     def tamper(self, *statements: str | tuple[str, Sequence[Any]]) -> None:
         """Run statements (text, or text and parameters) as a malicious superuser would: append-only

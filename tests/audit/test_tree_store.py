@@ -76,7 +76,8 @@ def test_tree_nodes_cannot_be_changed(backend: Backend) -> None:
             with pytest.raises(Exception, match="append-only"):
                 db.execute(statement)
     else:
-        for statement in ("UPDATE audit_tree SET hash = '\\x00' WHERE level = 0", "TRUNCATE audit_tree"):
+        for statement in ("UPDATE audit_tiles SET hashes = '\\x00' WHERE level = 0", "DELETE FROM audit_tiles",
+                          "TRUNCATE audit_tiles"):  # fmt: skip
             with pytest.raises(AppendOnlyViolation):
                 store._run(lambda c, s=statement: c.execute(s))  # type: ignore[attr-defined]
     assert merkle.tree_root(4, store) == merkle.tree_root(4, store)
@@ -131,3 +132,76 @@ def test_sqlite_reads_tree_nodes_by_index_not_by_scanning_the_tree(tmp_path) -> 
 
     small, large = steps_to_prove(256), steps_to_prove(4096)
     assert large < small * 3, (small, large)
+
+
+def _as_version_2(owner_dsn: str, nodes: dict, role: str) -> None:
+    """Turn a database back into schema version 2, as a release before tiles left it: one audit_tree row per
+    node, writable by the service role."""
+    import psycopg
+
+    from ztmesh.audit import pg_schema
+
+    with psycopg.connect(owner_dsn, autocommit=True) as conn, conn.transaction():
+        pg_schema.grant_service_role(conn, role)
+        conn.execute("CREATE TABLE audit_tree (level smallint NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL, "
+                     "PRIMARY KEY (level, idx))")  # fmt: skip
+        with conn.cursor().copy("COPY audit_tree (level, idx, hash) FROM STDIN") as copy:
+            for (level, idx), digest in nodes.items():
+                copy.write_row((level, idx, digest))
+        conn.execute(f"GRANT SELECT, INSERT ON audit_tree TO {role}")
+        conn.execute("DROP TABLE audit_tiles")
+        conn.execute("UPDATE audit_meta SET value = '2' WHERE name = 'schema_version'")
+
+
+def test_migrate_turns_a_version_2_node_table_into_tiles(request: pytest.FixtureRequest) -> None:
+    """`ztmesh audit migrate` upgrades a database written by the previous release: the same tree, read
+    from tiles, that the service role goes on appending to; until then the service refuses to start."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ztmesh.audit.errors import SchemaMissing
+    from ztmesh.audit.store_postgres import PostgresAuditStore
+
+    postgres = request.getfixturevalue("postgres")
+    owner = postgres.new_database("audit_v2")
+    postgres.create_role("audit_v2_svc", "pw")
+    store = PostgresAuditStore(owner)
+    store.append(events(37), POLICY)
+    reference = merkle.MemoryNodes()
+    reference.append(leaves_from_records(store))
+    store.close()
+    _as_version_2(owner, reference.nodes, "audit_v2_svc")
+    service_dsn = postgres.dsn_for("audit_v2", "audit_v2_svc", "pw")
+    with pytest.raises(SchemaMissing, match="version 2 is not 3.*ztmesh audit migrate"):
+        PostgresAuditStore(service_dsn, install=False)
+
+    def migrate(dsn: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ztmesh.cli", "audit", "migrate", "--dsn", dsn]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+
+    done = migrate(owner)
+    assert done.returncode == 0, done.stderr
+    assert "upgraded the audit schema from version 2 to 3" in done.stdout
+    assert "already installed" in migrate(owner).stdout
+    store = PostgresAuditStore(service_dsn, install=False)
+    assert merkle.tree_root(37, store) == reference.frontier.root()
+    store.append(events(30), POLICY)  # the service role appends on, to the tiles
+    reference.append(leaves_from_records(store)[37:])
+    assert merkle.tree_root(67, store) == reference.frontier.root()
+    proof = merkle.inclusion_proof(36, 67, store)
+    assert merkle.verify_inclusion(reference.nodes[(0, 36)], 36, 67, proof, reference.frontier.root())
+    store.close()
+
+    # A node table with a hole would shift every hash after it into the wrong place: refused, nothing changed.
+    holed = postgres.new_database("audit_v2_holed")
+    store = PostgresAuditStore(holed)
+    store.append(events(20), POLICY)
+    store.close()
+    nodes = dict(reference.nodes)
+    del nodes[(0, 5)]
+    _as_version_2(holed, {k: v for k, v in nodes.items() if k[1] << k[0] < 20}, "audit_v2_svc")
+    done = migrate(holed)
+    assert done.returncode == 1 and "hole in tile (0, 0)" in done.stderr, done.stderr
+    with pytest.raises(SchemaMissing, match="version 2"):
+        PostgresAuditStore(holed, install=False)

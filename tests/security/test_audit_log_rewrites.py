@@ -75,11 +75,10 @@ def rebuild_forged_log(backend: Backend, trail: AuditTrail, batch: list) -> None
     tree.append(leaves)
     mark = "?" if backend.kind == "sqlite" else "%s"
     backend.tamper(
-        "DELETE FROM audit_records", "DELETE FROM audit_tree", "DELETE FROM audit_checkpoints",
+        "DELETE FROM audit_records", f"DELETE FROM {backend.tree_table}", "DELETE FROM audit_checkpoints",
         *[(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({', '.join([mark] * 17)})", record_params(r))
           for r in records],
-        *[("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)", (level, idx, h))
-          for (level, idx), h in tree.nodes.items()],
+        *backend.tree_inserts(tree.nodes),
     )  # fmt: skip
 
 
@@ -165,7 +164,8 @@ def test_deleting_the_tree_does_not_switch_its_checks_off(backend: Backend, logg
     records, _ = extend_with_leaves(anchor, forged_events, stored[4].recorded_at, stored[4].emitter)
     mark = "?" if backend.kind == "sqlite" else "%s"
     backend.tamper(
-        "DELETE FROM audit_records WHERE sequence > 4", "DELETE FROM audit_tree", "DELETE FROM audit_checkpoints",
+        "DELETE FROM audit_records WHERE sequence > 4", f"DELETE FROM {backend.tree_table}",
+        "DELETE FROM audit_checkpoints",
         *[(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({', '.join([mark] * 17)})", record_params(r))
           for r in records],
     )  # fmt: skip
