@@ -27,6 +27,7 @@ from ztmesh.audit.store import (
     RECORD_COLUMNS,
     AppendResult,
     AppendTip,
+    BatchPlan,
     Clock,
     PrunePlan,
     QueryFilter,
@@ -44,6 +45,14 @@ except ImportError:  # pragma: no cover - the tests require the module under CI
     native_encode_records = None  # type: ignore[assignment]
 
 APPEND_LOCK = pg_schema.APPEND_LOCK
+_NEWEST_RECORD = "SELECT sequence, hash, recorded_at FROM audit_records ORDER BY sequence DESC LIMIT 1"
+# The newest row of each tile level: under the append lock, the edge of the tree whatever its size (a tile
+# level past the tree's top finds nothing); tiles.TileEdge takes each only if the head's size implies it.
+_NEWEST_TILES = (
+    "SELECT t.level, t.tile, t.width, t.hashes FROM generate_series(0, 15) AS l(level) CROSS JOIN LATERAL "
+    "(SELECT level, tile, width, hashes FROM audit_tiles WHERE level = l.level ORDER BY tile DESC, width DESC "
+    "LIMIT 1) AS t"
+)
 # What the native walk (native/audit, ztmesh_audit_native) reads, in this order, as binary COPY: raw
 # bytea and timestamps cost PostgreSQL ~2 us a row less to send than their text forms.
 BINARY_VERIFY_COLUMNS = (
@@ -214,10 +223,9 @@ class PostgresAuditStore:
     # --- append -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _head(conn: Any) -> ChainHead:
-        row = conn.execute(
-            "SELECT sequence, hash, recorded_at FROM audit_records ORDER BY sequence DESC LIMIT 1"
-        ).fetchone()
+    def _head(conn: Any, newest: Any = None) -> ChainHead:
+        """The chain's head: its newest record (`newest`: that row, read already), else the prune anchor."""
+        row = newest if newest is not None else conn.execute(_NEWEST_RECORD).fetchone()
         if row:
             return ChainHead(row[0], bytes(row[1]), canonical.format_time(row[2]))
         anchor = conn.execute(
@@ -239,13 +247,18 @@ class PostgresAuditStore:
         return out
 
     @staticmethod
-    def _appended_since(conn: Any, seen: ChainHead, head: ChainHead) -> set[str]:
-        """The event ids of records seen.sequence+1..head.sequence: a range of the primary key (and of the
-        partitions, when the time is known) - cheaper under the lock than filtering it by the batch's ids."""
-        where, params = "sequence > %s AND sequence <= %s", [seen.sequence, head.sequence]
+    def _raced(conn: Any, seen: ChainHead, ids: list[str]) -> Any:
+        """Which of `ids` records after `seen` hold: the range of the primary key (and of the partitions,
+        when the time is known) read first, then matched against the ids - through the event_id index
+        instead, PostgreSQL probed every partition once for each of a batch's ids (~3 ms a group)."""
+        where, params = "sequence > %s", [seen.sequence]
         if seen.recorded_at:
             where, params = where + " AND recorded_at >= %s", [*params, seen.recorded_at]
-        return {row[0] for row in conn.execute(f"SELECT event_id::text FROM audit_records WHERE {where}", params)}
+        return conn.execute(
+            f"WITH since AS MATERIALIZED (SELECT event_id FROM audit_records WHERE {where}) "
+            "SELECT event_id::text FROM since WHERE event_id = ANY(%s::uuid[])",
+            [*params, "{" + ",".join(ids) + "}"],
+        )
 
     def _ensure_partition(self, conn: Any, moment: datetime) -> None:
         if self.partition_unit == "timescaledb":
@@ -258,10 +271,10 @@ class PostgresAuditStore:
     def _append(
         self, conn: Any, tip: AppendTip, edge: tiles.TileEdge, events: Sequence[EventV1], emitter: str,
         encoded: _Encoded,
-    ) -> list[AppendResult]:  # fmt: skip
+    ) -> tuple[BatchPlan, list[AuditRecord]]:  # fmt: skip
         plan, records, nodes = tip.extend(events, canonical.format_time(self.clock()), emitter, encoded.parts)
         if not records:
-            return results_for(events, plan, [])
+            return plan, records
         self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
         # Under the lock, only what the position in the chain decides; the rest of each row was made before.
         rows = "".join([
@@ -272,7 +285,7 @@ class PostgresAuditStore:
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
             copy.write(rows.encode())
         copy_tiles(conn, edge.extend(nodes))
-        return results_for(events, plan, records)
+        return plan, records
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         return self.append_many([(events, emitter)])[0] if events else []
@@ -289,27 +302,31 @@ class PostgresAuditStore:
         ids = [e.event_id for events, _ in batches for e in events]
         seen, stored = self._run(lambda conn: (self._head(conn), self._stored(conn, ids)))
 
-        def write(conn: Any) -> list[list[AppendResult]]:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            head = self._head(conn)
-            if head.sequence > seen.sequence:
-                appended = self._appended_since(conn, seen, head)
-                raced = [i for i in ids if i in appended]  # a retry another process stored meanwhile (rare)
-                if raced:
-                    stored.update(self._stored(conn, raced))
-            edge = tile_edge(conn, head.sequence)
+        def write(conn: Any) -> list[tuple[BatchPlan, list[AuditRecord]]]:
+            # The lock, the head, the retries others stored since `seen` and the tree's edge in one round
+            # trip: each statement waits for the one before, so all but the lock read what its holder sees.
+            with conn.pipeline():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                newest = conn.execute(_NEWEST_RECORD)
+                raced = self._raced(conn, seen, ids)
+                newest_tiles = conn.execute(_NEWEST_TILES)
+            head = self._head(conn, newest.fetchone())
+            raced_ids = [row[0] for row in raced]  # a retry another process stored meanwhile (rare)
+            if raced_ids:
+                stored.update(self._stored(conn, raced_ids))
+            edge = tile_edge(conn, head.sequence, {(level, tile): bytes(h) for level, tile, _, h in newest_tiles})
             tip = AppendTip(head, stored, edge.read_nodes)
             return [
-                self._append(conn, tip, edge, events, emitter, codes) if events else []
+                self._append(conn, tip, edge, events, emitter, codes) if events else (BatchPlan([], {}), [])
                 for (events, emitter), codes in zip(batches, encoded, strict=True)
             ]
 
         try:
-            result: list[list[AppendResult]] = self._run(write)
+            written = self._run(write)
         except StoreError:
             self._partitions.clear()  # a partition may have been dropped or rolled back; look again next time
             raise
-        return result
+        return [results_for(events, *done) for (events, _), done in zip(batches, written, strict=True)]
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -443,9 +460,10 @@ class PostgresAuditStore:
             pool.close()
 
 
-def tile_edge(conn: Any, size: int) -> tiles.TileEdge:
-    """An appender's edge of the tree of `size` leaves, read through `conn` when first needed."""
-    return tiles.TileEdge(size, lambda wanted: _read_tiles(conn, wanted, exact=True))
+def tile_edge(conn: Any, size: int, newest: Mapping[tiles.TileId, bytes] | None = None) -> tiles.TileEdge:
+    """An appender's edge of the tree of `size` leaves: from `newest` (the _NEWEST_TILES rows) where they are
+    it, else read through `conn` when first needed."""
+    return tiles.TileEdge(size, lambda wanted: _read_tiles(conn, wanted, exact=True), newest)
 
 
 def copy_tiles(conn: Any, rows: Sequence[tiles.TileRow]) -> None:

@@ -91,15 +91,19 @@ class TileEdge:
     first needed; `read_nodes` serves the frontier from them, `extend` turns an append's new nodes into
     the tile rows to write and moves the edge after them."""
 
-    def __init__(self, size: int, load: TileLoader) -> None:
+    def __init__(self, size: int, load: TileLoader, known: Mapping[TileId, bytes] | None = None) -> None:
         self.size = size
         self._load = load
+        self._known = known or {}  # tiles read already (with the head): used where they are the edge
         self._tiles: dict[TileId, bytes] | None = None
 
     def _edge(self) -> dict[TileId, bytes]:
         if self._tiles is None:
             wanted = edge_tiles(self.size)
-            found = dict(self._load(wanted)) if wanted else {}
+            found = {t: h for t, h in self._known.items() if len(h) == wanted.get(t, 0) * HASH_SIZE}
+            missing = {t: width for t, width in wanted.items() if t not in found}
+            if missing:
+                found.update(self._load(missing))
             for tile, width in wanted.items():
                 if len(found.get(tile, b"")) != width * HASH_SIZE:
                     raise ProofError(f"Merkle tree tile {tile} of width {width} is not stored")

@@ -104,3 +104,19 @@ def test_a_whole_tree_with_a_hole_makes_no_tiles() -> None:
     del tree.nodes[(0, 17)]
     with pytest.raises(merkle.ProofError, match="has a gap"):
         tiles.tile_rows(tree.nodes)
+
+
+def test_tiles_read_with_the_head_are_used_only_where_they_are_the_edge() -> None:
+    tree = merkle.MemoryNodes()
+    tree.append(leaves(37))
+    full = {(level, tile): hashes for level, tile, _, hashes in tiles.tile_rows(tree.nodes)}
+    loaded: list[dict] = []
+
+    def load(wanted):  # type: ignore[no-untyped-def]
+        loaded.append(dict(wanted))
+        return {t: full[t][: 32 * w] for t, w in wanted.items()}
+
+    newest = {(0, 2): full[(0, 2)] + bytes(32), (1, 0): full[(1, 0)], (2, 0): bytes(32)}  # (0, 2) forged wider
+    edge = tiles.TileEdge(37, load, newest)
+    assert merkle.frontier_from(37, edge) == tree.frontier
+    assert loaded == [{(0, 2): 5}]  # only the tile that was not the edge's width was read again

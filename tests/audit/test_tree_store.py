@@ -205,3 +205,21 @@ def test_migrate_turns_a_version_2_node_table_into_tiles(request: pytest.Fixture
     assert done.returncode == 1 and "hole in tile (0, 0)" in done.stderr, done.stderr
     with pytest.raises(SchemaMissing, match="version 2"):
         PostgresAuditStore(holed, install=False)
+
+
+def test_a_forged_wider_tile_does_not_steer_the_appender(request: pytest.FixtureRequest) -> None:
+    """The service role may INSERT tiles (PostgreSQL). One wider than the tree's size implies (a forged newest
+    row of the edge) must not become the frontier new records are hashed onto: the appender takes the exact
+    width."""
+    from ztmesh.audit.store_postgres import PostgresAuditStore
+
+    store = PostgresAuditStore(request.getfixturevalue("postgres").new_database("audit_forged_tile"))
+    store.append(events(37), POLICY)  # the edge's level-0 tile: (0, 2) of width 5
+    forged = bytes(range(32)) * 6
+    store._run(lambda c: c.execute(  # type: ignore[attr-defined]
+        "INSERT INTO audit_tiles (level, tile, width, hashes) VALUES (0, 2, 6, %s)", (forged,)))  # fmt: skip
+    store.append(events(5), POLICY)
+    reference = merkle.MemoryNodes()
+    reference.append(leaves_from_records(store))
+    assert merkle.tree_root(42, store) == reference.frontier.root()
+    store.close()
