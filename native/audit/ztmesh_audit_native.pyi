@@ -15,6 +15,7 @@ class BinaryWalk:
         sizes: list[int],
         bits: int,
         schema: bytes,
+        early_limit: int = 16384,
     ) -> None: ...
     @property
     def next_sequence(self) -> int: ...

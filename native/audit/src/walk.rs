@@ -2,8 +2,10 @@
 //! COPY stream of `store_postgres.BINARY_VERIFY_COLUMNS`.
 //!
 //! It answers one question — are these records intact (sequence, chain link, content hash, signed head
-//! hashes) — and builds the Merkle subtrees their leaves close. It never explains a failure: on the first
-//! doubt it stops; the caller reads on in sequence order from there (`restart`), and if the doubt stands
+//! hashes) — and builds the Merkle subtrees their leaves close. Records that come before their turn wait
+//! for it, up to a bound: the stream is read as the rows lie on disk, and an insert can land in free space
+//! of an earlier page (autovacuum records it in the free-space map), so a few rows of a later append
+//! often lie before an earlier one. It never explains a failure: on the first doubt it stops; the caller reads on in sequence order from there (`restart`), and if the doubt stands
 //! the Python walk (`chain._walk`) redoes the stretch and names the record and problem.
 //! So anything this code does not handle exactly (a NULL, a year outside 1000..9999, bytes that are not
 //! UTF-8) is a doubt, never a guess. The canonical record it hashes is the one `record.assemble` builds;
@@ -12,7 +14,7 @@
 //! Why native: the data comes from a database an attacker may have written to, so it is parsed in a
 //! memory-safe language, and per record Python spends ~8 us decoding and hashing where this spends ~2.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -265,7 +267,9 @@ pub struct BinaryWalk {
     bits: u32,
     roots: Vec<Hash>,
     tails: HashMap<i64, Vec<Hash>>,
-    pending: Vec<u8>, // the start of a tuple the last chunk cut
+    pending: Vec<u8>,              // the start of a tuple the last chunk cut
+    early: BTreeMap<i64, Vec<u8>>, // tuples that came before their turn, by sequence
+    early_limit: usize,
     header_done: bool,
     ended: bool,
     intact: bool,
@@ -359,6 +363,16 @@ impl BinaryWalk {
         self.intact
     }
 
+    /// The records that came early and whose turn it now is.
+    fn check_early(&mut self) {
+        while self.intact {
+            let Some(tuple) = self.early.remove(&self.expected) else {
+                break;
+            };
+            self.intact = matches!(parse_tuple(&tuple), Parsed::Row(row, _) if self.check(&row));
+        }
+    }
+
     fn walk(&mut self, data: &[u8]) -> usize {
         let mut at = 0;
         if !self.header_done {
@@ -379,13 +393,24 @@ impl BinaryWalk {
                     at += 2;
                 }
                 Parsed::Malformed => self.intact = false,
-                Parsed::Row(row, used) => {
-                    if self.check(&row) {
-                        at += used;
-                    } else {
-                        self.intact = false;
+                Parsed::Row(row, used) => match be_i64(row[0]) {
+                    Some(sequence) if sequence > self.expected && self.early.len() < self.early_limit => {
+                        let tuple = data[at..at + used].to_vec();
+                        if self.early.insert(sequence, tuple).is_some() {
+                            self.intact = false; // the same sequence twice
+                        } else {
+                            at += used;
+                        }
                     }
-                }
+                    _ => {
+                        if self.check(&row) {
+                            at += used;
+                            self.check_early();
+                        } else {
+                            self.intact = false;
+                        }
+                    }
+                },
             }
         }
         at
@@ -398,7 +423,9 @@ impl BinaryWalk {
     /// `seed` the frontier inside the first subtree (None: build no tree), `sizes` the sizes whose
     /// frontier to keep, `schema` the record's "v" as text.
     #[new]
-    #[pyo3(signature = (first, anchor, heads, seed, sizes, bits, schema))]
+    /// `early_limit`: how many records may come before their turn and wait for it (more is a doubt).
+    #[pyo3(signature = (first, anchor, heads, seed, sizes, bits, schema, early_limit=16384))]
+    #[allow(clippy::too_many_arguments)] // the Python constructor's parameters
     fn new(
         first: i64,
         anchor: Vec<u8>,
@@ -407,6 +434,7 @@ impl BinaryWalk {
         sizes: Vec<i64>,
         bits: u32,
         schema: Vec<u8>,
+        early_limit: usize,
     ) -> PyResult<Self> {
         let build = seed.is_some();
         let seed = seed.unwrap_or_default();
@@ -425,6 +453,8 @@ impl BinaryWalk {
             roots: Vec::new(),
             tails: HashMap::new(),
             pending: Vec::new(),
+            early: BTreeMap::new(),
+            early_limit,
             header_done: false,
             ended: false,
             intact: true,
@@ -447,15 +477,17 @@ impl BinaryWalk {
     /// Read on from `next_sequence` in a new stream, keeping the chain and tree state proven so far.
     fn restart(&mut self) {
         self.pending.clear();
+        self.early.clear(); // the ordered stream brings them again
         self.header_done = false;
         self.ended = false;
         self.intact = true;
     }
 
     /// (records proven, the last proven hash, intact, complete subtree roots, frontier per wanted size).
-    /// Intact only if the stream ended with its trailer: a stream cut short is a doubt.
+    /// Intact only if the stream ended with its trailer and no record still waits for one that never
+    /// came: a stream cut short, or with a gap, is a doubt.
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let intact = self.intact && self.ended && self.pending.is_empty();
+        let intact = self.intact && self.ended && self.pending.is_empty() && self.early.is_empty();
         let roots = PyList::new(py, self.roots.iter().map(|h| PyBytes::new(py, h)))?;
         let tails = PyDict::new(py);
         for (size, frontier) in &self.tails {
