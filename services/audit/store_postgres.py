@@ -10,6 +10,7 @@ import itertools
 import re
 from binascii import unhexlify
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -184,7 +185,9 @@ class PostgresAuditStore:
                 dsn, min_size=1, max_size=pool_size, open=True, timeout=connect_timeout,
                 # synchronous_commit on whatever the server's default: audit acknowledges an Append only
                 # once its commit is in the WAL, or a database crash forgets records emitters then dropped.
-                kwargs={"options": "-c TimeZone=UTC -c DateStyle=ISO,YMD -c synchronous_commit=on"},
+                # autocommit: a transaction only where `conn.transaction()` asks for one (every write does),
+                # so a one-statement read is one round trip, not three with BEGIN and COMMIT.
+                kwargs={"options": "-c TimeZone=UTC -c DateStyle=ISO,YMD -c synchronous_commit=on", "autocommit": True},
             )  # fmt: skip
             with self.pool.connection(timeout=connect_timeout) as conn:
                 version = pg_schema.check_version(conn)
@@ -210,10 +213,11 @@ class PostgresAuditStore:
             self.close()
             raise
 
-    def _run(self, fn: Any, *args: Any) -> Any:
-        """Run `fn(conn, *args)` in one transaction; map driver errors to audit errors."""
+    def _run(self, fn: Any, *args: Any, transaction: bool = True) -> Any:
+        """Run `fn(conn, *args)` in one transaction (or, for one statement that only reads, in none); map
+        driver errors to audit errors."""
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection() as conn, (conn.transaction() if transaction else nullcontext()):
                 return fn(conn, *args)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise AppendOnlyViolation(_first_line(exc)) from None
@@ -335,7 +339,7 @@ class PostgresAuditStore:
         return head
 
     def read_nodes(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
-        nodes: list[bytes] = self._run(_read_nodes, ids)
+        nodes: list[bytes] = self._run(_read_nodes, ids, transaction=False)  # a proof's one query
         return nodes
 
     def bounds(self) -> tuple[int, int]:
@@ -483,11 +487,10 @@ def _read_tiles(conn: Any, wanted: Mapping[tiles.TileId, int], *, exact: bool = 
     """One indexed query for the tiles a proof needs - the widest row of each, at least as wide as asked -
     or, for an appender's edge, the row exactly as wide as the tree's size implies."""
     keys = list(wanted)
-    rows = conn.execute(
-        "SELECT DISTINCT ON (t.level, t.tile) t.level, t.tile, t.hashes FROM audit_tiles t "
-        "JOIN unnest(%s::smallint[], %s::bigint[], %s::smallint[]) AS w(level, tile, width) "
-        f"ON t.level = w.level AND t.tile = w.tile AND t.width {'=' if exact else '>='} w.width "
-        "ORDER BY t.level, t.tile, t.width DESC",
+    rows = conn.execute(  # one backward probe of the primary key per tile
+        "SELECT w.level, w.tile, t.hashes FROM unnest(%s::smallint[], %s::bigint[], %s::smallint[]) "
+        "AS w(level, tile, width) CROSS JOIN LATERAL (SELECT hashes FROM audit_tiles t WHERE t.level = w.level "
+        f"AND t.tile = w.tile AND t.width {'=' if exact else '>='} w.width ORDER BY t.width DESC LIMIT 1) AS t",
         ([level for level, _ in keys], [tile for _, tile in keys], [wanted[k] for k in keys]),
     ).fetchall()
     return {(level, tile): bytes(hashes) for level, tile, hashes in rows}
