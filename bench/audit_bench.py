@@ -199,44 +199,49 @@ def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int,
     (tiles.py), built 2^16 leaves at a time and COPYed as text, each tile at its full width once; no
     records (a proof reads only the tree). Returns the store, the tree size, the rows written and the
     seconds it took."""
-    bits = 16  # a block's levels 0, 4, 8 and 12 fill whole tiles; level 16 and up are built from the blocks'
+    bits = 16  # a block's levels 0-15 fill whole tiles; levels 16 and up are built over the blocks' roots
     start = time.perf_counter()
     store = PostgresAuditStore(pg.new_database("bench_tree_10m"), pool_size=1)
     rows = 0
     tops: list[bytes] = []  # the root of each complete 2^bits block: the level-16 hashes
 
-    def tile_text(level: list[bytes], depth: int, first: int) -> str:
-        return "".join(
-            f"{depth // TILE_HEIGHT}\t{(first + i) // TILE_WIDTH}\t{len(level[i : i + TILE_WIDTH])}\t"
-            f"\\\\x{b''.join(level[i : i + TILE_WIDTH]).hex()}\n"
-            for i in range(0, len(level), TILE_WIDTH)
-        )
+    def pairs(level: list[bytes]) -> list[bytes]:
+        return [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+
+    def tile_text(levels: list[list[bytes]], tile_level: int, first: int) -> str:
+        """The rows of the tiles over `levels` (tree levels 4·tile_level.., the first from index `first`)."""
+        levels = levels + [[]] * (TILE_HEIGHT - len(levels))
+        out = []
+        for i in range(0, len(levels[0]), TILE_WIDTH):
+            width = min(TILE_WIDTH, len(levels[0]) - i)
+            hashes = b"".join(h for rise in range(TILE_HEIGHT)
+                              for h in levels[rise][i >> rise : (i >> rise) + (width >> rise)])  # fmt: skip
+            out.append(f"{tile_level}\t{(first + i) // TILE_WIDTH}\t{width}\t\\\\x{hashes.hex()}\n")
+        return "".join(out)
+
+    def write(copy, levels: list[list[bytes]], depth: int, first: int) -> int:  # type: ignore[no-untyped-def]
+        """Every tile over `levels` (tree levels depth.., depth a multiple of the tile height)."""
+        written = 0
+        for k in range(0, len(levels), TILE_HEIGHT):
+            if levels[k]:
+                copy.write(tile_text(levels[k : k + TILE_HEIGHT], (depth + k) // TILE_HEIGHT, first >> k))
+                written += -(-len(levels[k]) // TILE_WIDTH)
+        return written
 
     with store.pool.connection() as conn:
         conn.execute("ALTER TABLE audit_tiles DROP CONSTRAINT audit_tiles_pkey")  # index once, after the load
         with conn.cursor().copy("COPY audit_tiles (level, tile, width, hashes) FROM STDIN") as copy:
             for block in range(0, size, 1 << bits):
-                level = [hashlib.sha256(b"\x00" + i.to_bytes(8, "big")).digest()
-                         for i in range(block, min(size, block + (1 << bits)))]  # fmt: skip
-                depth, first = 0, block
-                while level:  # every complete node inside the block, the block's root last
-                    if depth == bits:
-                        tops.append(level[0])
-                        break
-                    if depth % TILE_HEIGHT == 0:
-                        copy.write(tile_text(level, depth, first))
-                        rows += -(-len(level) // TILE_WIDTH)
-                    level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-                             for i in range(0, len(level) - 1, 2)]  # fmt: skip
-                    depth, first = depth + 1, first // 2
-            level, depth = tops, bits
-            while level:  # the complete nodes above the blocks
-                if depth % TILE_HEIGHT == 0:
-                    copy.write(tile_text(level, depth, 0))
-                    rows += -(-len(level) // TILE_WIDTH)
-                level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-                         for i in range(0, len(level) - 1, 2)]  # fmt: skip
-                depth += 1
+                levels = [[hashlib.sha256(b"\x00" + i.to_bytes(8, "big")).digest()
+                           for i in range(block, min(size, block + (1 << bits)))]]  # fmt: skip
+                while len(levels) <= bits:
+                    levels.append(pairs(levels[-1]))
+                tops += levels[bits]
+                rows += write(copy, levels[:bits], 0, block)
+            above = [tops]
+            while above[-1]:
+                above.append(pairs(above[-1]))
+            rows += write(copy, above, bits, 0)
         conn.execute("ALTER TABLE audit_tiles ADD PRIMARY KEY (level, tile, width)")
         conn.execute("ANALYZE audit_tiles")
         conn.commit()

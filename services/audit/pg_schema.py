@@ -62,12 +62,13 @@ CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
 """
 
-# The Merkle tree over the records as tiles of height 4 (tiles.py: a row holds W hashes of tree level 4·level,
-# a wider row of the same tile supersedes it); never pruned, so the records that retention keeps stay
-# provable against every checkpoint.
+# The Merkle tree over the records as tiles of height 4 (tiles.py: a row holds the complete nodes of tree
+# levels 4·level .. 4·level + 3 over `width` hashes of the first; a wider row of the same tile supersedes
+# it); never pruned, so the records that retention keeps stay provable against every checkpoint.
 _TILES = """
 CREATE TABLE audit_tiles (level smallint NOT NULL, tile bigint NOT NULL, width smallint NOT NULL,
-    hashes bytea NOT NULL CHECK (length(hashes) = 32 * width AND width BETWEEN 1 AND 16),
+    hashes bytea NOT NULL CHECK (width BETWEEN 1 AND 16
+                                 AND length(hashes) = 32 * (width + width / 2 + width / 4 + width / 8)),
     PRIMARY KEY (level, tile, width));
 CREATE TRIGGER audit_tiles_append_only BEFORE UPDATE OR DELETE ON audit_tiles
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
@@ -283,16 +284,22 @@ def upgrade(conn: Any, version: str) -> bool:
             "SELECT DISTINCT grantee FROM information_schema.role_table_grants WHERE table_name = 'audit_tree' "
             "AND table_schema = current_schema() AND privilege_type = 'INSERT' AND grantee <> current_user"
         )]  # fmt: skip
+        # Each node's tile, its level in the tile (rise) and its place there (tiles._place).
+        placed = (
+            "WITH n AS (SELECT level / 4 AS tl, idx >> (4 - level % 4) AS tile, level % 4 AS rise, "
+            "idx & ((16 >> (level % 4)) - 1) AS place, hash FROM audit_tree)"
+        )
         gap = conn.execute(
-            "SELECT level, idx / 16 FROM audit_tree WHERE level % 4 = 0 GROUP BY level, idx / 16 "
-            "HAVING count(*) <> max(idx % 16) + 1 LIMIT 1"
+            f"{placed}, w AS (SELECT tl, tile, count(*) FILTER (WHERE rise = 0) AS width FROM n GROUP BY tl, tile) "
+            "SELECT tl, tile FROM n JOIN w USING (tl, tile) GROUP BY tl, tile, rise, width "
+            "HAVING count(*) <> max(place) + 1 OR count(*) <> width >> rise LIMIT 1"
         ).fetchone()
-        if gap:  # a tile from it would shift every hash after the hole
+        if gap:  # a tile from it would put the hashes after the hole in the wrong places
             raise ValueError(f"audit_tree has a hole in tile {tuple(gap)}: verify the log before migrating")
         conn.execute(_TILES)
         conn.execute(
-            "INSERT INTO audit_tiles (level, tile, width, hashes) SELECT level / 4, idx / 16, count(*), "
-            "string_agg(hash, ''::bytea ORDER BY idx) FROM audit_tree WHERE level % 4 = 0 GROUP BY level / 4, idx / 16"
+            f"INSERT INTO audit_tiles (level, tile, width, hashes) {placed} SELECT tl, tile, "
+            "count(*) FILTER (WHERE rise = 0), string_agg(hash, ''::bytea ORDER BY rise, place) FROM n GROUP BY tl, tile"
         )
         conn.execute("DROP TABLE audit_tree")
         conn.execute("REVOKE ALL ON audit_tiles FROM PUBLIC")

@@ -68,8 +68,10 @@ def test_an_appenders_edge_grows_the_same_tree_batch_by_batch() -> None:
         reference.frontier.root()
     )
     full = {(level, tile): hashes for level, tile, _, hashes in tiles.tile_rows(reference.nodes)}
-    for (level, tile, width), hashes in rows.items():  # every row, however narrow, is a prefix of the full tile
-        assert full[(level, tile)].startswith(hashes) and len(hashes) == 32 * width
+    for (level, tile, width), hashes in rows.items():  # each level of a row, however narrow, is the full tile's
+        assert len(hashes) == 32 * tiles.hashes_in(width)
+        whole = tiles._levels(full[(level, tile)])
+        assert all(part == whole[rise][: len(part)] for rise, part in enumerate(tiles._levels(hashes)))
     old = rng.randrange(1, size)
     proof = merkle.consistency_proof(old, size, merkle._ReadFunction(lambda ids: tiles.read_nodes(ids, load)))
     assert merkle.verify_consistency(old, size, merkle.tree_root(old, reference), reference.frontier.root(), proof)
@@ -81,7 +83,7 @@ def test_an_edge_missing_or_of_another_width_is_an_error() -> None:
     full = {(level, tile): hashes for level, tile, _, hashes in tiles.tile_rows(tree.nodes)}
     assert tiles.edge_tiles(37) == {(0, 2): 5, (1, 0): 2}  # 37 = 2·16 + 5
     missing = {(0, 2): full[(0, 2)]}
-    forged_wider = {(0, 2): full[(0, 2)] + bytes(32), (1, 0): full[(1, 0)]}  # a row nobody appended
+    forged_wider = {(0, 2): full[(0, 2)] + bytes(64), (1, 0): full[(1, 0)]}  # width 6: nobody appended it
     for found in (missing, forged_wider):
         edge = tiles.TileEdge(37, lambda wanted, found=found: found)
         with pytest.raises(merkle.ProofError, match="is not stored"):
@@ -114,9 +116,9 @@ def test_tiles_read_with_the_head_are_used_only_where_they_are_the_edge() -> Non
 
     def load(wanted):  # type: ignore[no-untyped-def]
         loaded.append(dict(wanted))
-        return {t: full[t][: 32 * w] for t, w in wanted.items()}
+        return {t: full[t] for t in wanted}  # the tree of 37's own tiles: the edge's widths
 
-    newest = {(0, 2): full[(0, 2)] + bytes(32), (1, 0): full[(1, 0)], (2, 0): bytes(32)}  # (0, 2) forged wider
+    newest = {(0, 2): full[(0, 2)] + bytes(64), (1, 0): full[(1, 0)], (2, 0): bytes(32)}  # (0, 2) forged wider
     edge = tiles.TileEdge(37, load, newest)
     assert merkle.frontier_from(37, edge) == tree.frontier
     assert loaded == [{(0, 2): 5}]  # only the tile that was not the edge's width was read again

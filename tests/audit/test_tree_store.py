@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.audit.factory import POLICY, Backend, events
-from ztmesh.audit import merkle
+from ztmesh.audit import merkle, tiles
 from ztmesh.audit.errors import AppendOnlyViolation, StoreError
 
 
@@ -200,7 +200,7 @@ def test_migrate_turns_a_version_2_node_table_into_tiles(request: pytest.Fixture
     store.close()
     nodes = dict(reference.nodes)
     del nodes[(0, 5)]
-    _as_version_2(holed, {k: v for k, v in nodes.items() if k[1] << k[0] < 20}, "audit_v2_svc")
+    _as_version_2(holed, {k: v for k, v in nodes.items() if (k[1] + 1) << k[0] <= 20}, "audit_v2_svc")
     done = migrate(holed)
     assert done.returncode == 1 and "hole in tile (0, 0)" in done.stderr, done.stderr
     with pytest.raises(SchemaMissing, match="version 2"):
@@ -215,7 +215,7 @@ def test_a_forged_wider_tile_does_not_steer_the_appender(request: pytest.Fixture
 
     store = PostgresAuditStore(request.getfixturevalue("postgres").new_database("audit_forged_tile"))
     store.append(events(37), POLICY)  # the edge's level-0 tile: (0, 2) of width 5
-    forged = bytes(range(32)) * 6
+    forged = bytes(range(32)) * tiles.hashes_in(6)
     store._run(lambda c: c.execute(  # type: ignore[attr-defined]
         "INSERT INTO audit_tiles (level, tile, width, hashes) VALUES (0, 2, 6, %s)", (forged,)))  # fmt: skip
     store.append(events(5), POLICY)
