@@ -298,8 +298,8 @@ def upgrade(conn: Any, version: str) -> bool:
             raise ValueError(f"audit_tree has a hole in tile {tuple(gap)}: verify the log before migrating")
         conn.execute(_TILES)
         conn.execute(
-            f"INSERT INTO audit_tiles (level, tile, width, hashes) {placed} SELECT tl, tile, "
-            "count(*) FILTER (WHERE rise = 0), string_agg(hash, ''::bytea ORDER BY rise, place) FROM n GROUP BY tl, tile"
+            f"INSERT INTO audit_tiles (level, tile, width, hashes) {placed} SELECT tl, tile, count(*) FILTER "
+            "(WHERE rise = 0), string_agg(hash, ''::bytea ORDER BY rise, place) FROM n GROUP BY tl, tile"
         )
         conn.execute("DROP TABLE audit_tree")
         conn.execute("REVOKE ALL ON audit_tiles FROM PUBLIC")
