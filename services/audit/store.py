@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from ztmesh.audit import canonical, merkle
-from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind, extend_into_tree
+from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint, CheckpointKind, Extension, extend_into_tree
 from ztmesh.audit.errors import DuplicateInBatch, InvalidEvent
 from ztmesh.audit.merkle import NodeId
 from ztmesh.audit.record import AuditRecord, EventV1, masked_json
@@ -217,22 +217,28 @@ class AppendTip:
     ) -> tuple[BatchPlan, list[AuditRecord], list[tuple[NodeId, bytes]]]:  # fmt: skip
         """The batch's plan, its new records after the head and the tree nodes they complete; the tip then
         stands after them."""
+        plan, extension = self.extend_hashed(events, recorded_at, emitter, encoded)
+        return (plan, extension.records(), extension.nodes) if extension else (plan, [], [])
+
+    def extend_hashed(
+        self, events: Sequence[EventV1], recorded_at: str, emitter: str,
+        encoded: Mapping[str, tuple[bytes, bytes, bytes]] | None = None,
+    ) -> tuple[BatchPlan, Extension | None]:  # fmt: skip
+        """`extend` with the new records as an Extension (None when every event was stored already)."""
         plan = plan_batch(events, self.stored)
         if not plan.new:
-            return plan, [], []
+            return plan, None
         if self._frontier is None:
             self._frontier = merkle.frontier_from(self.head.sequence, self._read_nodes)
-        records, self._frontier, nodes = extend_into_tree(
-            self.head, plan.new, recorded_at, emitter, encoded, self._frontier
-        )
-        last = records[-1]
-        self.head = ChainHead(last.sequence, last.hash, last.recorded_at)
-        self.stored.update((r.event.event_id, (r.sequence, r.event)) for r in records)
-        return plan, records, nodes
+        extension = extend_into_tree(self.head, plan.new, recorded_at, emitter, encoded, self._frontier)
+        first = self.head.sequence + 1
+        self.head, self._frontier = extension.last, extension.frontier
+        self.stored.update((e.event_id, (first + i, e)) for i, e in enumerate(plan.new))
+        return plan, extension
 
 
-def results_for(events: Sequence[EventV1], plan: BatchPlan, records: Sequence[AuditRecord]) -> list[AppendResult]:
-    fresh = {r.event.event_id: r.sequence for r in records}
+def results_for(events: Sequence[EventV1], plan: BatchPlan, fresh: Mapping[str, int]) -> list[AppendResult]:
+    """Each event's result, from the plan and the sequence numbers its new records (`fresh`) got."""
     out = []
     reported: set[str] = set()
     for event in events:

@@ -275,21 +275,23 @@ class PostgresAuditStore:
     def _append(
         self, conn: Any, tip: AppendTip, edge: tiles.TileEdge, events: Sequence[EventV1], emitter: str,
         encoded: _Encoded,
-    ) -> tuple[BatchPlan, list[AuditRecord]]:  # fmt: skip
-        plan, records, nodes = tip.extend(events, canonical.format_time(self.clock()), emitter, encoded.parts)
-        if not records:
-            return plan, records
-        self._ensure_partition(conn, canonical.parse_time(records[0].recorded_at))
+    ) -> tuple[BatchPlan, dict[str, int]]:  # fmt: skip
+        plan, extension = tip.extend_hashed(events, canonical.format_time(self.clock()), emitter, encoded.parts)
+        if extension is None:
+            return plan, {}
+        self._ensure_partition(conn, canonical.parse_time(extension.when))
         # Under the lock, only what the position in the chain decides; the rest of each row was made before.
+        first, when = extension.head.sequence + 1, extension.when
+        hexes = [h.hex() for h in (extension.head.hash, *extension.hashes)]
+        ids = [e.event_id for e in extension.events]
         rows = "".join([
-            f"{r.sequence}\t{r.recorded_at}\t{encoded.columns[r.event.event_id]}\t\\\\x{r.prev_hash.hex()}\t"
-            f"\\\\x{r.hash.hex()}\n"
-            for r in records
+            f"{first + i}\t{when}\t{encoded.columns[eid]}\t\\\\x{hexes[i]}\t\\\\x{hexes[i + 1]}\n"
+            for i, eid in enumerate(ids)
         ])  # fmt: skip
         with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
             copy.write(rows.encode())
-        copy_tiles(conn, edge.extend(nodes))
-        return plan, records
+        copy_tiles(conn, edge.extend(extension.nodes))
+        return plan, dict(zip(ids, range(first, first + len(ids)), strict=True))
 
     def append(self, events: Sequence[EventV1], emitter: str) -> list[AppendResult]:
         return self.append_many([(events, emitter)])[0] if events else []
@@ -306,7 +308,7 @@ class PostgresAuditStore:
         ids = [e.event_id for events, _ in batches for e in events]
         seen, stored = self._run(lambda conn: (self._head(conn), self._stored(conn, ids)))
 
-        def write(conn: Any) -> list[tuple[BatchPlan, list[AuditRecord]]]:
+        def write(conn: Any) -> list[tuple[BatchPlan, dict[str, int]]]:
             # The lock, the head, the retries others stored since `seen` and the tree's edge in one round
             # trip: each statement waits for the one before, so all but the lock read what its holder sees.
             with conn.pipeline():
@@ -321,7 +323,7 @@ class PostgresAuditStore:
             edge = tile_edge(conn, head.sequence, {(level, tile): bytes(h) for level, tile, _, h in newest_tiles})
             tip = AppendTip(head, stored, edge.read_nodes)
             return [
-                self._append(conn, tip, edge, events, emitter, codes) if events else (BatchPlan([], {}), [])
+                self._append(conn, tip, edge, events, emitter, codes) if events else (BatchPlan([], {}), {})
                 for (events, emitter), codes in zip(batches, encoded, strict=True)
             ]
 

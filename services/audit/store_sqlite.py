@@ -237,7 +237,7 @@ class SqliteAuditStore:
             )
             self._db.executemany("INSERT INTO audit_tree (level, idx, hash) VALUES (?, ?, ?)",
                                  [(level, idx, h) for (level, idx), h in nodes])  # fmt: skip
-        return results_for(events, plan, records)
+        return results_for(events, plan, {r.event.event_id: r.sequence for r in records})
 
     def _node_reader(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
         # One indexed search per level (`level = ? AND idx IN (...)`), joined by UNION ALL into one

@@ -36,12 +36,15 @@ def test_records_nodes_and_frontier_are_the_pythons(native: ModuleType, size: in
     recorded_at = rng.choice(["2026-12-01T09:59:59.999999Z", "2026-12-01T10:00:01.000000Z"])  # back, forward
     frontier = _frontier(size)
 
-    records, edge, nodes = extend_into_tree(head, batch, recorded_at, POLICY, encoded, frontier)
+    extension = extend_into_tree(head, batch, recorded_at, POLICY, encoded, frontier)
 
     expected_records, leaves = extend_with_leaves(head, batch, recorded_at, POLICY)
     expected_edge, expected_nodes = merkle.append_leaves(frontier, leaves)
-    assert records == expected_records
-    assert (edge, nodes) == (expected_edge, expected_nodes)
+    assert extension.records() == expected_records
+    assert extension.hashes == [r.hash for r in expected_records]
+    last = expected_records[-1]
+    assert extension.last == ChainHead(last.sequence, last.hash, last.recorded_at)
+    assert (extension.frontier, extension.nodes) == (expected_edge, expected_nodes)
     assert chain.native_append_records is not None  # the native step ran, not the fallback
 
 
