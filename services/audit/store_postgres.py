@@ -300,13 +300,13 @@ class PostgresAuditStore:
         encoded = [_Encoded(events, emitter) for events, emitter in batches]
 
         # One lock, one dedup lookup, one head and frontier read for the whole group (AppendTip). The lookup
-        # over the whole log runs before the lock, in a transaction of its own (one holding table locks while
-        # it waits for the append lock would deadlock with a holder creating a partition), so the other
-        # audit processes append meanwhile; under the lock, only the records appended since are looked at.
-        # Each statement sees every commit before it, and appends commit in sequence order, so the lookup
-        # saw every record up to `seen`.
+        # over the whole log runs before the lock, outside its transaction (one holding table locks while it
+        # waits for the append lock would deadlock with a holder creating a partition), so the other audit
+        # processes append meanwhile; under the lock, only the records appended since are looked at. Each
+        # statement sees every commit before it, and appends commit in sequence order, so the lookup, after
+        # the head, saw every record up to `seen`.
         ids = [e.event_id for events, _ in batches for e in events]
-        seen, stored = self._run(lambda conn: (self._head(conn), self._stored(conn, ids)))
+        seen, stored = self._run(lambda conn: (self._head(conn), self._stored(conn, ids)), transaction=False)
 
         def write(conn: Any) -> list[tuple[BatchPlan, dict[str, int]]]:
             # The lock, the head, the retries others stored since `seen` and the tree's edge in one round
