@@ -68,7 +68,7 @@ def extend_with_leaves(
 
 class Extension:
     """Records appended after `head` (`extend_into_tree`), hashes first: the PostgreSQL store writes their
-    rows from `hashes` and never needs the records' Python objects (~4 us an event); `records()` makes them."""
+    rows from `hashes` and never needs the records' Python objects (~2 us an event); `records()` makes them."""
 
     __slots__ = ("head", "events", "when", "emitter", "hashes", "nodes", "frontier", "_records")
 

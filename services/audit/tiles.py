@@ -115,7 +115,7 @@ class TileEdge:
     def _edge(self) -> dict[TileId, bytes]:
         if self._tiles is None:
             wanted = edge_tiles(self.size)
-            found = {t: h for t, h in self._known.items() if _WIDTH_OF.get(len(h)) == wanted.get(t)}
+            found = {t: h for t, h in self._known.items() if t in wanted and _WIDTH_OF.get(len(h)) == wanted[t]}
             missing = {t: width for t, width in wanted.items() if t not in found}
             if missing:
                 found.update(self._load(missing))

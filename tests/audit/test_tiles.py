@@ -118,7 +118,8 @@ def test_tiles_read_with_the_head_are_used_only_where_they_are_the_edge() -> Non
         loaded.append(dict(wanted))
         return {t: full[t] for t in wanted}  # the tree of 37's own tiles: the edge's widths
 
-    newest = {(0, 2): full[(0, 2)] + bytes(64), (1, 0): full[(1, 0)], (2, 0): bytes(32)}  # (0, 2) forged wider
+    # (0, 2) forged wider; (2, 0) and (3, 0), no width at all, are not on a tree of 37's edge.
+    newest = {(0, 2): full[(0, 2)] + bytes(64), (1, 0): full[(1, 0)], (2, 0): bytes(32), (3, 0): b"x"}
     edge = tiles.TileEdge(37, load, newest)
     assert merkle.frontier_from(37, edge) == tree.frontier
     assert loaded == [{(0, 2): 5}]  # only the tile that was not the edge's width was read again
