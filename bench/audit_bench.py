@@ -143,7 +143,7 @@ def target(met: bool, text: str) -> str:
 
 
 def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> None:
-    """`count` records after the head, chained and with their tree nodes, written by COPY as the store
+    """`count` records after the head, chained and with their tree's tiles, written by COPY as the store
     writes them (the bench needs a big log fast; Append's own speed is measured above)."""
     head = store.head()
     when = canonical.format_time(datetime.now(UTC))
