@@ -3,8 +3,8 @@ signed checkpoints on, printed beside a raw COPY of the same rows into the same 
 the same work in-process; verification throughput (one worker, and one per core, on a log of 300,000
 records); inclusion proofs served from the stored tree.
 
-`python -m bench.audit_bench --proofs-10m` also builds a tree of 10 million synthetic leaves (the ~20M
-node rows COPYed into a bench database; minutes) and times proofs on it: not part of `make bench`.
+`python -m bench.audit_bench --proofs-10m` also builds a tree of 10 million synthetic leaves (~670,000
+tile rows COPYed into a PostgreSQL of its own; minutes) and times proofs on it: not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -325,15 +325,23 @@ def main() -> None:
         received_native, received_python = receive_rates()
         store.close()
         ceiling_store.close()
-        if args.proofs_10m:
-            big, big_size, big_rows, built = synthetic_tree(pg)
+    finally:
+        pg.stop()
+    if args.proofs_10m:
+        # Its own PostgreSQL, sized for the tree (~680 MB) as a production audit database would be: in the
+        # test server's 64 MB each proof reads ~4 pages through the kernel, which on this shared machine
+        # swung the p50 between 0.6 and 2 ms from one hour to the next. First pass fills the cache.
+        big_pg = start_postgres(settings={"shared_buffers": "1GB"})
+        try:
+            big, big_size, big_rows, built = synthetic_tree(big_pg)
             leaf = hashlib.sha256(b"\x00" + (1234567).to_bytes(8, "big")).digest()
             path = merkle.inclusion_proof(1234567, big_size, big)
             assert merkle.verify_inclusion(leaf, 1234567, big_size, path, merkle.tree_root(big_size, big))
+            cold_proofs = proof_latencies(big, big_size)
             big_proofs = proof_latencies(big, big_size)
             big.close()
-    finally:
-        pg.stop()
+        finally:
+            big_pg.stop()
     with tempfile.TemporaryDirectory() as tmp:
         lite = SqliteAuditStore(Path(tmp) / "a.db")
         lite_trail = AuditTrail(lite, signer, signer, TrailSettings(checkpoint_every=1000))
@@ -366,10 +374,12 @@ def main() -> None:
     if args.proofs_10m:
         big_p50 = statistics.median(big_proofs) * 1e3
         print(
-            f"{'inclusion proof, 10,000,000 leaves':<62} p50 {big_p50:7.3f} ms  "
+            f"{'inclusion proof, 10,000,000 leaves (own PostgreSQL, 1 GB cache)':<62} p50 {big_p50:7.3f} ms  "
             f"p99 {sorted(big_proofs)[int(len(big_proofs) * 0.99)] * 1e3:7.3f} ms",
             target(big_p50 < 1.0, "< 1 ms p50"),
         )
+        print(f"  the first {len(cold_proofs)}, filling the cache:{'':<23} p50 "
+              f"{statistics.median(cold_proofs) * 1e3:7.3f} ms")  # fmt: skip
         print(f"  (tree: {big_rows} tile rows for 10M synthetic leaves, generated and COPYed in {built:.0f} s)")
     else:
         print("inclusion proof on 10,000,000 leaves: `python -m bench.audit_bench --proofs-10m` (builds it, minutes)")

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -140,11 +140,16 @@ class PostgresServer:
         self.handle.stop()
 
 
-def start_postgres(base_dir: Path | None = None, timeout: float = 60.0, tls: StoreTls | None = None) -> PostgresServer:
-    """initdb + postgres in a new folder (under `base_dir` when the server's user can reach it).
+def start_postgres(
+    base_dir: Path | None = None, timeout: float = 60.0, tls: StoreTls | None = None,
+    settings: Mapping[str, str] | None = None,
+) -> PostgresServer:  # fmt: skip
+    """initdb + postgres in a new folder (under `base_dir` when the server's user can reach it); `settings`
+    override the server's (e.g. a bench's shared_buffers).
 
     With `tls` the server accepts only TLS connections that present a client certificate from the CA
     of `tls.server` (pg_hba `hostssl ... clientcert=verify-ca`), besides the password."""
+    overrides = dict(settings or {})
     bin_dir = find_postgres_bin()
     as_root = os.geteuid() == 0
     owner = None
@@ -194,7 +199,7 @@ def start_postgres(base_dir: Path | None = None, timeout: float = 60.0, tls: Sto
             "listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "",
             "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
             "max_connections": "200", "shared_buffers": "64MB", "timezone": "UTC",
-            "log_min_messages": "warning", "log_min_error_statement": "panic", **tls_settings,
+            "log_min_messages": "warning", "log_min_error_statement": "panic", **tls_settings, **(overrides or {}),
         }  # fmt: skip
         return [str(bin_dir / "postgres"), "-D", str(data), *(f"-c{k}={v}" for k, v in settings.items())]
 
