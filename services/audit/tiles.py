@@ -78,7 +78,7 @@ def nodes_from_tiles(ids: Sequence[NodeId], tiles: Mapping[TileId, bytes]) -> li
         width = _WIDTH_OF.get(len(hashes), 0)
         if place >= width >> rise:
             raise ProofError(f"Merkle tree node {node} is not stored")
-        at = (hashes_in(width) - sum(width >> r for r in range(rise, TILE_HEIGHT)) + place) * HASH_SIZE
+        at = (sum(width >> r for r in range(rise)) + place) * HASH_SIZE  # after the levels below its own
         out.append(hashes[at : at + HASH_SIZE])
     return out
 
@@ -164,14 +164,18 @@ def _row(tile: TileId, levels: list[list[bytes]]) -> TileRow:
 
 
 def tile_rows(nodes: Mapping[NodeId, bytes]) -> list[TileRow]:
-    """Every tile of a whole tree's stored nodes, at its full width (a migration, a bench log, a test)."""
+    """Every tile of a whole tree's stored nodes, at its full width (the bench's 10M-leaf tree, tests)."""
     by_tile: dict[TileId, list[dict[int, bytes]]] = {}
     for node, digest in nodes.items():
         tile, rise, place = _place(node)
-        by_tile.setdefault(tile, [{} for _ in range(TILE_HEIGHT)])[rise][place] = digest
+        levels = by_tile.get(tile)
+        if levels is None:
+            levels = by_tile[tile] = [{} for _ in range(TILE_HEIGHT)]
+        levels[rise][place] = digest
     rows = []
     for tile, found in sorted(by_tile.items()):
-        if any(sorted(level) != list(range(len(level))) for level in found):
-            raise ProofError(f"Merkle tree tile {tile} has a gap")
-        rows.append(_row(tile, [[level[i] for i in range(len(level))] for level in found]))
+        try:  # a level of n nodes holds places 0..n-1, or one is missing
+            rows.append(_row(tile, [[level[i] for i in range(len(level))] for level in found]))
+        except KeyError:
+            raise ProofError(f"Merkle tree tile {tile} has a gap") from None
     return rows
