@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import random
 import statistics
 import sys
@@ -38,7 +37,7 @@ from ztmesh.audit.store_postgres import (  # noqa: E402
     verify_copy_query,
 )
 from ztmesh.audit.store_sqlite import SqliteAuditStore  # noqa: E402
-from ztmesh.audit.tiles import TILE_HEIGHT, TILE_WIDTH  # noqa: E402
+from ztmesh.audit.tiles import tile_rows  # noqa: E402
 from ztmesh.audit.trail import AuditTrail, TrailSettings, verify_store  # noqa: E402
 from ztmesh.mesh.auditing import uuid7  # noqa: E402
 
@@ -196,7 +195,7 @@ def proof_latencies(store: PostgresAuditStore, size: int, samples: int = 2000) -
 
 def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int, int, float]:  # type: ignore[no-untyped-def]
     """A bench database whose audit_tiles holds the tree of `size` synthetic leaves as the store keeps it
-    (tiles.py), built 2^16 leaves at a time and COPYed as text, each tile at its full width once; no
+    (tiles.tile_rows, each tile at its full width once), built 2^16 leaves at a time and COPYed as text; no
     records (a proof reads only the tree). Returns the store, the tree size, the rows written and the
     seconds it took."""
     bits = 16  # a block's levels 0-15 fill whole tiles; levels 16 and up are built over the blocks' roots
@@ -205,46 +204,33 @@ def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int,
     rows = 0
     tops: list[bytes] = []  # the root of each complete 2^bits block: the level-16 hashes
 
-    def pairs(level: list[bytes]) -> list[bytes]:
-        return [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+    def complete_nodes(
+        level: list[bytes], depth: int, first: int, top: int
+    ) -> tuple[dict[merkle.NodeId, bytes], list[bytes]]:
+        """Every complete node over `level` (tree level `depth`, from index `first`) below level `top`, and
+        the hashes of level `top`."""
+        nodes: dict[merkle.NodeId, bytes] = {}
+        while level and depth < top:
+            nodes.update(((depth, first + i), h) for i, h in enumerate(level))
+            level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            depth, first = depth + 1, first // 2
+        return nodes, level
 
-    def tile_text(levels: list[list[bytes]], tile_level: int, first: int) -> str:
-        """The rows of the tiles over `levels` (tree levels 4·tile_level.., the first from index `first`)."""
-        levels = levels + [[]] * (TILE_HEIGHT - len(levels))
-        out = []
-        for i in range(0, len(levels[0]), TILE_WIDTH):
-            width = min(TILE_WIDTH, len(levels[0]) - i)
-            hashes = b"".join(h for rise in range(TILE_HEIGHT)
-                              for h in levels[rise][i >> rise : (i >> rise) + (width >> rise)])  # fmt: skip
-            out.append(f"{tile_level}\t{(first + i) // TILE_WIDTH}\t{width}\t\\\\x{hashes.hex()}\n")
-        return "".join(out)
-
-    def write(copy, levels: list[list[bytes]], depth: int, first: int) -> int:  # type: ignore[no-untyped-def]
-        """Every tile over `levels` (tree levels depth.., depth a multiple of the tile height)."""
-        written = 0
-        for k in range(0, len(levels), TILE_HEIGHT):
-            if levels[k]:
-                copy.write(tile_text(levels[k : k + TILE_HEIGHT], (depth + k) // TILE_HEIGHT, first >> k))
-                written += -(-len(levels[k]) // TILE_WIDTH)
-        return written
+    def write(nodes: dict[merkle.NodeId, bytes]) -> int:
+        written = tile_rows(nodes)
+        copy_tiles(conn, written)
+        return len(written)
 
     with store.pool.connection() as conn:
         conn.execute("ALTER TABLE audit_tiles DROP CONSTRAINT audit_tiles_pkey")  # index once, after the load
-        with conn.cursor().copy("COPY audit_tiles (level, tile, width, hashes) FROM STDIN") as copy:
-            for block in range(0, size, 1 << bits):
-                levels = [[hashlib.sha256(b"\x00" + i.to_bytes(8, "big")).digest()
-                           for i in range(block, min(size, block + (1 << bits)))]]  # fmt: skip
-                while len(levels) <= bits:
-                    levels.append(pairs(levels[-1]))
-                tops += levels[bits]
-                rows += write(copy, levels[:bits], 0, block)
-            above = [tops]
-            while above[-1]:
-                above.append(pairs(above[-1]))
-            rows += write(copy, above, bits, 0)
+        for block in range(0, size, 1 << bits):
+            leaves = [merkle.leaf_hash(i.to_bytes(8, "big")) for i in range(block, min(size, block + (1 << bits)))]
+            nodes, top = complete_nodes(leaves, 0, block, bits)
+            rows += write(nodes)
+            tops += top
+        rows += write(complete_nodes(tops, bits, 0, 64)[0])
         conn.execute("ALTER TABLE audit_tiles ADD PRIMARY KEY (level, tile, width)")
         conn.execute("ANALYZE audit_tiles")
-        conn.commit()
     return store, size, rows, time.perf_counter() - start
 
 
@@ -334,7 +320,7 @@ def main() -> None:
         big_pg = start_postgres(settings={"shared_buffers": "1GB"})
         try:
             big, big_size, big_rows, built = synthetic_tree(big_pg)
-            leaf = hashlib.sha256(b"\x00" + (1234567).to_bytes(8, "big")).digest()
+            leaf = merkle.leaf_hash((1234567).to_bytes(8, "big"))
             path = merkle.inclusion_proof(1234567, big_size, big)
             assert merkle.verify_inclusion(leaf, 1234567, big_size, path, merkle.tree_root(big_size, big))
             cold_proofs = proof_latencies(big, big_size)
