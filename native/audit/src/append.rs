@@ -10,33 +10,11 @@
 //! Why native: this is Python work every event costs, and what runs under the lock is what every other
 //! audit process waits for; here it runs without the GIL, so the process's other threads do not slow it.
 
+use crate::hashes::{chain_hash, leaf_hash, node_hash, to_hash, Hash};
+use crate::walk::push_quoted;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
-use sha2::{Digest, Sha256};
-
-use crate::walk::push_quoted;
-
-type Hash = [u8; 32];
-
-fn leaf_hash(record: &[u8]) -> Hash {
-    Sha256::new().chain_update([0u8]).chain_update(record).finalize().into()
-}
-
-fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update([1u8])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
-}
-
-fn hash_of(bytes: &[u8]) -> PyResult<Hash> {
-    bytes
-        .try_into()
-        .map_err(|_| pyo3::exceptions::PyValueError::new_err("a hash is 32 bytes"))
-}
 
 type Appended<'py> = (
     Vec<Bound<'py, PyBytes>>,
@@ -56,10 +34,10 @@ pub fn append_records<'py>(
     parts: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     frontier: Vec<(u32, Vec<u8>)>,
 ) -> PyResult<Appended<'py>> {
-    let mut prev = hash_of(prev)?;
+    let mut prev = to_hash(prev)?;
     let mut edge: Vec<(u32, Hash)> = frontier
         .iter()
-        .map(|(l, h)| Ok((*l, hash_of(h)?)))
+        .map(|(l, h)| Ok((*l, to_hash(h)?)))
         .collect::<PyResult<_>>()?;
     let (hashes, nodes) = py.detach(|| {
         let mut hashes = Vec::with_capacity(parts.len());
@@ -73,7 +51,7 @@ pub fn append_records<'py>(
             record.extend_from_slice(middle);
             record.extend_from_slice((leaf_index + 1).to_string().as_bytes());
             record.extend_from_slice(after);
-            prev = Sha256::new().chain_update(prev).chain_update(&record).finalize().into();
+            prev = chain_hash(&prev, &record);
             hashes.push(prev);
             let (mut level, mut current) = (0u32, leaf_hash(&record));
             nodes.push(((0, leaf_index), current));

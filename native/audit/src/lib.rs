@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 mod append;
 mod event;
+mod hashes;
 mod walk;
 
 #[pymodule]

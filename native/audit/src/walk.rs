@@ -16,12 +16,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use pyo3::exceptions::PyValueError;
+use crate::hashes::{chain_hash, leaf_hash, node_hash, to_hash, Hash};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use sha2::{Digest, Sha256};
-
-type Hash = [u8; 32];
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 const HEADER_LEN: usize = SIGNATURE.len() + 8; // signature, flags, header-extension length
@@ -246,12 +243,6 @@ fn assemble(out: &mut Vec<u8>, row: &Row, schema: &[u8]) -> Option<i64> {
     Some(sequence)
 }
 
-fn to_hash(bytes: &[u8]) -> PyResult<Hash> {
-    bytes
-        .try_into()
-        .map_err(|_| PyValueError::new_err(format!("a tree hash is 32 bytes, not {}", bytes.len())))
-}
-
 /// A walk over records first.. of one stretch, fed the binary COPY stream in chunks of whole messages.
 #[pyclass(module = "ztmesh_audit_native")]
 pub struct BinaryWalk {
@@ -302,10 +293,7 @@ impl BinaryWalk {
         if sequence != self.expected || prev_hash != self.prev.as_slice() {
             return false;
         }
-        let mut chain = Sha256::new();
-        chain.update(&self.prev);
-        chain.update(&self.body);
-        if chain.finalize().as_slice() != digest {
+        if chain_hash(&self.prev, &self.body).as_slice() != digest {
             return false;
         }
         if let Some(signed) = self.heads.get(&sequence) {
@@ -314,19 +302,12 @@ impl BinaryWalk {
             }
         }
         if self.build {
-            let mut leaf = Sha256::new();
-            leaf.update([0u8]);
-            leaf.update(&self.body);
-            let mut current: Hash = leaf.finalize().into();
+            let mut current = leaf_hash(&self.body);
             let mut level = 0;
             while self.levels.last() == Some(&level) {
                 self.levels.pop();
                 let left = self.hashes.pop().expect("levels and hashes move together");
-                let mut node = Sha256::new();
-                node.update([1u8]);
-                node.update(left);
-                node.update(current);
-                current = node.finalize().into();
+                current = node_hash(&left, &current);
                 level += 1;
             }
             if level == self.bits {
