@@ -1,6 +1,7 @@
 """The audit service's native code (src/lib.rs). The walk (src/walk.rs): services/audit/parallel_verify.py
-is its only caller; the event check (src/event.rs): record.checked_event is; the append step
-(src/append.rs): chain.extend_into_tree and store_postgres._Encoded are."""
+is its only caller; the event check (src/event.rs): record.checked_event is; the Append request's
+events in one pass (src/accept.rs): record.accept_events is; the append step (src/append.rs):
+chain.extend_into_tree and store_postgres._Encoded are."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,17 @@ def check_event(
     max_id_chars: int,
     max_masked: int,
 ) -> tuple[str, str, list[str]] | None: ...
+def accept_events(
+    request: bytes,
+    event_class: type,
+    account: str,
+    emitter: str,
+    schema: bytes,
+    max_details_bytes: int,
+    max_text_chars: int,
+    max_id_chars: int,
+    max_masked: int,
+) -> tuple[list[Any], dict[str, tuple[bytes, bytes, bytes]], dict[str, str]] | None: ...
 def details_sure(text: str, max_bytes: int) -> bool: ...
 def append_records(
     prev: bytes,

@@ -16,7 +16,16 @@ from google.protobuf import timestamp_pb2
 from ztmesh._proto.audit.v1 import audit_pb2, audit_pb2_grpc
 from ztmesh.audit import canonical, errors
 from ztmesh.audit.chain import Checkpoint, CheckpointKind, Problem
-from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, Limits, checked_event, make_event
+from ztmesh.audit.record import (
+    SCHEMA_VERSION,
+    AuditRecord,
+    EncodedEvents,
+    EventV1,
+    Limits,
+    accept_events,
+    checked_event,
+    make_event,
+)
 from ztmesh.audit.store import QueryFilter
 from ztmesh.audit.trail import AuditTrail
 from ztmesh.mesh.edge import Edge, current_caller, timestamp_to_datetime
@@ -140,9 +149,9 @@ class AuditServicer:
         if len(request.events) > self.trail.settings.max_batch:
             raise errors.BatchTooLarge(len(request.events), self.trail.settings.max_batch)
         if len(request.events) <= _VALIDATE_ON_LOOP:
-            events = self._validated(request.events, caller)
+            events = self._validated(request, caller)
         else:  # validating hundreds of events would hold up every other call on the loop
-            events = await asyncio.to_thread(self._validated, request.events, caller)
+            events = await asyncio.to_thread(self._validated, request, caller)
         results = await self.trail.append_async(events, str(caller) if caller else "")
         return audit_pb2.AppendResponse(
             results=[
@@ -150,13 +159,23 @@ class AuditServicer:
             ]  # fmt: skip
         )
 
-    def _validated(self, messages: Sequence[audit_pb2.AuditEvent], caller: Any) -> list[EventV1]:
-        events = [event_from_proto(m, self.limits, i) for i, m in enumerate(messages)]
+    def _validated(self, request: audit_pb2.AppendRequest, caller: Any) -> Sequence[EventV1]:
         account = caller.service_account if caller else None
-        for event in events:
+        emitter = str(caller) if caller else ""
+        # The native pass reads, checks and encodes the events it is sure of; the rest are read from the
+        # parsed messages (re-serializing them costs ~0.3 us an event, reading their fields ~5).
+        accepted = accept_events(request.SerializeToString(), account, emitter, self.limits) if account else None
+        if accepted is None:
+            events: list[EventV1 | None] = [None] * len(request.events)
+        else:
+            events = accepted[0]
+        for i in [i for i, event in enumerate(events) if event is None]:
+            events[i] = event_from_proto(request.events[i], self.limits, i)
+        checked: list[EventV1] = events  # type: ignore[assignment]  # every None replaced
+        for event in checked:
             if event.service != account:
-                raise errors.CallerMismatch(str(caller or ""), event.service, event.event_id)
-        return events
+                raise errors.CallerMismatch(emitter, event.service, event.event_id)
+        return checked if accepted is None else EncodedEvents(checked, emitter, accepted[1], accepted[2])
 
     @EDGE.rpc
     def Query(self, request: Any, context: grpc.ServicerContext) -> Iterator[audit_pb2.QueryResponse]:

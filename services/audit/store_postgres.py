@@ -21,7 +21,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ztmesh.audit import canonical, merkle, pg_schema, tiles
 from ztmesh.audit.chain import ChainHead, ChainLink, Checkpoint
 from ztmesh.audit.errors import AppendOnlyViolation, SchemaMissing, StoreError
-from ztmesh.audit.record import SCHEMA_VERSION, AuditRecord, EventV1, assemble, masked_json, quoted, record_parts
+from ztmesh.audit.record import (
+    SCHEMA_VERSION,
+    AuditRecord,
+    EncodedEvents,
+    EventV1,
+    assemble,
+    masked_json,
+    quoted,
+    record_parts,
+)
 from ztmesh.audit.store import (
     CHECKPOINT_COLUMNS,
     DEFAULT_MIN_RETENTION,
@@ -121,14 +130,18 @@ def _link(line: bytes) -> ChainLink:
 
 class _Encoded:
     """A batch's events encoded before the append lock, by event id: each record's `record_parts` and its
-    COPY text columns event_id..masked - natively when the module is built (native/audit/src/append.rs;
-    ~2 us an event where these take ~5), in Python for what it leaves to Python."""
+    COPY text columns event_id..masked: as Append's native pass encoded them (record.EncodedEvents), else
+    natively when the module is built (native/audit/src/append.rs; ~2 us an event where these take ~5),
+    in Python for what it leaves to Python."""
 
     __slots__ = ("parts", "columns")
 
     def __init__(self, events: Sequence[EventV1], emitter: str) -> None:
         self.parts: dict[str, tuple[bytes, bytes, bytes]] = {}
         self.columns: dict[str, str] = {}
+        if isinstance(events, EncodedEvents) and events.emitter == emitter:  # encoded as Append accepted them
+            self.parts, self.columns = dict(events.parts), dict(events.columns)
+            events = [e for e in events if e.event_id not in self.parts]
         natively = [] if native_encode_records is None else native_encode_records(list(events), emitter, SCHEMA_TEXT)
         for event, encoded in itertools.zip_longest(events, natively):
             if encoded is None:
@@ -216,7 +229,7 @@ class PostgresAuditStore:
         """Run `fn(conn, *args)` in one transaction (or, for one statement that only reads, in none); map
         driver errors to audit errors."""
         try:
-            with self.pool.connection() as conn, (conn.transaction() if transaction else nullcontext()):
+            with self.pool.connection() as conn, conn.transaction() if transaction else nullcontext():
                 return fn(conn, *args)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise AppendOnlyViolation(_first_line(exc)) from None

@@ -93,6 +93,103 @@ fn push_copy_text(out: &mut String, column: &str) {
     }
 }
 
+/// An event's texts as EventV1 holds them, for `encode`.
+pub struct EventText<'a> {
+    pub event_id: &'a str,
+    pub time: &'a str,
+    pub service: &'a str,
+    pub caller: &'a str,
+    pub subject: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub outcome: &'a str,
+    pub decision_id: &'a str,
+    pub trace_id: &'a str,
+    pub details: &'a str,
+    pub masked: &'a [&'a str],
+}
+
+/// One record's encodings before its place in the chain is known: `record.record_parts` (canonical JSON
+/// before recorded_at, between it and the sequence, after the sequence) and
+/// `store_postgres._copy_columns` (COPY text columns event_id..masked).
+pub struct Encoding {
+    pub before: Vec<u8>,
+    pub middle: Vec<u8>,
+    pub after: Vec<u8>,
+    pub columns: String,
+}
+
+/// `record_parts` and `_copy_columns` of one event (`schema`: the record's "v").
+pub fn encode(event: &EventText<'_>, emitter: &str, schema: &[u8]) -> Encoding {
+    let mut masked_json = Vec::from(b"[".as_slice());
+    for (i, path) in event.masked.iter().enumerate() {
+        if i > 0 {
+            masked_json.push(b',');
+        }
+        push_quoted(&mut masked_json, path.as_bytes());
+    }
+    masked_json.push(b']');
+    // record.assemble's order, split where recorded_at and sequence go.
+    let mut before = Vec::with_capacity(256 + event.details.len());
+    let q = |out: &mut Vec<u8>, key: &[u8], value: &str| {
+        out.extend_from_slice(key);
+        push_quoted(out, value.as_bytes());
+    };
+    q(&mut before, b"{\"action\":", event.action);
+    q(&mut before, b",\"caller\":", event.caller);
+    q(&mut before, b",\"decision_id\":", event.decision_id);
+    before.extend_from_slice(b",\"details\":");
+    before.extend_from_slice(event.details.as_bytes());
+    q(&mut before, b",\"emitter\":", emitter);
+    q(&mut before, b",\"event_id\":", event.event_id);
+    before.extend_from_slice(b",\"masked\":");
+    before.extend_from_slice(&masked_json);
+    q(&mut before, b",\"outcome\":", event.outcome);
+    before.extend_from_slice(b",\"recorded_at\":\"");
+    let mut middle = Vec::from(b"\"".as_slice());
+    q(&mut middle, b",\"resource\":", event.resource);
+    middle.extend_from_slice(b",\"sequence\":");
+    let mut after = Vec::with_capacity(128);
+    q(&mut after, b",\"service\":", event.service);
+    q(&mut after, b",\"subject\":", event.subject);
+    q(&mut after, b",\"time\":", event.time);
+    q(&mut after, b",\"trace_id\":", event.trace_id);
+    after.extend_from_slice(b",\"v\":");
+    after.extend_from_slice(schema);
+    after.push(b'}');
+    let mut columns = String::with_capacity(200 + event.details.len());
+    let masked_text = std::str::from_utf8(&masked_json).expect("built from str");
+    for (i, column) in [
+        event.event_id,
+        event.time,
+        event.service,
+        emitter,
+        event.caller,
+        event.subject,
+        event.action,
+        event.resource,
+        event.outcome,
+        event.decision_id,
+        event.trace_id,
+        event.details,
+        masked_text,
+    ]
+    .iter()
+    .enumerate()
+    {
+        if i > 0 {
+            columns.push('\t');
+        }
+        push_copy_text(&mut columns, column);
+    }
+    Encoding {
+        before,
+        middle,
+        after,
+        columns,
+    }
+}
+
 type Encoded<'py> = Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, String)>;
 
 /// For each EventV1: `record.record_parts(event, emitter)` and `store_postgres._copy_columns(event,
@@ -132,85 +229,30 @@ pub fn encode_records<'py>(
                 .iter()
                 .map(|p| p.cast_into::<PyString>().ok())
                 .collect::<Option<_>>()?;
-            let (id, time, service, caller, subject, action, resource, outcome, decision, trace, details) = (
-                text(&id)?,
-                text(&time)?,
-                text(&service)?,
-                text(&caller)?,
-                text(&subject)?,
-                text(&action)?,
-                text(&resource)?,
-                text(&outcome)?,
-                text(&decision)?,
-                text(&trace)?,
-                text(&details)?,
-            );
-            let mut masked_json = Vec::from(b"[".as_slice());
-            for (i, path) in paths.iter().enumerate() {
-                if i > 0 {
-                    masked_json.push(b',');
-                }
-                push_quoted(&mut masked_json, path.to_str().ok()?.as_bytes());
-            }
-            masked_json.push(b']');
-            // record.assemble's order, split where recorded_at and sequence go.
-            let mut before = Vec::with_capacity(256 + details.len());
-            let q = |out: &mut Vec<u8>, key: &[u8], value: &str| {
-                out.extend_from_slice(key);
-                push_quoted(out, value.as_bytes());
-            };
-            q(&mut before, b"{\"action\":", action);
-            q(&mut before, b",\"caller\":", caller);
-            q(&mut before, b",\"decision_id\":", decision);
-            before.extend_from_slice(b",\"details\":");
-            before.extend_from_slice(details.as_bytes());
-            q(&mut before, b",\"emitter\":", emitter);
-            q(&mut before, b",\"event_id\":", id);
-            before.extend_from_slice(b",\"masked\":");
-            before.extend_from_slice(&masked_json);
-            q(&mut before, b",\"outcome\":", outcome);
-            before.extend_from_slice(b",\"recorded_at\":\"");
-            let mut middle = Vec::from(b"\"".as_slice());
-            q(&mut middle, b",\"resource\":", resource);
-            middle.extend_from_slice(b",\"sequence\":");
-            let mut after = Vec::with_capacity(128);
-            q(&mut after, b",\"service\":", service);
-            q(&mut after, b",\"subject\":", subject);
-            q(&mut after, b",\"time\":", time);
-            q(&mut after, b",\"trace_id\":", trace);
-            after.extend_from_slice(b",\"v\":");
-            after.extend_from_slice(schema);
-            after.push(b'}');
-            let mut columns = String::with_capacity(200 + details.len());
-            let masked_text = std::str::from_utf8(&masked_json).expect("built from str");
-            for (i, column) in [
-                id,
-                time,
-                service,
+            let paths: Vec<&str> = paths.iter().map(|p| p.to_str().ok()).collect::<Option<_>>()?;
+            let encoding = encode(
+                &EventText {
+                    event_id: text(&id)?,
+                    time: text(&time)?,
+                    service: text(&service)?,
+                    caller: text(&caller)?,
+                    subject: text(&subject)?,
+                    action: text(&action)?,
+                    resource: text(&resource)?,
+                    outcome: text(&outcome)?,
+                    decision_id: text(&decision)?,
+                    trace_id: text(&trace)?,
+                    details: text(&details)?,
+                    masked: &paths,
+                },
                 emitter,
-                caller,
-                subject,
-                action,
-                resource,
-                outcome,
-                decision,
-                trace,
-                details,
-                masked_text,
-            ]
-            .iter()
-            .enumerate()
-            {
-                if i > 0 {
-                    columns.push('\t');
-                }
-                push_copy_text(&mut columns, column);
-            }
+                schema,
+            );
             Some((
-                PyBytes::new(py, &before),
-                PyBytes::new(py, &middle),
-                PyBytes::new(py, &after),
-                columns,
+                PyBytes::new(py, &encoding.before),
+                PyBytes::new(py, &encoding.middle),
+                PyBytes::new(py, &encoding.after),
+                encoding.columns,
             ))
         })
         .collect()

@@ -11,6 +11,9 @@
 //! Why native: make_event costs ~50 us an event in Python, most of it in asking whether the details
 //! need sanitizing (`sanitize.unchanged`); this answers in ~1-2 us.
 
+use std::sync::OnceLock;
+
+use aho_corasick::AhoCorasick;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
@@ -123,7 +126,9 @@ fn string_is_plain(s: &[u8], key: bool) -> bool {
     } else {
         Vec::new()
     };
-    if (key && holds_hint(&letters, &KEY_HINTS, &KEY_STARTS)) || holds_hint(s, &VALUE_HINTS, &VALUE_STARTS) {
+    let keys = KEY_FINDER.get_or_init(|| hint_finder(&KEY_HINTS));
+    let values = VALUE_FINDER.get_or_init(|| hint_finder(&VALUE_HINTS));
+    if (key && keys.is_match(&letters)) || values.is_match(s) {
         return false;
     }
     // An IPv6 candidate (sanitize._IPV6) holds two colons with at most four hex digits between them.
@@ -152,36 +157,17 @@ fn string_is_plain(s: &[u8], key: bool) -> bool {
     true
 }
 
-/// Which bytes start a hint, in either case.
-const fn first_bytes(hints: &[&[u8]]) -> [bool; 256] {
-    let mut starts = [false; 256];
-    let mut i = 0;
-    while i < hints.len() {
-        starts[hints[i][0] as usize] = true;
-        starts[hints[i][0].to_ascii_uppercase() as usize] = true;
-        i += 1;
-    }
-    starts
+/// Finds any of `hints` in either case (Aho-Corasick: one pass over the string for all of them; the
+/// details check asks this of every string in the document).
+fn hint_finder(hints: &[&[u8]]) -> AhoCorasick {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(hints)
+        .expect("a handful of short literal hints")
 }
 
-const KEY_STARTS: [bool; 256] = first_bytes(&KEY_HINTS);
-const VALUE_STARTS: [bool; 256] = first_bytes(&VALUE_HINTS);
-
-/// Whether `s`, lowercased, holds one of `hints` (lowercase): compared only where a hint's first byte is.
-fn holds_hint(s: &[u8], hints: &[&[u8]], starts: &[bool; 256]) -> bool {
-    (0..s.len()).any(|i| {
-        let first = s[i].to_ascii_lowercase();
-        starts[s[i] as usize]
-            && hints.iter().any(|hint| {
-                hint[0] == first
-                    && s.len() - i >= hint.len()
-                    && s[i..i + hint.len()]
-                        .iter()
-                        .zip(hint.iter())
-                        .all(|(a, b)| a.to_ascii_lowercase() == *b)
-            })
-    })
-}
+static KEY_FINDER: OnceLock<AhoCorasick> = OnceLock::new();
+static VALUE_FINDER: OnceLock<AhoCorasick> = OnceLock::new();
 
 /// The last number of `\d+\.\d+\.\d+\.\d+` at the start of `s` (greedy, as the regex takes it), if it is there.
 fn dotted_quad_last(s: &[u8]) -> Option<&[u8]> {
@@ -379,18 +365,17 @@ pub fn details_unchanged(text: &str, max_bytes: usize) -> bool {
 
 /// make_event's masked paths from the ones the emitter reports it masked: each a JSON Pointer or empty
 /// (dropped), sorted and without repeats; None for anything else.
-fn masked_paths(masked: &Bound<'_, PyList>, limit: usize, most: usize) -> Option<Vec<String>> {
+fn masked_paths(masked: &[&str], limit: usize, most: usize) -> Option<Vec<String>> {
     if masked.len() > most {
         return None;
     }
     let mut paths = Vec::with_capacity(masked.len());
-    for item in masked.iter() {
-        let path = text(&item)?;
+    for path in masked {
         if !plain(path, limit) || !(path.is_empty() || path.starts_with('/')) {
             return None;
         }
         if !path.is_empty() {
-            paths.push(path.to_owned());
+            paths.push((*path).to_owned());
         }
     }
     paths.sort_unstable(); // UTF-8 byte order is code point order: Python's sorted()
@@ -398,8 +383,53 @@ fn masked_paths(masked: &Bound<'_, PyList>, limit: usize, most: usize) -> Option
     Some(paths)
 }
 
+/// An AuditEvent's fields as sent, the time as a protobuf Timestamp's seconds and nanos.
+pub struct Sent<'a> {
+    pub event_id: &'a str,
+    pub seconds: i64,
+    pub nanos: i64,
+    pub service: &'a str,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub caller: &'a str,
+    pub subject: &'a str,
+    pub resource: &'a str,
+    pub details: &'a str,
+    pub masked: Vec<&'a str>,
+    pub decision_id: &'a str,
+    pub trace_id: &'a str,
+}
+
+/// record.Limits: what the audit service is configured to accept.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub details_bytes: usize,
+    pub text_chars: usize,
+    pub id_chars: usize,
+    pub masked: usize,
+}
+
 /// `record.make_event`'s event id, time and masked paths for an event it would accept as sent, or None
-/// (a doubt: call make_event). The fields are an AuditEvent's, the time as a Timestamp's seconds and nanos.
+/// (a doubt: make_event decides).
+pub fn check(sent: &Sent<'_>, limits: Limits) -> Option<(String, String, Vec<String>)> {
+    let id = lowercase_event_id(sent.event_id)?;
+    let when = time(sent.seconds, sent.nanos)?;
+    let names = name(sent.service, SERVICE_MAX, is_lower, service_char)
+        && name(sent.action, ACTION_MAX, action_start, action_char)
+        && name(sent.outcome, OUTCOME_MAX, is_upper, outcome_char);
+    let texts = (sent.caller.is_empty() || sent.caller.starts_with("spiffe://"))
+        && plain(sent.caller, limits.text_chars)
+        && plain(sent.subject, limits.text_chars)
+        && plain(sent.resource, limits.text_chars)
+        && plain(sent.decision_id, limits.id_chars)
+        && plain(sent.trace_id, limits.id_chars);
+    if !(names && texts && details_unchanged(sent.details, limits.details_bytes)) {
+        return None;
+    }
+    Some((id, when, masked_paths(&sent.masked, limits.text_chars, limits.masked)?))
+}
+
+/// `check` of one event's fields passed one by one (record.checked_event).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (event_id, seconds, nanos, service, action, outcome, caller, subject, resource, details,
@@ -423,22 +453,29 @@ pub fn check_event(
     max_id_chars: usize,
     max_masked: usize,
 ) -> Option<(String, String, Vec<String>)> {
-    let id = lowercase_event_id(text(event_id)?)?;
-    let when = time(seconds, nanos)?;
-    let names = name(text(service)?, SERVICE_MAX, is_lower, service_char)
-        && name(text(action)?, ACTION_MAX, action_start, action_char)
-        && name(text(outcome)?, OUTCOME_MAX, is_upper, outcome_char);
-    let caller = text(caller)?;
-    let texts = (caller.is_empty() || caller.starts_with("spiffe://"))
-        && plain(caller, max_text_chars)
-        && plain(text(subject)?, max_text_chars)
-        && plain(text(resource)?, max_text_chars)
-        && plain(text(decision_id)?, max_id_chars)
-        && plain(text(trace_id)?, max_id_chars);
-    if !(names && texts && details_unchanged(text(details)?, max_details_bytes)) {
-        return None;
-    }
-    Some((id, when, masked_paths(masked, max_text_chars, max_masked)?))
+    let masked_items: Vec<Bound<'_, PyAny>> = masked.iter().collect();
+    let sent = Sent {
+        event_id: text(event_id)?,
+        seconds,
+        nanos,
+        service: text(service)?,
+        action: text(action)?,
+        outcome: text(outcome)?,
+        caller: text(caller)?,
+        subject: text(subject)?,
+        resource: text(resource)?,
+        details: text(details)?,
+        masked: masked_items.iter().map(text).collect::<Option<_>>()?,
+        decision_id: text(decision_id)?,
+        trace_id: text(trace_id)?,
+    };
+    let limits = Limits {
+        details_bytes: max_details_bytes,
+        text_chars: max_text_chars,
+        id_chars: max_id_chars,
+        masked: max_masked,
+    };
+    check(&sent, limits)
 }
 
 /// `details_unchanged` on its own: for the differential tests.
