@@ -17,7 +17,7 @@ from tests.audit import test_native_event as check_cases
 from ztmesh._proto.audit.v1 import audit_pb2
 from ztmesh.audit.errors import AuditError, CallerMismatch
 from ztmesh.audit.record import DEFAULT_LIMITS, EncodedEvents, EventV1, accept_events, record_parts
-from ztmesh.audit.servicer import AuditServicer, event_from_proto
+from ztmesh.audit.servicer import event_from_proto, events_from_request
 from ztmesh.audit.store_postgres import _copy_columns, _Encoded
 from ztmesh.mesh.spiffe import SpiffeId
 
@@ -155,10 +155,8 @@ def test_no_time_and_another_services_events_are_doubts(native: ModuleType) -> N
 def test_the_servicer_mixes_both_paths_and_the_store_encodes_the_rest(native: ModuleType) -> None:
     sure = message(check_cases.BASE)
     odd = message({**check_cases.BASE, "event_id": "0192f0c4-7a8e-7c3b-9d2e-5f6a7b8c9d0f", "details": '{"b":1,"a":2}'})
-    servicer = AuditServicer.__new__(AuditServicer)  # its check alone: no trail needed
-    servicer.limits = DEFAULT_LIMITS
     request = audit_pb2.AppendRequest(events=[sure, odd])
-    events = servicer._validated(request, SpiffeId.parse(EMITTER))
+    events = events_from_request(request, SpiffeId.parse(EMITTER), DEFAULT_LIMITS)
     assert isinstance(events, EncodedEvents)
     assert list(events) == [event_from_proto(sure, DEFAULT_LIMITS, 0), event_from_proto(odd, DEFAULT_LIMITS, 1)]
     assert list(events.parts) == [events[0].event_id]  # the odd one was made by make_event (keys sorted)
@@ -168,4 +166,4 @@ def test_the_servicer_mixes_both_paths_and_the_store_encodes_the_rest(native: Mo
         assert (reused.parts, reused.columns) == (fresh.parts, fresh.columns)
     assert (_Encoded(events, EMITTER).parts, _Encoded(events, EMITTER).columns) == (plain.parts, plain.columns)
     with pytest.raises(CallerMismatch):  # another service's events are refused as before
-        servicer._validated(request, SpiffeId.parse("spiffe://ztmesh.local/ns/ztmesh/sa/keys"))
+        events_from_request(request, SpiffeId.parse("spiffe://ztmesh.local/ns/ztmesh/sa/keys"), DEFAULT_LIMITS)
