@@ -223,3 +223,26 @@ def test_a_forged_wider_tile_does_not_steer_the_appender(request: pytest.Fixture
     reference.append(leaves_from_records(store))
     assert merkle.tree_root(42, store) == reference.frontier.root()
     store.close()
+
+
+def test_an_append_refused_at_its_commit_stores_nothing_and_the_next_one_lands(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL's append begins and commits its transaction by hand, the commit sharing a round trip with
+    the tiles. A tile row the service role planted where the next append writes makes that INSERT fail
+    after the records' COPY went in: all of it is rolled back, and the store appends on."""
+    from ztmesh.audit.store_postgres import PostgresAuditStore
+
+    store = PostgresAuditStore(request.getfixturevalue("postgres").new_database("audit_refused_commit"))
+    store.append(events(37), POLICY)  # the edge's level-0 tile: (0, 2) of width 5
+    planted = bytes(32) * tiles.hashes_in(6)
+    store._run(lambda c: c.execute(  # type: ignore[attr-defined]
+        "INSERT INTO audit_tiles (level, tile, width, hashes) VALUES (0, 2, 6, %s)", (planted,)))  # fmt: skip
+    with pytest.raises(StoreError, match="duplicate key"):
+        store.append(events(1), POLICY)  # would write (0, 2) of width 6
+    assert store.head().sequence == 37 and store.bounds() == (1, 37)
+    store.append(events(5), POLICY)  # (0, 2) of width 10
+    reference = merkle.MemoryNodes()
+    reference.append(leaves_from_records(store))
+    assert store.head().sequence == 42 and merkle.tree_root(42, store) == reference.frontier.root()
+    store.close()
