@@ -229,7 +229,7 @@ class PostgresAuditStore:
         """Run `fn(conn, *args)` in one transaction (or, for one statement that only reads, in none); map
         driver errors to audit errors."""
         try:
-            with self.pool.connection() as conn, conn.transaction() if transaction else nullcontext():
+            with self.pool.connection() as conn, (conn.transaction() if transaction else nullcontext()):
                 return fn(conn, *args)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise AppendOnlyViolation(_first_line(exc)) from None
