@@ -4,7 +4,7 @@ the same work in-process; verification throughput (one worker, and one per core,
 records); inclusion proofs served from the stored tree.
 
 `python -m bench.audit_bench --proofs-10m` also builds a tree of 10 million synthetic leaves (~670,000
-tile rows COPYed into a PostgreSQL of its own; minutes) and times proofs on it: not part of `make bench`.
+tile rows written into a PostgreSQL of its own; minutes) and times proofs on it: not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ztmesh.audit.store import RECORD_COLUMNS, record_params  # noqa: E402
 from ztmesh.audit.store_postgres import (  # noqa: E402
     BINARY_VERIFY_COLUMNS,
     PostgresAuditStore,
-    copy_tiles,
+    insert_tiles,
     tile_edge,
     verify_copy_query,
 )
@@ -146,8 +146,8 @@ def target(met: bool, text: str) -> str:
 
 
 def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> None:
-    """`count` records after the head, chained and with their tree's tiles, written by COPY as the store
-    writes them (the bench needs a big log fast; Append's own speed is measured above)."""
+    """`count` records after the head, chained and with their tree's tiles, written as the store writes
+    them (the bench needs a big log fast; Append's own speed is measured above)."""
     head = store.head()
     when = canonical.format_time(datetime.now(UTC))
     with store.pool.connection() as conn:
@@ -163,7 +163,7 @@ def synthetic_log(store: PostgresAuditStore, count: int, template: EventV1) -> N
             with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
                 for record in records:
                     copy.write_row(record_params(record))
-            copy_tiles(conn, edge.extend(nodes))
+            insert_tiles(conn, edge.extend(nodes))
             conn.commit()
             head = ChainHead(records[-1].sequence, records[-1].hash, records[-1].recorded_at)
 
@@ -199,7 +199,8 @@ def proof_latencies(store: PostgresAuditStore, size: int, samples: int = 2000) -
 
 def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int, int, float]:  # type: ignore[no-untyped-def]
     """A bench database whose audit_tiles holds the tree of `size` synthetic leaves as the store keeps it
-    (tiles.tile_rows, each tile at its full width once), built 2^16 leaves at a time and COPYed as text; no
+    (tiles.tile_rows, each tile at its full width once), built 2^16 leaves at a time and written by the
+store's insert_tiles; no
     records (a proof reads only the tree). Returns the store, the tree size, the rows written and the
     seconds it took."""
     bits = 16  # a block's levels 0-15 fill whole tiles; levels 16 and up are built over the blocks' roots
@@ -222,7 +223,7 @@ def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int,
 
     def write(nodes: dict[merkle.NodeId, bytes]) -> int:
         written = tile_rows(nodes)
-        copy_tiles(conn, written)
+        insert_tiles(conn, written)
         return len(written)
 
     with store.pool.connection() as conn:
@@ -371,7 +372,7 @@ def main() -> None:
         )
         print(f"  the first {len(cold_proofs)}, filling the cache:{'':<23} p50 "
               f"{statistics.median(cold_proofs) * 1e3:7.3f} ms")  # fmt: skip
-        print(f"  (tree: {big_rows} tile rows for 10M synthetic leaves, generated and COPYed in {built:.0f} s)")
+        print(f"  (tree: {big_rows} tile rows for 10M synthetic leaves, generated and written in {built:.0f} s)")
     else:
         print("inclusion proof on 10,000,000 leaves: `python -m bench.audit_bench --proofs-10m` (builds it, minutes)")
     print(row("verify core over records in memory (canonical bytes + SHA-256 chain)", verify_core))
