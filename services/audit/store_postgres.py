@@ -335,14 +335,14 @@ class PostgresAuditStore:
             edge = tile_edge(conn, head.sequence, {(level, tile): bytes(h) for level, tile, h in newest_tiles})
             tip = AppendTip(head, stored, edge.read_nodes)
             extended = [
-                self._extend(conn, tip, events, emitter, codes) if events else (BatchPlan([], {}), {}, "", [])
+                self._extend(conn, tip, events, emitter, codes)
                 for (events, emitter), codes in zip(batches, encoded, strict=True)
             ]
-            rows = "".join(batch[2] for batch in extended)
+            rows = "".join(batch_rows for _, _, batch_rows, _ in extended)
             if rows:
                 with conn.cursor().copy(f"COPY audit_records ({RECORD_COLUMNS}) FROM STDIN") as copy:
                     copy.write(rows.encode())
-            grown = edge.extend(node for batch in extended for node in batch[3]) if rows else []
+            grown = edge.extend(node for *_, nodes in extended for node in nodes) if rows else []
             with conn.pipeline():
                 if grown:
                     insert_tiles(conn, grown)
