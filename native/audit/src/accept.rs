@@ -13,11 +13,12 @@
 //! already parsed and re-serialized by protobuf, so this reader only ever sees well-formed bytes.
 
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::append::{encode, Encoding, EventText};
-use crate::event::{check, Limits, Sent};
+use crate::append::{encode, Encoding};
+use crate::event::{check, Limits, Sent, Texts};
 
 /// A protobuf wire-format reader over one message's bytes.
 struct Wire<'a> {
@@ -102,15 +103,17 @@ fn sent_event(bytes: &[u8]) -> Option<Sent<'_>> {
         event_id: field(1),
         seconds,
         nanos,
-        service: field(3),
-        caller: field(4),
-        subject: field(5),
-        action: field(6),
-        resource: field(7),
-        outcome: field(8),
-        details: texts[8].filter(|d| !d.is_empty()).unwrap_or("{}"), // unset details are "{}"
-        decision_id: field(10),
-        trace_id: field(11),
+        texts: Texts {
+            service: field(3),
+            caller: field(4),
+            subject: field(5),
+            action: field(6),
+            resource: field(7),
+            outcome: field(8),
+            details: texts[8].filter(|d| !d.is_empty()).unwrap_or("{}"), // unset details are "{}"
+            decision_id: field(10),
+            trace_id: field(11),
+        },
         masked,
     })
 }
@@ -127,29 +130,12 @@ struct Accepted<'a> {
 
 fn accept<'a>(bytes: &'a [u8], account: &str, emitter: &str, schema: &[u8], limits: Limits) -> Option<Accepted<'a>> {
     let sent = sent_event(bytes)?;
-    if sent.service != account {
+    if sent.texts.service != account {
         return None; // the servicer refuses it, naming both
     }
     let (event_id, time, masked) = check(&sent, limits)?;
     let paths: Vec<&str> = masked.iter().map(String::as_str).collect();
-    let encoding = encode(
-        &EventText {
-            event_id: &event_id,
-            time: &time,
-            service: sent.service,
-            caller: sent.caller,
-            subject: sent.subject,
-            action: sent.action,
-            resource: sent.resource,
-            outcome: sent.outcome,
-            decision_id: sent.decision_id,
-            trace_id: sent.trace_id,
-            details: sent.details,
-            masked: &paths,
-        },
-        emitter,
-        schema,
-    );
+    let encoding = encode(&event_id, &time, &sent.texts, &paths, emitter, schema);
     Some(Accepted {
         sent,
         event_id,
@@ -199,29 +185,28 @@ pub fn accept_events<'py>(
     let Some(accepted) = accepted else { return Ok(None) };
     // EventV1 is a frozen dataclass: its fields are set as its own __init__ sets them, by object's
     // __setattr__ (past the frozen one), on an instance made by object.__new__ (a third of __init__'s cost).
-    let new = py.import("builtins")?.getattr("object")?.getattr("__new__")?;
+    let new = py.get_type::<PyAny>().getattr(intern!(py, "__new__"))?; // PyAny's type is `object`
     let names = [
-        "event_id",
-        "time",
-        "service",
-        "action",
-        "outcome",
-        "caller",
-        "subject",
-        "resource",
-        "details",
-        "masked",
-        "decision_id",
-        "trace_id",
-    ]
-    .map(|n| PyString::intern(py, n));
+        intern!(py, "event_id"),
+        intern!(py, "time"),
+        intern!(py, "service"),
+        intern!(py, "action"),
+        intern!(py, "outcome"),
+        intern!(py, "caller"),
+        intern!(py, "subject"),
+        intern!(py, "resource"),
+        intern!(py, "details"),
+        intern!(py, "masked"),
+        intern!(py, "decision_id"),
+        intern!(py, "trace_id"),
+    ];
     let (events, parts, columns) = (PyList::empty(py), PyDict::new(py), PyDict::new(py));
     for one in accepted {
         let Some(a) = one else {
             events.append(py.None())?;
             continue;
         };
-        let s = &a.sent;
+        let s = &a.sent.texts;
         let id = PyString::new(py, &a.event_id);
         let values: [Bound<'py, PyAny>; 12] = [
             id.clone().into_any(),

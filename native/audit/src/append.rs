@@ -10,6 +10,7 @@
 //! Why native: this is Python work every event costs, and what runs under the lock is what every other
 //! audit process waits for; here it runs without the GIL, so the process's other threads do not slow it.
 
+use crate::event::Texts;
 use crate::hashes::{chain_hash, leaf_hash, node_hash, to_hash, Hash};
 use crate::walk::push_quoted;
 use pyo3::intern;
@@ -93,22 +94,6 @@ fn push_copy_text(out: &mut String, column: &str) {
     }
 }
 
-/// An event's texts as EventV1 holds them, for `encode`.
-pub struct EventText<'a> {
-    pub event_id: &'a str,
-    pub time: &'a str,
-    pub service: &'a str,
-    pub caller: &'a str,
-    pub subject: &'a str,
-    pub action: &'a str,
-    pub resource: &'a str,
-    pub outcome: &'a str,
-    pub decision_id: &'a str,
-    pub trace_id: &'a str,
-    pub details: &'a str,
-    pub masked: &'a [&'a str],
-}
-
 /// One record's encodings before its place in the chain is known: `record.record_parts` (canonical JSON
 /// before recorded_at, between it and the sequence, after the sequence) and
 /// `store_postgres._copy_columns` (COPY text columns event_id..masked).
@@ -119,10 +104,18 @@ pub struct Encoding {
     pub columns: String,
 }
 
-/// `record_parts` and `_copy_columns` of one event (`schema`: the record's "v").
-pub fn encode(event: &EventText<'_>, emitter: &str, schema: &[u8]) -> Encoding {
+/// `record_parts` and `_copy_columns` of one event as EventV1 holds it: its normalized id, time and masked
+/// paths, and its texts (`schema`: the record's "v").
+pub fn encode(
+    event_id: &str,
+    time: &str,
+    texts: &Texts<'_>,
+    masked: &[&str],
+    emitter: &str,
+    schema: &[u8],
+) -> Encoding {
     let mut masked_json = Vec::from(b"[".as_slice());
-    for (i, path) in event.masked.iter().enumerate() {
+    for (i, path) in masked.iter().enumerate() {
         if i > 0 {
             masked_json.push(b',');
         }
@@ -130,48 +123,48 @@ pub fn encode(event: &EventText<'_>, emitter: &str, schema: &[u8]) -> Encoding {
     }
     masked_json.push(b']');
     // record.assemble's order, split where recorded_at and sequence go.
-    let mut before = Vec::with_capacity(256 + event.details.len());
+    let mut before = Vec::with_capacity(256 + texts.details.len());
     let q = |out: &mut Vec<u8>, key: &[u8], value: &str| {
         out.extend_from_slice(key);
         push_quoted(out, value.as_bytes());
     };
-    q(&mut before, b"{\"action\":", event.action);
-    q(&mut before, b",\"caller\":", event.caller);
-    q(&mut before, b",\"decision_id\":", event.decision_id);
+    q(&mut before, b"{\"action\":", texts.action);
+    q(&mut before, b",\"caller\":", texts.caller);
+    q(&mut before, b",\"decision_id\":", texts.decision_id);
     before.extend_from_slice(b",\"details\":");
-    before.extend_from_slice(event.details.as_bytes());
+    before.extend_from_slice(texts.details.as_bytes());
     q(&mut before, b",\"emitter\":", emitter);
-    q(&mut before, b",\"event_id\":", event.event_id);
+    q(&mut before, b",\"event_id\":", event_id);
     before.extend_from_slice(b",\"masked\":");
     before.extend_from_slice(&masked_json);
-    q(&mut before, b",\"outcome\":", event.outcome);
+    q(&mut before, b",\"outcome\":", texts.outcome);
     before.extend_from_slice(b",\"recorded_at\":\"");
     let mut middle = Vec::from(b"\"".as_slice());
-    q(&mut middle, b",\"resource\":", event.resource);
+    q(&mut middle, b",\"resource\":", texts.resource);
     middle.extend_from_slice(b",\"sequence\":");
     let mut after = Vec::with_capacity(128);
-    q(&mut after, b",\"service\":", event.service);
-    q(&mut after, b",\"subject\":", event.subject);
-    q(&mut after, b",\"time\":", event.time);
-    q(&mut after, b",\"trace_id\":", event.trace_id);
+    q(&mut after, b",\"service\":", texts.service);
+    q(&mut after, b",\"subject\":", texts.subject);
+    q(&mut after, b",\"time\":", time);
+    q(&mut after, b",\"trace_id\":", texts.trace_id);
     after.extend_from_slice(b",\"v\":");
     after.extend_from_slice(schema);
     after.push(b'}');
-    let mut columns = String::with_capacity(200 + event.details.len());
+    let mut columns = String::with_capacity(200 + texts.details.len());
     let masked_text = std::str::from_utf8(&masked_json).expect("built from str");
     for (i, column) in [
-        event.event_id,
-        event.time,
-        event.service,
+        event_id,
+        time,
+        texts.service,
         emitter,
-        event.caller,
-        event.subject,
-        event.action,
-        event.resource,
-        event.outcome,
-        event.decision_id,
-        event.trace_id,
-        event.details,
+        texts.caller,
+        texts.subject,
+        texts.action,
+        texts.resource,
+        texts.outcome,
+        texts.decision_id,
+        texts.trace_id,
+        texts.details,
         masked_text,
     ]
     .iter()
@@ -230,24 +223,18 @@ pub fn encode_records<'py>(
                 .map(|p| p.cast_into::<PyString>().ok())
                 .collect::<Option<_>>()?;
             let paths: Vec<&str> = paths.iter().map(|p| p.to_str().ok()).collect::<Option<_>>()?;
-            let encoding = encode(
-                &EventText {
-                    event_id: text(&id)?,
-                    time: text(&time)?,
-                    service: text(&service)?,
-                    caller: text(&caller)?,
-                    subject: text(&subject)?,
-                    action: text(&action)?,
-                    resource: text(&resource)?,
-                    outcome: text(&outcome)?,
-                    decision_id: text(&decision)?,
-                    trace_id: text(&trace)?,
-                    details: text(&details)?,
-                    masked: &paths,
-                },
-                emitter,
-                schema,
-            );
+            let texts = Texts {
+                service: text(&service)?,
+                action: text(&action)?,
+                outcome: text(&outcome)?,
+                caller: text(&caller)?,
+                subject: text(&subject)?,
+                resource: text(&resource)?,
+                details: text(&details)?,
+                decision_id: text(&decision)?,
+                trace_id: text(&trace)?,
+            };
+            let encoding = encode(text(&id)?, text(&time)?, &texts, &paths, emitter, schema);
             Some((
                 PyBytes::new(py, &encoding.before),
                 PyBytes::new(py, &encoding.middle),

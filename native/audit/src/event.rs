@@ -383,11 +383,8 @@ fn masked_paths(masked: &[&str], limit: usize, most: usize) -> Option<Vec<String
     Some(paths)
 }
 
-/// An AuditEvent's fields as sent, the time as a protobuf Timestamp's seconds and nanos.
-pub struct Sent<'a> {
-    pub event_id: &'a str,
-    pub seconds: i64,
-    pub nanos: i64,
+/// An event's texts that are stored as they are sent: what the check reads and the record holds.
+pub struct Texts<'a> {
     pub service: &'a str,
     pub action: &'a str,
     pub outcome: &'a str,
@@ -395,9 +392,18 @@ pub struct Sent<'a> {
     pub subject: &'a str,
     pub resource: &'a str,
     pub details: &'a str,
-    pub masked: Vec<&'a str>,
     pub decision_id: &'a str,
     pub trace_id: &'a str,
+}
+
+/// An AuditEvent as sent: its id, time (a protobuf Timestamp's seconds and nanos) and masked paths as
+/// the emitter wrote them, which make_event normalizes, and the texts it keeps.
+pub struct Sent<'a> {
+    pub event_id: &'a str,
+    pub seconds: i64,
+    pub nanos: i64,
+    pub texts: Texts<'a>,
+    pub masked: Vec<&'a str>,
 }
 
 /// record.Limits: what the audit service is configured to accept.
@@ -414,16 +420,16 @@ pub struct Limits {
 pub fn check(sent: &Sent<'_>, limits: Limits) -> Option<(String, String, Vec<String>)> {
     let id = lowercase_event_id(sent.event_id)?;
     let when = time(sent.seconds, sent.nanos)?;
-    let names = name(sent.service, SERVICE_MAX, is_lower, service_char)
-        && name(sent.action, ACTION_MAX, action_start, action_char)
-        && name(sent.outcome, OUTCOME_MAX, is_upper, outcome_char);
-    let texts = (sent.caller.is_empty() || sent.caller.starts_with("spiffe://"))
-        && plain(sent.caller, limits.text_chars)
-        && plain(sent.subject, limits.text_chars)
-        && plain(sent.resource, limits.text_chars)
-        && plain(sent.decision_id, limits.id_chars)
-        && plain(sent.trace_id, limits.id_chars);
-    if !(names && texts && details_unchanged(sent.details, limits.details_bytes)) {
+    let names = name(sent.texts.service, SERVICE_MAX, is_lower, service_char)
+        && name(sent.texts.action, ACTION_MAX, action_start, action_char)
+        && name(sent.texts.outcome, OUTCOME_MAX, is_upper, outcome_char);
+    let texts = (sent.texts.caller.is_empty() || sent.texts.caller.starts_with("spiffe://"))
+        && plain(sent.texts.caller, limits.text_chars)
+        && plain(sent.texts.subject, limits.text_chars)
+        && plain(sent.texts.resource, limits.text_chars)
+        && plain(sent.texts.decision_id, limits.id_chars)
+        && plain(sent.texts.trace_id, limits.id_chars);
+    if !(names && texts && details_unchanged(sent.texts.details, limits.details_bytes)) {
         return None;
     }
     Some((id, when, masked_paths(&sent.masked, limits.text_chars, limits.masked)?))
@@ -458,16 +464,18 @@ pub fn check_event(
         event_id: text(event_id)?,
         seconds,
         nanos,
-        service: text(service)?,
-        action: text(action)?,
-        outcome: text(outcome)?,
-        caller: text(caller)?,
-        subject: text(subject)?,
-        resource: text(resource)?,
-        details: text(details)?,
+        texts: Texts {
+            service: text(service)?,
+            action: text(action)?,
+            outcome: text(outcome)?,
+            caller: text(caller)?,
+            subject: text(subject)?,
+            resource: text(resource)?,
+            details: text(details)?,
+            decision_id: text(decision_id)?,
+            trace_id: text(trace_id)?,
+        },
         masked: masked_items.iter().map(text).collect::<Option<_>>()?,
-        decision_id: text(decision_id)?,
-        trace_id: text(trace_id)?,
     };
     let limits = Limits {
         details_bytes: max_details_bytes,
