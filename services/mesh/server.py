@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 LIVENESS = "liveness"  # health service name that is SERVING whenever the process runs
+_SIGNAL_POLL_S = 0.25  # how soon a signal another thread caught is handled (see run_until_signalled)
 
 
 def _always_ready() -> bool:
@@ -177,5 +178,9 @@ class MeshServer:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         self.start()
-        stop_requested.wait()
+        # Never one untimed wait: the kernel may hand SIGTERM to any of our threads (gRPC's, the pools'),
+        # and Python runs the handler only when the main thread next runs bytecode (CPython issue 85300);
+        # a main thread asleep for good would then never see it, and kubelet would SIGKILL the pod.
+        while not stop_requested.wait(_SIGNAL_POLL_S):
+            pass
         self.stop()

@@ -107,3 +107,30 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_sigterm_delivered_to_a_worker_thread_still_stops_the_service(pki):
+    """kill(2) of a service process lets the kernel hand the signal to any of its threads; Python runs the
+    handler only on the main thread, and only once that thread runs bytecode again (CPython issue 85300).
+    A kill aimed at one thread's id makes the kernel pick that thread: the service must still stop."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ZTMESH_CERT_DIR": str(pki.directory),
+        "ZTMESH_PORT": str(port),
+        "ZTMESH_METRICS_PORT": "0",
+        "ZTMESH_HEALTH_PORT": "0",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        with pki.channel("client", port) as channel:
+            grpc.channel_ready_future(channel).result(timeout=15)
+            echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(message="m"), timeout=5)
+        workers = [int(tid) for tid in os.listdir(f"/proc/{proc.pid}/task") if int(tid) != proc.pid]
+        assert workers, "the service runs no thread but its main one"
+        os.kill(workers[-1], signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert '"msg": "received SIGTERM; shutting down"' in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
