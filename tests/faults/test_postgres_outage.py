@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.faults.support import FaultMesh, assert_nothing_lost, tally, wait_for, wait_in_trail
+from tests.support.processes import log_tail
 from tests.support.servers import PostgresServer, start_postgres
 
 
@@ -85,7 +86,10 @@ def test_postgres_crashing_or_freezing_under_load_loses_no_decision(
         else:
             _restart(own_postgres)
         back = time.monotonic()
-        wait_for(lambda: _accepting(own_postgres), 60, "PostgreSQL accepting connections again")
+        try:
+            wait_for(lambda: _accepting(own_postgres), 60, "PostgreSQL accepting connections again")
+        except AssertionError as exc:  # say why: a CI run once saw the restarted cluster never answer
+            raise AssertionError(f"{exc}; its log:\n{log_tail(own_postgres.handle.log, 25)}") from None
         wait_in_trail({a.decision_id for a in load.acknowledged()}, mesh.database_url, timeout=60)
         complete = time.monotonic() - back
         load.wait_answers(20)
