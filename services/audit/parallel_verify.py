@@ -57,6 +57,28 @@ def default_workers(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         return cores
 
 
+def workers_for(address: str | None) -> int:
+    """How many workers verify a store at `address` by default: one per core, or half as many when it is a
+    PostgreSQL on this host, whose backend sends each worker its rows at about the CPU the worker spends
+    on them (on a 2-core machine two workers verified at 0.77-1.22x the rate of one, 1.01x in the median)."""
+    cores = default_workers()
+    return max(1, cores // 2) if _postgres_on_this_host(address) else cores
+
+
+def _postgres_on_this_host(address: str | None) -> bool:
+    if address is None or ("://" not in address and "=" not in address):  # none, or an SQLite file
+        return False
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(address)
+    except ProgrammingError:
+        return False
+    hosts = str(params.get("hostaddr") or params.get("host") or "").split(",")
+    return all(h in ("", "localhost", "127.0.0.1", "::1") or h.startswith("/") for h in hosts)  # "/": a socket
+
+
 def store_address(store: AuditStore) -> str | None:
     """What another worker opens to read the same database (offline.open_for_reading), if anything."""
     dsn = getattr(store, "dsn", None)
@@ -378,10 +400,10 @@ def verify_store_parallel(
     bits: int = CHUNK_BITS,
     min_parallel: int = MIN_PARALLEL,
 ) -> VerifyReport:
-    """`trail.verify_store` with the walk spread over `workers` workers (0: one per core). Stores
+    """`trail.verify_store` with the walk spread over `workers` workers (0: `workers_for` the store). Stores
     another process cannot open (SQLite in memory) and small ranges are walked here."""
     address = store_address(store)
-    count = workers or default_workers()
+    count = workers or workers_for(address)
     walk_for = None
     if address is not None:
         walk_for = lambda end: ParallelWalk(store, address, end, count, bits, min_parallel)  # noqa: E731

@@ -13,7 +13,7 @@ import pytest
 from tests.audit.factory import POLICY, Backend, Clock, event, events, verifiable_trail
 from ztmesh.audit import merkle, note
 from ztmesh.audit.chain import Problem
-from ztmesh.audit.parallel_verify import default_workers, verify_store_parallel
+from ztmesh.audit.parallel_verify import default_workers, verify_store_parallel, workers_for
 from ztmesh.audit.signing import LocalMlDsaSigner
 from ztmesh.audit.trail import AuditTrail, verify_store
 
@@ -118,3 +118,15 @@ def test_workers_follow_the_cpu_quota(tmp_path: Path) -> None:
     for text, expected in (("max 100000", cores), ("50000 100000", 1), ("100000 100000", 1), ("800000 100000", cores)):
         cpu_max.write_text(text + "\n")
         assert default_workers(cpu_max) == min(expected, cores)
+
+
+def test_a_postgresql_on_this_host_gets_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its backends send each worker its rows at about the CPU the worker spends on them."""
+    monkeypatch.setattr("ztmesh.audit.parallel_verify.default_workers", lambda: 4)
+    local = ["postgresql://audit:pw@127.0.0.1:5432/audit", "postgresql://localhost/audit", "dbname=audit",
+             "host=/var/run/postgresql dbname=audit", "postgresql://[::1]:5432/audit"]  # fmt: skip
+    for address in local:
+        assert workers_for(address) == 2, address
+    for elsewhere in ("postgresql://audit@postgres.ztmesh.svc:5432/audit", "host=10.0.0.7 dbname=audit",
+                      "postgresql://a@127.0.0.1,db.example:5432/audit", "/data/audit.db", None):  # fmt: skip
+        assert workers_for(elsewhere) == 4, elsewhere
