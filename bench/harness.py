@@ -136,21 +136,37 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _listening_processes(pid: int, port: int) -> int:
-    """How many processes of `pid`'s tree listen on TCP `port` (SO_REUSEPORT: each has its own socket)."""
+def _sockets_held(pid: int, port: int, state: str) -> dict[int, int]:
+    """How many TCP sockets on local `port` in `state` (0A: LISTEN, 01: ESTABLISHED) each process of
+    `pid`'s tree holds, for the processes that hold any."""
     sockets = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 sockets.add(f"socket:[{fields[9]}]")
-    count = 0
+    held = {}
     for member in process_tree(pid):
         try:
-            count += any(os.readlink(fd) in sockets for fd in Path(f"/proc/{member}/fd").iterdir())
+            count = sum(os.readlink(fd) in sockets for fd in Path(f"/proc/{member}/fd").iterdir())
         except OSError:  # gone, or a descriptor closed meanwhile
             continue
-    return count
+        if count:
+            held[member] = count
+    return held
+
+
+def _listening_processes(pid: int, port: int) -> int:
+    """How many processes of `pid`'s tree listen on TCP `port` (SO_REUSEPORT: each has its own socket)."""
+    return len(_sockets_held(pid, port, "0A"))
+
+
+def connection_split(pid: int, port: int) -> list[int]:
+    """The clients' connections to `port` each listening process of `pid`'s tree serves, most first: with
+    SO_REUSEPORT the kernel places each new connection by a hash of its addresses, so a few of them may
+    all land on one process."""
+    established = _sockets_held(pid, port, "01")
+    return sorted((established.get(member, 0) for member in _sockets_held(pid, port, "0A")), reverse=True)
 
 
 def process_tree(pid: int) -> list[int]:
