@@ -83,8 +83,8 @@ def test_metrics_endpoint_counts_requests_per_method(pki, tmp_path):
     assert 'ztmesh_grpc_request_duration_seconds_bucket{le="0.005",method="Echo",service="echo"}' in body
 
 
-def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
-    port = free_port()
+def _echo_process(pki, port):
+    """The echo service as its own process on `port` (its log on stderr, a pipe)."""
     env = {
         **os.environ,
         "ZTMESH_CERT_DIR": str(pki.directory),
@@ -92,7 +92,12 @@ def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
         "ZTMESH_METRICS_PORT": "0",
         "ZTMESH_HEALTH_PORT": "0",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_lets_the_in_flight_call_finish_and_exits_zero(pki):
+    port = free_port()
+    proc = _echo_process(pki, port)
     try:
         with pki.channel("client", port) as channel:
             grpc.channel_ready_future(channel).result(timeout=15)
@@ -114,14 +119,7 @@ def test_a_sigterm_delivered_to_a_worker_thread_still_stops_the_service(pki):
     handler only on the main thread, and only once that thread runs bytecode again (CPython issue 85300).
     A kill aimed at one thread's id makes the kernel pick that thread: the service must still stop."""
     port = free_port()
-    env = {
-        **os.environ,
-        "ZTMESH_CERT_DIR": str(pki.directory),
-        "ZTMESH_PORT": str(port),
-        "ZTMESH_METRICS_PORT": "0",
-        "ZTMESH_HEALTH_PORT": "0",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "ztmesh.mesh.echo"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = _echo_process(pki, port)
     try:
         with pki.channel("client", port) as channel:
             grpc.channel_ready_future(channel).result(timeout=15)
