@@ -213,9 +213,8 @@ def proof_latencies(store: PostgresAuditStore, size: int, samples: int = 2000) -
 def synthetic_tree(pg, size: int = 10_000_000) -> tuple[PostgresAuditStore, int, int, float]:  # type: ignore[no-untyped-def]
     """A bench database whose audit_tiles holds the tree of `size` synthetic leaves as the store keeps it
     (tiles.tile_rows, each tile at its full width once), built 2^16 leaves at a time and written by the
-store's insert_tiles; no
-    records (a proof reads only the tree). Returns the store, the tree size, the rows written and the
-    seconds it took."""
+    store's insert_tiles; no records (a proof reads only the tree). Returns the store, the tree size, the
+    rows written and the seconds it took."""
     bits = 16  # a block's levels 0-15 fill whole tiles; levels 16 and up are built over the blocks' roots
     start = time.perf_counter()
     store = PostgresAuditStore(pg.new_database("bench_tree_10m"), pool_size=1)

@@ -136,37 +136,38 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _sockets_held(pid: int, port: int, state: str) -> dict[int, int]:
-    """How many TCP sockets on local `port` in `state` (0A: LISTEN, 01: ESTABLISHED) each process of
-    `pid`'s tree holds, for the processes that hold any."""
-    sockets = set()
+def _sockets_held(pid: int, port: int) -> dict[int, dict[str, int]]:
+    """For each process of `pid`'s tree that holds TCP sockets on local `port`: how many it holds in each
+    state (/proc/net/tcp's code: 0A LISTEN, 01 ESTABLISHED)."""
+    states = {}  # socket inode -> state
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                sockets.add(f"socket:[{fields[9]}]")
-    held = {}
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states[f"socket:[{fields[9]}]"] = fields[3]
+    held: dict[int, dict[str, int]] = {}
     for member in process_tree(pid):
         try:
-            count = sum(os.readlink(fd) in sockets for fd in Path(f"/proc/{member}/fd").iterdir())
+            links = [os.readlink(fd) for fd in Path(f"/proc/{member}/fd").iterdir()]
         except OSError:  # gone, or a descriptor closed meanwhile
             continue
-        if count:
-            held[member] = count
+        for state in (states[link] for link in links if link in states):
+            held.setdefault(member, {}).setdefault(state, 0)
+            held[member][state] += 1
     return held
 
 
 def _listening_processes(pid: int, port: int) -> int:
     """How many processes of `pid`'s tree listen on TCP `port` (SO_REUSEPORT: each has its own socket)."""
-    return len(_sockets_held(pid, port, "0A"))
+    return sum(1 for states in _sockets_held(pid, port).values() if "0A" in states)
 
 
 def connection_split(pid: int, port: int) -> list[int]:
     """The clients' connections to `port` each listening process of `pid`'s tree serves, most first: with
     SO_REUSEPORT the kernel places each new connection by a hash of its addresses, so a few of them may
     all land on one process."""
-    established = _sockets_held(pid, port, "01")
-    return sorted((established.get(member, 0) for member in _sockets_held(pid, port, "0A")), reverse=True)
+    held = _sockets_held(pid, port).values()
+    return sorted((states.get("01", 0) for states in held if "0A" in states), reverse=True)
 
 
 def process_tree(pid: int) -> list[int]:
